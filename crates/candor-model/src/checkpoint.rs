@@ -1,0 +1,443 @@
+//! HuggingFace checkpoints in and out: `model.safetensors` (or sharded with
+//! `model.safetensors.index.json`), HF tensor names written out at the load site.
+
+use crate::config::ModelConfig;
+use crate::model::{Attention, Block, Linear, Llama, Mlp, RmsNorm};
+use anyhow::{anyhow, bail, Context, Result};
+use burn::module::Param;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+/// Storage dtype of an exported checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaveDtype {
+    F32,
+    Bf16,
+}
+
+impl SaveDtype {
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            SaveDtype::F32 => "float32",
+            SaveDtype::Bf16 => "bfloat16",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "f32" | "float32" => Ok(SaveDtype::F32),
+            "bf16" | "bfloat16" => Ok(SaveDtype::Bf16),
+            other => bail!("dtype `{other}` is not supported for export (allowed: f32, bf16)"),
+        }
+    }
+}
+
+/// A tensor read from disk, converted to f32.
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// Every tensor of a folder's safetensors file(s), by name, as f32.
+pub fn read_safetensors_dir(dir: &Path) -> Result<BTreeMap<String, HostTensor>> {
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    let files: Vec<PathBuf> = if single.exists() {
+        vec![single]
+    } else if index.exists() {
+        let idx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index)?)
+            .with_context(|| format!("parsing {}", index.display()))?;
+        let map = idx["weight_map"]
+            .as_object()
+            .ok_or_else(|| anyhow!("{}: no weight_map", index.display()))?;
+        let set: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+        set.into_iter().map(|f| dir.join(f)).collect()
+    } else {
+        bail!(
+            "{}: neither model.safetensors nor model.safetensors.index.json found",
+            dir.display()
+        );
+    };
+    let mut out = BTreeMap::new();
+    for f in files {
+        let file = std::fs::File::open(&f).with_context(|| format!("opening {}", f.display()))?;
+        // SAFETY: the file is opened read-only and not modified while mapped.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }
+            .with_context(|| format!("mapping {}", f.display()))?;
+        let st = SafeTensors::deserialize(&mmap)
+            .with_context(|| format!("{} is not a valid safetensors file", f.display()))?;
+        for (name, view) in st.tensors() {
+            let bytes = view.data();
+            let data: Vec<f32> = match view.dtype() {
+                Dtype::F32 => bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+                Dtype::BF16 => bytes
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+                Dtype::F16 => bytes
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+                other => bail!(
+                    "{}: tensor `{name}` has dtype {other:?} (allowed: F32, BF16, F16)",
+                    f.display()
+                ),
+            };
+            out.insert(
+                name,
+                HostTensor {
+                    shape: view.shape().to_vec(),
+                    data,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The HF name and shape of every tensor the model has, in a stable order.
+pub fn expected_tensors(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (d, qd, kvd, ff) = (
+        c.hidden_size,
+        c.num_attention_heads * c.head_dim,
+        c.num_key_value_heads * c.head_dim,
+        c.intermediate_size,
+    );
+    let mut v = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![c.vocab_size, d],
+    )];
+    for i in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        v.push((format!("{p}.input_layernorm.weight"), vec![d]));
+        for (n, out, inp, bias) in [
+            ("q_proj", qd, d, c.qkv_bias),
+            ("k_proj", kvd, d, c.qkv_bias),
+            ("v_proj", kvd, d, c.qkv_bias),
+            ("o_proj", d, qd, c.o_bias),
+        ] {
+            v.push((format!("{p}.self_attn.{n}.weight"), vec![out, inp]));
+            if bias {
+                v.push((format!("{p}.self_attn.{n}.bias"), vec![out]));
+            }
+        }
+        v.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
+        for (n, out, inp) in [
+            ("gate_proj", ff, d),
+            ("up_proj", ff, d),
+            ("down_proj", d, ff),
+        ] {
+            v.push((format!("{p}.mlp.{n}.weight"), vec![out, inp]));
+            if c.mlp_bias {
+                v.push((format!("{p}.mlp.{n}.bias"), vec![out]));
+            }
+        }
+    }
+    v.push(("model.norm.weight".into(), vec![d]));
+    if !c.tie_word_embeddings {
+        v.push(("lm_head.weight".into(), vec![c.vocab_size, d]));
+    }
+    v
+}
+
+/// Check that `tensors` holds exactly what `config` needs; one error lists every problem.
+pub fn check_tensors(c: &ModelConfig, tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
+    let expected = expected_tensors(c);
+    let names: BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    let mut problems = vec![];
+    for (name, shape) in &expected {
+        match tensors.get(name) {
+            None => problems.push(format!(
+                "missing tensor `{name}` (expected shape {shape:?})"
+            )),
+            Some(t) if &t.shape != shape => problems.push(format!(
+                "tensor `{name}` has shape {:?}, expected {shape:?}",
+                t.shape
+            )),
+            _ => {}
+        }
+    }
+    for name in tensors.keys() {
+        let tolerated = name.ends_with("rotary_emb.inv_freq")
+            || (name == "lm_head.weight" && c.tie_word_embeddings);
+        if !names.contains(name.as_str()) && !tolerated {
+            problems.push(format!(
+                "unexpected tensor `{name}` (shape {:?})",
+                tensors[name].shape
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "checkpoint does not match the config ({} problems):\n  {}",
+            problems.len(),
+            problems.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// Build the model from HF-named host tensors (checked first).
+pub fn model_from_tensors<B: Backend>(
+    c: &ModelConfig,
+    mut t: BTreeMap<String, HostTensor>,
+    device: &B::Device,
+) -> Result<Llama<B>> {
+    check_tensors(c, &t)?;
+    let mut take2 = |name: &str| -> Tensor<B, 2> {
+        let h = t.remove(name).expect("checked");
+        Tensor::from_data(TensorData::new(h.data, [h.shape[0], h.shape[1]]), device)
+    };
+    let embed = take2("model.embed_tokens.weight");
+    let lm_head = (!c.tie_word_embeddings).then(|| take2("lm_head.weight"));
+    let mut take1 = |name: &str| -> Tensor<B, 1> {
+        let h = t.remove(name).expect("checked");
+        Tensor::from_data(TensorData::new(h.data, [h.shape[0]]), device)
+    };
+    let mut t1 = BTreeMap::new();
+    let mut t2 = BTreeMap::new();
+    for (name, shape) in expected_tensors(c) {
+        if shape.len() == 1 {
+            t1.insert(name.clone(), take1(&name));
+        }
+    }
+    for (name, shape) in expected_tensors(c) {
+        if shape.len() == 2 && name != "model.embed_tokens.weight" && name != "lm_head.weight" {
+            let h = t.remove(&name).expect("checked");
+            t2.insert(
+                name,
+                Tensor::<B, 2>::from_data(
+                    TensorData::new(h.data, [h.shape[0], h.shape[1]]),
+                    device,
+                ),
+            );
+        }
+    }
+    let linear = |t2: &mut BTreeMap<String, Tensor<B, 2>>,
+                  t1: &mut BTreeMap<String, Tensor<B, 1>>,
+                  p: &str| {
+        Linear::new(
+            t2.remove(&format!("{p}.weight")).expect("checked"),
+            t1.remove(&format!("{p}.bias")),
+        )
+    };
+    let eps = c.rms_norm_eps;
+    let mut layers = Vec::with_capacity(c.num_hidden_layers);
+    for i in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        layers.push(Block {
+            input_layernorm: RmsNorm::new(
+                t1.remove(&format!("{p}.input_layernorm.weight"))
+                    .expect("checked"),
+                eps,
+            ),
+            self_attn: Attention {
+                q_proj: linear(&mut t2, &mut t1, &format!("{p}.self_attn.q_proj")),
+                k_proj: linear(&mut t2, &mut t1, &format!("{p}.self_attn.k_proj")),
+                v_proj: linear(&mut t2, &mut t1, &format!("{p}.self_attn.v_proj")),
+                o_proj: linear(&mut t2, &mut t1, &format!("{p}.self_attn.o_proj")),
+            },
+            post_attention_layernorm: RmsNorm::new(
+                t1.remove(&format!("{p}.post_attention_layernorm.weight"))
+                    .expect("checked"),
+                eps,
+            ),
+            mlp: Mlp {
+                gate_proj: linear(&mut t2, &mut t1, &format!("{p}.mlp.gate_proj")),
+                up_proj: linear(&mut t2, &mut t1, &format!("{p}.mlp.up_proj")),
+                down_proj: linear(&mut t2, &mut t1, &format!("{p}.mlp.down_proj")),
+            },
+        });
+    }
+    Ok(Llama {
+        embed_tokens: Param::from_tensor(embed),
+        layers,
+        norm: RmsNorm::new(t1.remove("model.norm.weight").expect("checked"), eps),
+        lm_head: lm_head.map(|w| Linear::new(w, None)),
+        config: c.clone(),
+    })
+}
+
+/// Load `config.json` + safetensors from an HF folder.
+pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>> {
+    let config = ModelConfig::from_hf_file(&dir.join("config.json"))?;
+    let tensors = read_safetensors_dir(dir)?;
+    model_from_tensors(&config, tensors, device)
+        .with_context(|| format!("loading {}", dir.display()))
+}
+
+fn host1<B: Backend>(p: &Param<Tensor<B, 1>>) -> HostTensor {
+    let t = p.val();
+    HostTensor {
+        shape: t.dims().to_vec(),
+        data: t.into_data().iter::<f32>().collect(),
+    }
+}
+fn host2<B: Backend>(p: &Param<Tensor<B, 2>>) -> HostTensor {
+    let t = p.val();
+    HostTensor {
+        shape: t.dims().to_vec(),
+        data: t.into_data().iter::<f32>().collect(),
+    }
+}
+
+/// The model's tensors under their HF names (the inverse of [`model_from_tensors`]).
+pub fn model_to_tensors<B: Backend>(m: &Llama<B>) -> BTreeMap<String, HostTensor> {
+    let mut out = BTreeMap::new();
+    out.insert("model.embed_tokens.weight".into(), host2(&m.embed_tokens));
+    let lin = |out: &mut BTreeMap<String, HostTensor>, p: String, l: &Linear<B>| {
+        out.insert(format!("{p}.weight"), host2(&l.weight));
+        if let Some(b) = &l.bias {
+            out.insert(format!("{p}.bias"), host1(b));
+        }
+    };
+    for (i, layer) in m.layers.iter().enumerate() {
+        let p = format!("model.layers.{i}");
+        out.insert(
+            format!("{p}.input_layernorm.weight"),
+            host1(&layer.input_layernorm.weight),
+        );
+        out.insert(
+            format!("{p}.post_attention_layernorm.weight"),
+            host1(&layer.post_attention_layernorm.weight),
+        );
+        lin(
+            &mut out,
+            format!("{p}.self_attn.q_proj"),
+            &layer.self_attn.q_proj,
+        );
+        lin(
+            &mut out,
+            format!("{p}.self_attn.k_proj"),
+            &layer.self_attn.k_proj,
+        );
+        lin(
+            &mut out,
+            format!("{p}.self_attn.v_proj"),
+            &layer.self_attn.v_proj,
+        );
+        lin(
+            &mut out,
+            format!("{p}.self_attn.o_proj"),
+            &layer.self_attn.o_proj,
+        );
+        lin(&mut out, format!("{p}.mlp.gate_proj"), &layer.mlp.gate_proj);
+        lin(&mut out, format!("{p}.mlp.up_proj"), &layer.mlp.up_proj);
+        lin(&mut out, format!("{p}.mlp.down_proj"), &layer.mlp.down_proj);
+    }
+    out.insert("model.norm.weight".into(), host1(&m.norm.weight));
+    if let Some(head) = &m.lm_head {
+        lin(&mut out, "lm_head".into(), head);
+    }
+    out
+}
+
+/// Write `tensors` as one safetensors file with metadata `format=pt` (HF refuses others),
+/// atomically (temp file + rename).
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &BTreeMap<String, HostTensor>,
+    dtype: SaveDtype,
+) -> Result<()> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            let b = match dtype {
+                SaveDtype::F32 => t.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                SaveDtype::Bf16 => t
+                    .data
+                    .iter()
+                    .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                    .collect(),
+            };
+            (n.clone(), t.shape.clone(), b)
+        })
+        .collect();
+    let st_dtype = match dtype {
+        SaveDtype::F32 => Dtype::F32,
+        SaveDtype::Bf16 => Dtype::BF16,
+    };
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            Ok((
+                n.clone(),
+                safetensors::tensor::TensorView::new(st_dtype, s.clone(), b)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    let data = safetensors::serialize(views, Some(meta))?;
+    write_atomic(path, &data)
+}
+
+/// Write a file so that readers see either the old or the new content, never a torn one.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|s| s.to_str()).unwrap_or("file")
+    ));
+    std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+/// Export an HF folder: `config.json`, `model.safetensors`, `generation_config.json`, and the
+/// tokenizer files copied from `tokenizer_from` when given.
+pub fn export_model<B: Backend>(
+    m: &Llama<B>,
+    dir: &Path,
+    dtype: SaveDtype,
+    tokenizer_from: Option<&Path>,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_safetensors(&dir.join("model.safetensors"), &model_to_tensors(m), dtype)?;
+    write_config_files(&m.config, dir, dtype)?;
+    if let Some(src) = tokenizer_from {
+        copy_tokenizer_files(src, dir)?;
+    }
+    Ok(())
+}
+
+pub fn write_config_files(c: &ModelConfig, dir: &Path, dtype: SaveDtype) -> Result<()> {
+    let cfg = serde_json::to_string_pretty(&c.to_hf_json(dtype.torch_name()))?;
+    write_atomic(&dir.join("config.json"), cfg.as_bytes())?;
+    let mut gen = serde_json::json!({ "_from_model_config": true });
+    if let Some(b) = c.bos_token_id {
+        gen["bos_token_id"] = b.into();
+    }
+    if !c.eos_token_ids.is_empty() {
+        gen["eos_token_id"] = serde_json::json!(c.eos_token_ids);
+    }
+    write_atomic(
+        &dir.join("generation_config.json"),
+        serde_json::to_string_pretty(&gen)?.as_bytes(),
+    )
+}
+
+pub const TOKENIZER_FILES: [&str; 4] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+];
+
+pub fn copy_tokenizer_files(src: &Path, dst: &Path) -> Result<()> {
+    if src == dst {
+        return Ok(());
+    }
+    for f in TOKENIZER_FILES {
+        let p = src.join(f);
+        if p.exists() {
+            std::fs::copy(&p, dst.join(f)).with_context(|| format!("copying {}", p.display()))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! Run-time choice of backend and device: `cpu` (Flex, always built), `wgpu[:N]` and
+//! `cuda[:N]` (only with the cargo features of the same name).
+
+use anyhow::{bail, Result};
+use burn::tensor::backend::Backend;
+use std::str::FromStr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    Wgpu(usize),
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let (name, idx) = match s.split_once(':') {
+            Some((n, i)) => (
+                n,
+                i.parse::<usize>()
+                    .map_err(|_| anyhow::anyhow!("device index in `{s}` is not a number"))?,
+            ),
+            None => (s, 0),
+        };
+        Ok(match name {
+            "cpu" => DeviceSpec::Cpu,
+            "wgpu" => DeviceSpec::Wgpu(idx),
+            "cuda" => DeviceSpec::Cuda(idx),
+            _ => bail!("unknown device `{s}` (allowed: cpu, wgpu[:N], cuda[:N])"),
+        })
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Wgpu(i) => write!(f, "wgpu:{i}"),
+            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// Work that is generic over the backend; [`run_on`] picks the backend at run time.
+pub trait BackendTask {
+    type Output;
+    fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output>;
+}
+
+pub fn run_on<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output> {
+    match spec {
+        DeviceSpec::Cpu => task.run::<burn::backend::Flex>(Default::default()),
+        #[cfg(feature = "wgpu")]
+        DeviceSpec::Wgpu(i) => {
+            task.run::<burn::backend::Wgpu>(burn::backend::wgpu::WgpuDevice::DiscreteGpu(i))
+        }
+        #[cfg(not(feature = "wgpu"))]
+        DeviceSpec::Wgpu(_) => {
+            bail!("this binary was built without the WGPU backend: rebuild with `--features wgpu`")
+        }
+        #[cfg(feature = "cuda")]
+        DeviceSpec::Cuda(i) => {
+            task.run::<burn::backend::Cuda>(burn::backend::cuda::CudaDevice::new(i))
+        }
+        #[cfg(not(feature = "cuda"))]
+        DeviceSpec::Cuda(_) => {
+            bail!("this binary was built without the CUDA backend: rebuild with `--features cuda`")
+        }
+    }
+}

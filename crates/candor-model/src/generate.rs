@@ -1,0 +1,284 @@
+//! Batched generation with a KV cache (greedy, temperature, top-p, seeded), and scoring of a
+//! given continuation. Every generated token comes with its log-prob and the top-k log-probs
+//! under the model's own (untempered) distribution — what SAR and DeepConf read.
+
+use crate::model::{left_pad, tokens_tensor, KvCache, Llama, Positions};
+use crate::tokenizer::Tokenizer;
+use anyhow::Result;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GenConfig {
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    pub temperature: f32,
+    /// Nucleus sampling mass (1 = off).
+    pub top_p: f32,
+    /// How many top log-probs to keep per generated token.
+    pub top_logprobs: usize,
+    pub seed: u64,
+    /// Token ids that end a sequence (EOS / end of turn); the stop token is kept in `tokens`.
+    pub stop_ids: Vec<u32>,
+    /// Strings that end a sequence; the text is cut before them.
+    pub stop_strings: Vec<String>,
+}
+
+impl Default for GenConfig {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 64,
+            temperature: 0.0,
+            top_p: 1.0,
+            top_logprobs: 20,
+            seed: 0,
+            stop_ids: vec![],
+            stop_strings: vec![],
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finish {
+    StopToken,
+    StopString,
+    Length,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    /// Log-prob of each generated token.
+    pub logprobs: Vec<f32>,
+    /// Top-k `(id, log-prob)` at each step, best first.
+    pub top: Vec<Vec<(u32, f32)>>,
+    /// Decoded text without special tokens, cut at a stop string.
+    pub text: String,
+    pub finish: Finish,
+}
+
+/// log-softmax of one row, accumulated in f64.
+pub fn log_softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
+    let lse = max as f64 + sum.ln();
+    row.iter().map(|&x| (x as f64 - lse) as f32).collect()
+}
+
+fn top_k(lp: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut idx: Vec<u32> = (0..lp.len() as u32).collect();
+    let k = k.min(lp.len());
+    if k == 0 {
+        return vec![];
+    }
+    idx.select_nth_unstable_by(k - 1, |&a, &b| {
+        lp[b as usize].total_cmp(&lp[a as usize]).then(a.cmp(&b))
+    });
+    let mut top: Vec<(u32, f32)> = idx[..k].iter().map(|&i| (i, lp[i as usize])).collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    top
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in row.iter().enumerate() {
+        if x > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Draw from `softmax(logits / t)` restricted to the top-p nucleus.
+fn sample(logits: &[f32], temperature: f32, top_p: f32, rng: &mut StdRng) -> u32 {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mut probs: Vec<(u32, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (i as u32, (((x - max) / temperature) as f64).exp()))
+        .collect();
+    let total: f64 = probs.iter().map(|p| p.1).sum();
+    probs.iter_mut().for_each(|p| p.1 /= total);
+    if top_p < 1.0 {
+        probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut cum = 0.0;
+        let mut keep = probs.len();
+        for (i, p) in probs.iter().enumerate() {
+            cum += p.1;
+            if cum >= top_p as f64 {
+                keep = i + 1;
+                break;
+            }
+        }
+        probs.truncate(keep);
+    }
+    let mass: f64 = probs.iter().map(|p| p.1).sum();
+    let mut u = rng.random::<f64>() * mass;
+    for &(i, p) in &probs {
+        u -= p;
+        if u <= 0.0 {
+            return i;
+        }
+    }
+    probs.last().map(|p| p.0).unwrap_or(0)
+}
+
+fn logits_rows<B: Backend>(model: &Llama<B>, hidden_last: Tensor<B, 2>) -> Vec<Vec<f32>> {
+    let v = model.config.vocab_size;
+    let flat: Vec<f32> = model
+        .logits(hidden_last)
+        .into_data()
+        .iter::<f32>()
+        .collect();
+    flat.chunks(v).map(|c| c.to_vec()).collect()
+}
+
+/// Generate a continuation for each prompt (token ids), batched with left padding. Finished
+/// sequences leave the batch. Row `i` samples from its own RNG seeded with `(seed, i)`, so the
+/// result of a row does not depend on the rest of the batch.
+pub fn generate<B: Backend>(
+    model: &Llama<B>,
+    tok: &Tokenizer,
+    prompts: &[Vec<u32>],
+    cfg: &GenConfig,
+    device: &B::Device,
+) -> Result<Vec<Generation>> {
+    let n = prompts.len();
+    if n == 0 {
+        return Ok(vec![]);
+    }
+    let mut out: Vec<Generation> = (0..n)
+        .map(|_| Generation {
+            tokens: vec![],
+            logprobs: vec![],
+            top: vec![],
+            text: String::new(),
+            finish: Finish::Length,
+        })
+        .collect();
+    if cfg.max_new_tokens == 0 {
+        return Ok(out);
+    }
+    let mut rngs: Vec<StdRng> = (0..n)
+        .map(|i| StdRng::seed_from_u64(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64))
+        .collect();
+    let (toks, mut valid) = left_pad(prompts, tok.pad_id);
+    let mut active: Vec<usize> = (0..n).collect();
+    let mut cache = KvCache::new(model.config.num_hidden_layers);
+    let t0 = valid[0].len();
+    let pos = Positions::new(&model.config, &valid, t0, device);
+    let hidden = model.forward_hidden(tokens_tensor::<B>(&toks, device), &pos, &mut cache);
+    let d = model.config.hidden_size;
+    let mut last = hidden.narrow(1, t0 - 1, 1).reshape([n, d]);
+    for step in 0..cfg.max_new_tokens {
+        let rows = logits_rows(model, last);
+        let mut next = Vec::with_capacity(active.len());
+        let mut keep = Vec::with_capacity(active.len());
+        for (r, &i) in active.iter().enumerate() {
+            let logits = &rows[r];
+            let lp = log_softmax(logits);
+            let id = if cfg.temperature <= 0.0 {
+                argmax(logits)
+            } else {
+                sample(logits, cfg.temperature, cfg.top_p, &mut rngs[i])
+            };
+            let g = &mut out[i];
+            g.tokens.push(id);
+            g.logprobs.push(lp[id as usize]);
+            g.top.push(top_k(&lp, cfg.top_logprobs));
+            let mut done = false;
+            if cfg.stop_ids.contains(&id) {
+                g.finish = Finish::StopToken;
+                done = true;
+            } else if !cfg.stop_strings.is_empty() {
+                let text = tok.decode(&g.tokens, true)?;
+                if cfg.stop_strings.iter().any(|s| text.contains(s.as_str())) {
+                    g.finish = Finish::StopString;
+                    done = true;
+                }
+            }
+            if !done && step + 1 < cfg.max_new_tokens {
+                next.push(id);
+                keep.push(r);
+            }
+        }
+        if keep.is_empty() {
+            break;
+        }
+        if keep.len() < active.len() {
+            let idx: Vec<i64> = keep.iter().map(|&r| r as i64).collect();
+            cache.select_rows(Tensor::<B, 1, Int>::from_data(
+                TensorData::new(idx, [keep.len()]),
+                device,
+            ));
+            valid = keep.iter().map(|&r| valid[r].clone()).collect();
+            active = keep.iter().map(|&r| active[r]).collect();
+        }
+        valid.iter_mut().for_each(|v| v.push(true));
+        let pos = Positions::new(&model.config, &valid, 1, device);
+        let ids: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
+        let h = model.forward_hidden(tokens_tensor::<B>(&ids, device), &pos, &mut cache);
+        last = h.reshape([active.len(), d]);
+    }
+    for g in out.iter_mut() {
+        let mut text = tok.decode(&g.tokens, true)?;
+        for s in &cfg.stop_strings {
+            if let Some(p) = text.find(s.as_str()) {
+                text.truncate(p);
+            }
+        }
+        g.text = text;
+    }
+    Ok(out)
+}
+
+/// Log-prob of each token of `continuation[i]` given `prompt[i]`, batched with left padding.
+/// Logits are computed only at the positions that predict continuation tokens.
+pub fn score<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[Vec<u32>],
+    continuations: &[Vec<u32>],
+    pad_id: u32,
+    device: &B::Device,
+) -> Vec<Vec<f32>> {
+    assert_eq!(prompts.len(), continuations.len());
+    let n = prompts.len();
+    if n == 0 {
+        return vec![];
+    }
+    let rows: Vec<Vec<u32>> = prompts
+        .iter()
+        .zip(continuations)
+        .map(|(p, c)| [p.as_slice(), c.as_slice()].concat())
+        .collect();
+    let (toks, valid) = left_pad(&rows, pad_id);
+    let t = valid[0].len();
+    let l = continuations.iter().map(|c| c.len()).max().unwrap_or(0);
+    if l == 0 {
+        return vec![vec![]; n];
+    }
+    let pos = Positions::new(&model.config, &valid, t, device);
+    let mut cache = KvCache::new(model.config.num_hidden_layers);
+    let hidden = model.forward_hidden(tokens_tensor::<B>(&toks, device), &pos, &mut cache);
+    // positions t-l-1 .. t-2 predict the last l tokens
+    let h = hidden.narrow(1, t - l - 1, l);
+    let v = model.config.vocab_size;
+    let flat: Vec<f32> = model.logits(h).into_data().iter::<f32>().collect();
+    continuations
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            c.iter()
+                .enumerate()
+                .map(|(j, &id)| {
+                    let p = l - c.len() + j; // index within the last-l window
+                    let row = &flat[(i * l + p) * v..(i * l + p + 1) * v];
+                    log_softmax(row)[id as usize]
+                })
+                .collect()
+        })
+        .collect()
+}

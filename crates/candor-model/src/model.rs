@@ -1,0 +1,414 @@
+//! The Llama-family decoder: embeddings → N × (RMSNorm, GQA attention with rotate-half RoPE,
+//! RMSNorm, SwiGLU MLP) → RMSNorm → output head (tied or untied).
+//!
+//! Weights keep HF's layout (`Linear` weights are `[out, in]`) so that loading and exporting is a
+//! name-for-name copy; see `checkpoint.rs` for the HF tensor names.
+
+use crate::config::ModelConfig;
+use burn::module::{Module, Param};
+use burn::tensor::activation::silu;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Distribution, Int, Tensor, TensorData};
+
+/// `y = x Wᵀ + b` with `W` stored `[out, in]` as in PyTorch.
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> Linear<B> {
+    pub fn new(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Self {
+        Self {
+            weight: Param::from_tensor(weight),
+            bias: bias.map(Param::from_tensor),
+        }
+    }
+
+    /// Random init (normal, std 0.02 as HF's `initializer_range`), zero bias.
+    pub fn init(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Self {
+        let w = Tensor::random([d_out, d_in], Distribution::Normal(0.0, 0.02), device);
+        Self::new(w, bias.then(|| Tensor::zeros([d_out], device)))
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dims = x.dims();
+        let d_in = dims[D - 1];
+        let rows = x.shape().num_elements() / d_in;
+        let w = self.weight.val();
+        let d_out = w.dims()[0];
+        let mut y = x.reshape([rows, d_in]).matmul(w.transpose());
+        if let Some(b) = &self.bias {
+            y = y + b.val().unsqueeze_dim(0);
+        }
+        let mut out = dims;
+        out[D - 1] = d_out;
+        y.reshape(out)
+    }
+}
+
+/// Root-mean-square norm, `x / sqrt(mean(x²) + eps) * weight`.
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    #[module(skip)]
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    pub fn new(weight: Tensor<B, 1>, eps: f64) -> Self {
+        Self {
+            weight: Param::from_tensor(weight),
+            eps,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let var = x.clone().square().mean_dim(2);
+        let x = x * (var + self.eps).sqrt().recip();
+        x * self.weight.val().unsqueeze_dims(&[0, 1])
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    pub gate_proj: Linear<B>,
+    pub up_proj: Linear<B>,
+    pub down_proj: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.down_proj
+            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    pub input_layernorm: RmsNorm<B>,
+    pub self_attn: Attention<B>,
+    pub post_attention_layernorm: RmsNorm<B>,
+    pub mlp: Mlp<B>,
+}
+
+/// The decoder. Field names follow HF (`model.embed_tokens`, `model.layers.N.…`, `lm_head`).
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    pub embed_tokens: Param<Tensor<B, 2>>,
+    pub layers: Vec<Block<B>>,
+    pub norm: RmsNorm<B>,
+    /// `None` when the output head is tied to `embed_tokens`.
+    pub lm_head: Option<Linear<B>>,
+    #[module(skip)]
+    pub config: ModelConfig,
+}
+
+/// Keys and values of the positions already seen, per layer: `[batch, kv_heads, seq, head_dim]`.
+#[derive(Clone, Debug)]
+pub struct KvCache<B: Backend> {
+    pub layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(n_layers: usize) -> Self {
+        Self {
+            layers: vec![None; n_layers],
+        }
+    }
+    pub fn seq_len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map(|(k, _)| k.dims()[2])
+            .unwrap_or(0)
+    }
+    /// Keep only the given batch rows (for dropping finished sequences).
+    pub fn select_rows(&mut self, rows: Tensor<B, 1, Int>) {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.clone().select(0, rows.clone());
+            *v = v.clone().select(0, rows.clone());
+        }
+    }
+}
+
+/// Per-call inputs that describe where the new tokens sit: their positions (for RoPE) and which
+/// key positions each may attend to (causal + padding).
+pub struct Positions<B: Backend> {
+    /// `[batch, 1, new, head_dim]` cosines and sines.
+    pub cos: Tensor<B, 4>,
+    pub sin: Tensor<B, 4>,
+    /// `[batch, 1, new, past + new]`, true = masked out.
+    pub mask: Tensor<B, 4, Bool>,
+}
+
+impl<B: Backend> Positions<B> {
+    /// `valid[b][j]` says whether key position `j` (over past + new) of row `b` is a real token
+    /// (false for left padding). Position ids count real tokens only, as HF does for left-padded
+    /// batches. Padding queries may attend to themselves so that no softmax row is empty.
+    pub fn new(
+        config: &ModelConfig,
+        valid: &[Vec<bool>],
+        n_new: usize,
+        device: &B::Device,
+    ) -> Self {
+        let batch = valid.len();
+        let total = valid.first().map(|v| v.len()).unwrap_or(0);
+        let past = total - n_new;
+        let inv = config.rope_inv_freq();
+        let (hd, half) = (config.head_dim, config.head_dim / 2);
+        let mut cos = vec![0f32; batch * n_new * hd];
+        let mut sin = vec![0f32; batch * n_new * hd];
+        let mut mask = vec![true; batch * n_new * total];
+        for (b, row) in valid.iter().enumerate() {
+            assert_eq!(
+                row.len(),
+                total,
+                "every row of `valid` must have the same length"
+            );
+            let mut pos = row[..past].iter().filter(|&&v| v).count();
+            for i in 0..n_new {
+                let q = past + i;
+                let p = if row[q] { pos } else { 0 };
+                if row[q] {
+                    pos += 1;
+                }
+                let base = (b * n_new + i) * hd;
+                for (f, &freq) in inv.iter().enumerate() {
+                    let angle = p as f32 * freq;
+                    let (s, c) = angle.sin_cos();
+                    cos[base + f] = c;
+                    cos[base + f + half] = c;
+                    sin[base + f] = s;
+                    sin[base + f + half] = s;
+                }
+                let mrow = &mut mask[(b * n_new + i) * total..(b * n_new + i + 1) * total];
+                for j in 0..=q {
+                    mrow[j] = !(row[j] || j == q);
+                }
+            }
+        }
+        Self {
+            cos: Tensor::from_data(TensorData::new(cos, [batch, 1, n_new, hd]), device),
+            sin: Tensor::from_data(TensorData::new(sin, [batch, 1, n_new, hd]), device),
+            mask: Tensor::from_data(TensorData::new(mask, [batch, 1, n_new, total]), device),
+        }
+    }
+}
+
+fn rotate_half<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let d = x.dims()[3];
+    let x1 = x.clone().narrow(3, 0, d / 2);
+    let x2 = x.narrow(3, d / 2, d / 2);
+    Tensor::cat(vec![x2.neg(), x1], 3)
+}
+
+fn apply_rope<B: Backend>(x: Tensor<B, 4>, pos: &Positions<B>) -> Tensor<B, 4> {
+    x.clone() * pos.cos.clone() + rotate_half(x) * pos.sin.clone()
+}
+
+/// `[b, kv, t, d]` → `[b, kv * rep, t, d]`, each kv head repeated `rep` times (HF `repeat_kv`).
+fn repeat_kv<B: Backend>(x: Tensor<B, 4>, rep: usize) -> Tensor<B, 4> {
+    if rep == 1 {
+        return x;
+    }
+    let [b, kv, t, d] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, kv, rep, t, d])
+        .reshape([b, kv * rep, t, d])
+}
+
+impl<B: Backend> Attention<B> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        pos: &Positions<B>,
+        cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+        config: &ModelConfig,
+    ) -> Tensor<B, 3> {
+        let [b, t, _] = x.dims();
+        let (h, kv, hd) = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        );
+        let q = self
+            .q_proj
+            .forward(x.clone())
+            .reshape([b, t, h, hd])
+            .swap_dims(1, 2);
+        let k = self
+            .k_proj
+            .forward(x.clone())
+            .reshape([b, t, kv, hd])
+            .swap_dims(1, 2);
+        let v = self
+            .v_proj
+            .forward(x)
+            .reshape([b, t, kv, hd])
+            .swap_dims(1, 2);
+        let q = apply_rope(q, pos);
+        let k = apply_rope(k, pos);
+        let (k, v) = match cache.take() {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        let rep = h / kv;
+        let [_, _, nq, total] = pos.mask.dims();
+        let mask = pos.mask.clone().expand([b, h, nq, total]);
+        let opts = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: false,
+        };
+        let out = attention(
+            q,
+            repeat_kv(k, rep),
+            repeat_kv(v, rep),
+            Some(mask),
+            None,
+            opts,
+        );
+        self.o_proj
+            .forward(out.swap_dims(1, 2).reshape([b, t, h * hd]))
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    /// A randomly initialised model (normal std 0.02, norms 1), for presets trained from scratch.
+    pub fn init(config: &ModelConfig, device: &B::Device) -> Self {
+        let c = config;
+        let (d, kvd) = (c.hidden_size, c.num_key_value_heads * c.head_dim);
+        let norm = || RmsNorm::new(Tensor::ones([d], device), c.rms_norm_eps);
+        let layers = (0..c.num_hidden_layers)
+            .map(|_| Block {
+                input_layernorm: norm(),
+                self_attn: Attention {
+                    q_proj: Linear::init(d, c.num_attention_heads * c.head_dim, c.qkv_bias, device),
+                    k_proj: Linear::init(d, kvd, c.qkv_bias, device),
+                    v_proj: Linear::init(d, kvd, c.qkv_bias, device),
+                    o_proj: Linear::init(c.num_attention_heads * c.head_dim, d, c.o_bias, device),
+                },
+                post_attention_layernorm: norm(),
+                mlp: Mlp {
+                    gate_proj: Linear::init(d, c.intermediate_size, c.mlp_bias, device),
+                    up_proj: Linear::init(d, c.intermediate_size, c.mlp_bias, device),
+                    down_proj: Linear::init(c.intermediate_size, d, c.mlp_bias, device),
+                },
+            })
+            .collect();
+        Llama {
+            embed_tokens: Param::from_tensor(Tensor::random(
+                [c.vocab_size, d],
+                Distribution::Normal(0.0, 0.02),
+                device,
+            )),
+            layers,
+            norm: norm(),
+            lm_head: (!c.tie_word_embeddings).then(|| Linear::init(d, c.vocab_size, false, device)),
+            config: config.clone(),
+        }
+    }
+
+    /// Hidden states after the final norm, `[batch, new, hidden]`, for `tokens` `[batch, new]`.
+    /// With a cache, `tokens` continue the cached sequence and the cache is extended.
+    pub fn forward_hidden(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        pos: &Positions<B>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
+        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), tokens);
+        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let h = layer.self_attn.forward(
+                layer.input_layernorm.forward(x.clone()),
+                pos,
+                lc,
+                &self.config,
+            );
+            x = x + h;
+            let h = layer
+                .mlp
+                .forward(layer.post_attention_layernorm.forward(x.clone()));
+            x = x + h;
+        }
+        self.norm.forward(x)
+    }
+
+    /// Output logits for hidden states of any leading shape: `[..., hidden]` → `[..., vocab]`.
+    /// Call it only on the positions whose logits are needed (the vocabulary matmul dominates).
+    pub fn logits<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => {
+                let dims = hidden.dims();
+                let d = dims[D - 1];
+                let rows = hidden.shape().num_elements() / d;
+                let y = hidden
+                    .reshape([rows, d])
+                    .matmul(self.embed_tokens.val().transpose());
+                let mut out = dims;
+                out[D - 1] = self.config.vocab_size;
+                y.reshape(out)
+            }
+        }
+    }
+
+    /// Full-sequence logits `[batch, seq, vocab]` for unpadded (or left-padded, with `valid`)
+    /// token rows. Convenience for tests and scoring.
+    pub fn forward_logits(&self, rows: &[Vec<u32>], device: &B::Device) -> Tensor<B, 3> {
+        let (tokens, valid) = left_pad(rows, 0);
+        let n = valid[0].len();
+        let pos = Positions::new(&self.config, &valid, n, device);
+        let t = tokens_tensor::<B>(&tokens, device);
+        let mut cache = KvCache::new(self.config.num_hidden_layers);
+        self.logits(self.forward_hidden(t, &pos, &mut cache))
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.num_params_module()
+    }
+
+    fn num_params_module(&self) -> usize {
+        Module::num_params(self)
+    }
+}
+
+/// Left-pad token rows to one length with `pad`; returns the rows and the validity mask.
+pub fn left_pad(rows: &[Vec<u32>], pad: u32) -> (Vec<Vec<u32>>, Vec<Vec<bool>>) {
+    let n = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let mut toks = Vec::with_capacity(rows.len());
+    let mut valid = Vec::with_capacity(rows.len());
+    for r in rows {
+        let p = n - r.len();
+        let mut t = vec![pad; p];
+        t.extend_from_slice(r);
+        let mut v = vec![false; p];
+        v.extend(std::iter::repeat_n(true, r.len()));
+        toks.push(t);
+        valid.push(v);
+    }
+    (toks, valid)
+}
+
+/// `[batch, seq]` int tensor from equal-length rows.
+pub fn tokens_tensor<B: Backend>(rows: &[Vec<u32>], device: &B::Device) -> Tensor<B, 2, Int> {
+    let b = rows.len();
+    let t = rows.first().map(|r| r.len()).unwrap_or(0);
+    let flat: Vec<i64> = rows
+        .iter()
+        .flat_map(|r| r.iter().map(|&x| x as i64))
+        .collect();
+    Tensor::from_data(TensorData::new(flat, [b, t]), device)
+}
