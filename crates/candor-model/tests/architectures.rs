@@ -1,0 +1,247 @@
+//! Tiny random models of each architecture variant: load → forward → export → load round trip,
+//! left-padded batches against single rows, and checkpoint errors that name the tensor.
+
+use burn::backend::Flex;
+use burn::tensor::Tensor;
+use candor_model::checkpoint::{model_from_tensors, model_to_tensors, HostTensor};
+use candor_model::config::RopeScaling;
+use candor_model::{export_model, load_model, Llama, ModelConfig, SaveDtype};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::collections::BTreeMap;
+
+type B = Flex;
+
+fn variants() -> Vec<(&'static str, ModelConfig)> {
+    let base = ModelConfig::preset("tiny", 300).unwrap();
+    let mut llama3 = base.clone();
+    llama3.rope_theta = 500_000.0;
+    llama3.rope_scaling = Some(RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 64,
+    });
+    let mut qwen2 = base.clone();
+    qwen2.model_type = "qwen2".into();
+    qwen2.qkv_bias = true;
+    let mut untied = base.clone();
+    untied.tie_word_embeddings = false;
+    let mut mistral = base.clone();
+    mistral.model_type = "mistral".into();
+    mistral.num_key_value_heads = 1;
+    vec![
+        ("llama3-rope-scaling", llama3),
+        ("qwen2-biases", qwen2),
+        ("untied-head", untied),
+        ("mistral-mqa", mistral),
+    ]
+}
+
+/// A model with every tensor random (biases and norms included, so that a dropped or swapped
+/// tensor changes the output).
+fn random_model(c: &ModelConfig, seed: u64) -> Llama<B> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut t = BTreeMap::new();
+    for (name, shape) in candor_model::checkpoint::expected_tensors(c) {
+        let n: usize = shape.iter().product();
+        let scale = if name.ends_with("norm.weight") {
+            0.5
+        } else {
+            0.08
+        };
+        let offset = if name.ends_with("norm.weight") {
+            1.0
+        } else {
+            0.0
+        };
+        let data = (0..n)
+            .map(|_| offset + scale * (rng.random::<f32>() * 2.0 - 1.0))
+            .collect();
+        t.insert(name, HostTensor { shape, data });
+    }
+    model_from_tensors(c, t, &Default::default()).unwrap()
+}
+
+fn logits(m: &Llama<B>, rows: &[Vec<u32>]) -> Vec<f32> {
+    m.forward_logits(rows, &Default::default())
+        .into_data()
+        .iter::<f32>()
+        .collect()
+}
+
+#[test]
+fn every_variant_round_trips_through_an_hf_folder() {
+    for (name, c) in variants() {
+        let m = random_model(&c, 7);
+        let rows = vec![vec![5, 17, 42, 99, 3, 250, 12]];
+        let before = logits(&m, &rows);
+        assert!(
+            before.iter().all(|x| x.is_finite()),
+            "{name}: non-finite logits"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        export_model(&m, dir.path(), SaveDtype::F32, None).unwrap();
+        let cfg_back = ModelConfig::from_hf_file(&dir.path().join("config.json")).unwrap();
+        assert_eq!(cfg_back, c, "{name}: config.json round trip");
+        let again = load_model::<B>(dir.path(), &Default::default()).unwrap();
+        let (a, b) = (model_to_tensors(&m), model_to_tensors(&again));
+        assert_eq!(
+            a.keys().collect::<Vec<_>>(),
+            b.keys().collect::<Vec<_>>(),
+            "{name}"
+        );
+        for (k, t) in &a {
+            assert!(
+                t.data
+                    .iter()
+                    .zip(&b[k].data)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{name}: {k} changed"
+            );
+        }
+        let after = logits(&again, &rows);
+        assert!(
+            before
+                .iter()
+                .zip(&after)
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{name}: logits changed after reload"
+        );
+        // bf16 export loads and stays close
+        let dir16 = tempfile::tempdir().unwrap();
+        export_model(&m, dir16.path(), SaveDtype::Bf16, None).unwrap();
+        let m16 = load_model::<B>(dir16.path(), &Default::default()).unwrap();
+        let l16 = logits(&m16, &rows);
+        let worst = before
+            .iter()
+            .zip(&l16)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 0.05, "{name}: bf16 export drifts by {worst}");
+        let has_lm_head = a.contains_key("lm_head.weight");
+        assert_eq!(
+            has_lm_head, !c.tie_word_embeddings,
+            "{name}: lm_head.weight presence"
+        );
+        if c.qkv_bias {
+            assert!(
+                a.contains_key("model.layers.0.self_attn.q_proj.bias"),
+                "{name}: q bias"
+            );
+        }
+    }
+}
+
+#[test]
+fn variants_differ_where_they_should() {
+    // The rope scaling and the biases must change the output; otherwise the tests above would
+    // pass with a decoder that ignores them.
+    let vs = variants();
+    let rows = vec![(0..80u32).map(|i| (i * 7) % 300).collect::<Vec<u32>>()];
+    let (_, llama3) = &vs[0];
+    let m = random_model(llama3, 1);
+    let mut plain_cfg = llama3.clone();
+    plain_cfg.rope_scaling = None;
+    let mut plain = random_model(&plain_cfg, 1);
+    plain.config = plain_cfg;
+    let (a, b) = (logits(&m, &rows), logits(&plain, &rows));
+    assert!(
+        a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-4),
+        "llama3 rope scaling had no effect"
+    );
+    let inv_plain = ModelConfig {
+        rope_scaling: None,
+        ..llama3.clone()
+    }
+    .rope_inv_freq();
+    let inv = llama3.rope_inv_freq();
+    assert_eq!(inv[0], inv_plain[0], "highest frequency is not scaled");
+    let last = inv.len() - 1;
+    assert!(
+        (inv[last] * 8.0 - inv_plain[last]).abs() < 1e-9 * inv_plain[last].max(1e-30) + 1e-12,
+        "lowest frequency divided by factor"
+    );
+}
+
+#[test]
+fn left_padded_batch_equals_rows_alone() {
+    for (name, c) in variants() {
+        let m = random_model(&c, 3);
+        let rows = vec![
+            vec![1, 2, 3, 4, 5, 6, 7, 8],
+            vec![9, 10, 11],
+            vec![200, 201, 202, 203, 204],
+        ];
+        let batch = m.forward_logits(&rows, &Default::default());
+        let [_, t, v] = batch.dims();
+        for (i, r) in rows.iter().enumerate() {
+            let alone = logits(&m, std::slice::from_ref(r));
+            let b: Tensor<B, 3> = batch
+                .clone()
+                .narrow(0, i, 1)
+                .narrow(1, t - r.len(), r.len());
+            let b: Vec<f32> = b.into_data().iter::<f32>().collect();
+            assert_eq!(b.len(), r.len() * v);
+            let worst = b
+                .iter()
+                .zip(&alone)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst < 1e-4,
+                "{name}: row {i} differs by {worst} when left-padded"
+            );
+        }
+    }
+}
+
+#[test]
+fn checkpoint_errors_name_the_tensor_and_both_shapes() {
+    let c = ModelConfig::preset("tiny", 300).unwrap();
+    let m = random_model(&c, 1);
+    let mut t = model_to_tensors(&m);
+    t.remove("model.layers.1.mlp.up_proj.weight");
+    let k = t.get_mut("model.layers.0.self_attn.k_proj.weight").unwrap();
+    k.shape = vec![32, 384];
+    t.insert(
+        "model.extra.weight".into(),
+        HostTensor {
+            shape: vec![2],
+            data: vec![0.0, 0.0],
+        },
+    );
+    let err = format!(
+        "{:#}",
+        model_from_tensors::<B>(&c, t, &Default::default()).unwrap_err()
+    );
+    assert!(
+        err.contains(
+            "missing tensor `model.layers.1.mlp.up_proj.weight` (expected shape [512, 192])"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("tensor `model.layers.0.self_attn.k_proj.weight` has shape [32, 384], expected [64, 192]"), "{err}");
+    assert!(
+        err.contains("unexpected tensor `model.extra.weight`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_configs_are_clear_errors() {
+    let e = ModelConfig::from_hf_json(r#"{"model_type":"gpt_neox","vocab_size":10,"hidden_size":8,"intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":2}"#).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("model_type `gpt_neox` is not supported"),
+        "{e:#}"
+    );
+    let e = ModelConfig::from_hf_json(r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":2,"rope_scaling":{"rope_type":"yarn","factor":4.0}}"#).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("allowed rope_type: default, linear, llama3"),
+        "{e:#}"
+    );
+    let e = ModelConfig::from_hf_json(r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":3,"num_key_value_heads":2}"#).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("multiple of num_key_value_heads"),
+        "{e:#}"
+    );
+}

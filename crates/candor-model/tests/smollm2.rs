@@ -1,0 +1,233 @@
+//! SmolLM2-135M-Instruct imported from its GGUF against HF transformers' reference dump
+//! (`../shared/fixtures/smollm2/reference_logits.json`), export round trip, and batched
+//! generation against one-at-a-time generation.
+
+mod common;
+
+use burn::backend::Flex;
+use candor_model::checkpoint::model_to_tensors;
+use candor_model::{export_model, generate, load_model, GenConfig, SaveDtype, Tokenizer};
+use serde_json::Value;
+
+type B = Flex;
+
+fn reference() -> Value {
+    let p = common::shared().join("fixtures/smollm2/reference_logits.json");
+    serde_json::from_str(&std::fs::read_to_string(&p).expect("reading reference_logits.json"))
+        .unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn tokenizer_matches_reference() {
+    let Some(dir) = common::smollm2() else { return };
+    let tok = Tokenizer::load(&dir).unwrap();
+    let r = reference();
+    let mut n = 0;
+    for case in r["tokenizer_cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(r["prompts"].as_array().unwrap())
+    {
+        let text = case["text"].as_str().unwrap();
+        let want = ids(if case.get("ids").is_some() {
+            &case["ids"]
+        } else {
+            &case["token_ids"]
+        });
+        assert_eq!(
+            tok.encode(text, false).unwrap(),
+            want,
+            "token ids of {text:?}"
+        );
+        n += 1;
+    }
+    assert!(n >= 10);
+}
+
+#[test]
+fn chat_template_renders_like_hf() {
+    let Some(dir) = common::smollm2() else { return };
+    let tok = Tokenizer::load(&dir).unwrap();
+    let r = reference();
+    // The third reference prompt is HF's apply_chat_template output for one user turn.
+    let want = r["prompts"][2]["text"].as_str().unwrap();
+    let got = tok
+        .prompt(
+            "What is the capital of Japan?",
+            candor_model::PromptStyle::Chat,
+        )
+        .unwrap();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn logits_match_reference() {
+    let Some(dir) = common::smollm2() else { return };
+    let device = Default::default();
+    let model = load_model::<B>(&dir, &device).unwrap();
+    for p in reference()["prompts"].as_array().unwrap() {
+        let toks = ids(&p["token_ids"]);
+        let f = &p["f32"];
+        let logits = model.forward_logits(&[toks.clone()], &device);
+        let [_, n, v] = logits.dims();
+        let all: Vec<f32> = logits.into_data().iter::<f32>().collect();
+        // greedy argmax at every position
+        let argmax: Vec<u32> = all
+            .chunks(v)
+            .map(|row| {
+                row.iter()
+                    .enumerate()
+                    .fold(0, |b, (i, &x)| if x > row[b] { i } else { b }) as u32
+            })
+            .collect();
+        assert_eq!(
+            argmax,
+            ids(&f["argmax_per_position"]),
+            "argmax per position for {:?}",
+            p["text"]
+        );
+        // top-5 at the last position: ids identical, logits within 1e-3
+        let last = &all[(n - 1) * v..n * v];
+        let mut order: Vec<usize> = (0..v).collect();
+        order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
+        let top5: Vec<u32> = order[..5].iter().map(|&i| i as u32).collect();
+        assert_eq!(top5, ids(&f["top5_ids"]));
+        let mut worst = 0f64;
+        for (i, want) in order[..5].iter().zip(floats(&f["top5_logits"])) {
+            worst = worst.max((last[*i] as f64 - want).abs());
+        }
+        for (got, want) in last[..8].iter().zip(floats(&f["last_logits_first8"])) {
+            worst = worst.max((*got as f64 - want).abs());
+        }
+        assert!(worst < 1e-3, "max |logit − reference| = {worst}");
+        let mean = all.iter().map(|&x| x as f64).sum::<f64>() / all.len() as f64;
+        let std =
+            (all.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / all.len() as f64).sqrt();
+        assert!(
+            (mean - f["logits_mean"].as_f64().unwrap()).abs() < 1e-3,
+            "logits mean {mean}"
+        );
+        assert!(
+            (std - f["logits_std"].as_f64().unwrap()).abs() < 1e-3,
+            "logits std {std}"
+        );
+        eprintln!(
+            "{:?}: max |Δlogit| {worst:.2e}",
+            p["text"]
+                .as_str()
+                .unwrap()
+                .chars()
+                .take(30)
+                .collect::<String>()
+        );
+    }
+}
+
+#[test]
+fn export_reloads_bit_identically() {
+    let Some(dir) = common::smollm2() else { return };
+    let device = Default::default();
+    let model = load_model::<B>(&dir, &device).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    export_model(&model, out.path(), SaveDtype::F32, Some(&dir)).unwrap();
+    let st = std::fs::read(out.path().join("model.safetensors")).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&st).unwrap();
+    assert_eq!(
+        meta.metadata()
+            .as_ref()
+            .and_then(|m| m.get("format"))
+            .map(String::as_str),
+        Some("pt")
+    );
+    let names: Vec<String> = meta.tensors().keys().cloned().collect();
+    assert!(
+        !names.contains(&"lm_head.weight".to_string()),
+        "tied head must not be exported"
+    );
+    let again = load_model::<B>(out.path(), &device).unwrap();
+    let (a, b) = (model_to_tensors(&model), model_to_tensors(&again));
+    assert_eq!(a.len(), b.len());
+    for (name, t) in &a {
+        let u = &b[name];
+        assert_eq!(t.shape, u.shape, "{name}");
+        assert!(
+            t.data
+                .iter()
+                .zip(&u.data)
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{name} differs after round trip"
+        );
+    }
+    // and the exported tokenizer still works
+    let tok = Tokenizer::load(out.path()).unwrap();
+    assert_eq!(
+        tok.encode("What is 23 + 45?", false).unwrap(),
+        vec![1780, 314, 216, 34, 35, 1232, 216, 36, 37, 47]
+    );
+}
+
+#[test]
+fn batched_left_padded_generation_equals_one_at_a_time() {
+    let Some(dir) = common::smollm2() else { return };
+    let device = Default::default();
+    let model = load_model::<B>(&dir, &device).unwrap();
+    let tok = Tokenizer::load(&dir).unwrap();
+    let questions = [
+        "What is 7 + 5?",
+        "Name the largest planet in the solar system.",
+        "Who wrote Hamlet?",
+        "hi",
+    ];
+    let prompts: Vec<Vec<u32>> = questions
+        .iter()
+        .map(|q| {
+            tok.encode(
+                &tok.prompt(q, candor_model::PromptStyle::Chat).unwrap(),
+                false,
+            )
+            .unwrap()
+        })
+        .collect();
+    assert!(
+        prompts.iter().map(|p| p.len()).min() != prompts.iter().map(|p| p.len()).max(),
+        "prompts must differ in length"
+    );
+    let cfg = GenConfig {
+        max_new_tokens: 16,
+        stop_ids: tok.stop_ids.clone(),
+        top_logprobs: 5,
+        ..Default::default()
+    };
+    let batched = generate(&model, &tok, &prompts, &cfg, &device).unwrap();
+    for (i, p) in prompts.iter().enumerate() {
+        let single = generate(&model, &tok, std::slice::from_ref(p), &cfg, &device)
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            batched[i].tokens, single.tokens,
+            "row {i}: {:?} vs {:?}",
+            batched[i].text, single.text
+        );
+        for (a, b) in batched[i].logprobs.iter().zip(&single.logprobs) {
+            assert!((a - b).abs() < 1e-3, "row {i}: log-prob {a} vs {b}");
+        }
+        assert_eq!(batched[i].top[0].len(), 5);
+        eprintln!("{:?} → {:?}", questions[i], single.text);
+    }
+}
