@@ -169,7 +169,12 @@ impl<'a> Cursor<'a> {
             3 => Value::I64(i16::from_le_bytes(self.take(2)?.try_into().unwrap()) as i64),
             4 => Value::U64(self.u32()? as u64),
             5 => Value::I64(self.u32()? as i32 as i64),
-            6 => Value::F64(f32::from_le_bytes(self.take(4)?.try_into().unwrap()) as f64),
+            // f32 values are widened through their shortest decimal form, so that 1e-5 stays 1e-5
+            // in config.json rather than becoming 9.999999747378752e-6.
+            6 => {
+                let f = f32::from_le_bytes(self.take(4)?.try_into().unwrap());
+                Value::F64(f.to_string().parse().unwrap_or(f as f64))
+            }
             7 => Value::Bool(self.take(1)?[0] != 0),
             8 => Value::Str(self.string()?),
             9 => {
@@ -559,7 +564,7 @@ impl GgufFile {
             rms_norm_eps: self
                 .get(&k("attention.layer_norm_rms_epsilon"))
                 .and_then(|v| v.as_f64())
-                .unwrap_or(1e-5) as f32 as f64,
+                .unwrap_or(1e-5),
             rope_theta: self
                 .get(&k("rope.freq_base"))
                 .and_then(|v| v.as_f64())
