@@ -8,7 +8,9 @@ use std::str::FromStr;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceSpec {
     Cpu,
-    Wgpu(usize),
+    /// `wgpu` = the best available adapter (a software Vulkan such as lavapipe included);
+    /// `wgpu:N` = discrete GPU N.
+    Wgpu(Option<usize>),
     Cuda(usize),
 }
 
@@ -16,17 +18,16 @@ impl FromStr for DeviceSpec {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         let (name, idx) = match s.split_once(':') {
-            Some((n, i)) => (
-                n,
-                i.parse::<usize>()
-                    .map_err(|_| anyhow::anyhow!("device index in `{s}` is not a number"))?,
-            ),
-            None => (s, 0),
+            Some((n, i)) => {
+                let i = i.parse::<usize>().map_err(|_| anyhow::anyhow!("device index in `{s}` is not a number"))?;
+                (n, Some(i))
+            }
+            None => (s, None),
         };
         Ok(match name {
-            "cpu" => DeviceSpec::Cpu,
+            "cpu" if idx.is_none() => DeviceSpec::Cpu,
             "wgpu" => DeviceSpec::Wgpu(idx),
-            "cuda" => DeviceSpec::Cuda(idx),
+            "cuda" => DeviceSpec::Cuda(idx.unwrap_or(0)),
             _ => bail!("unknown device `{s}` (allowed: cpu, wgpu[:N], cuda[:N])"),
         })
     }
@@ -36,7 +37,8 @@ impl std::fmt::Display for DeviceSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DeviceSpec::Cpu => write!(f, "cpu"),
-            DeviceSpec::Wgpu(i) => write!(f, "wgpu:{i}"),
+            DeviceSpec::Wgpu(None) => write!(f, "wgpu"),
+            DeviceSpec::Wgpu(Some(i)) => write!(f, "wgpu:{i}"),
             DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
         }
     }
@@ -53,7 +55,9 @@ pub fn run_on<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output> {
         DeviceSpec::Cpu => task.run::<burn::backend::Flex>(Default::default()),
         #[cfg(feature = "wgpu")]
         DeviceSpec::Wgpu(i) => {
-            task.run::<burn::backend::Wgpu>(burn::backend::wgpu::WgpuDevice::DiscreteGpu(i))
+            use burn::backend::wgpu::WgpuDevice;
+            let device = i.map(WgpuDevice::DiscreteGpu).unwrap_or(WgpuDevice::BestAvailable);
+            task.run::<burn::backend::Wgpu>(device)
         }
         #[cfg(not(feature = "wgpu"))]
         DeviceSpec::Wgpu(_) => {

@@ -142,13 +142,20 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
-/// Per-call inputs that describe where the new tokens sit: their positions (for RoPE) and which
-/// key positions each may attend to (causal + padding).
+/// Per-call inputs that describe where the new tokens sit: their RoPE angles and which key
+/// positions each may attend to (causal + padding).
 pub struct Positions<B: Backend> {
-    /// `[batch, 1, new, head_dim]` cosines and sines.
-    pub cos: Tensor<B, 4>,
-    pub sin: Tensor<B, 4>,
-    /// `[batch, 1, new, past + new]`, true = masked out.
+    /// `[batch, new, heads, head_dim]` cosines and sines for the queries, and the same with
+    /// `kv_heads` for the keys. Materialised per head so that RoPE runs on contiguous tensors
+    /// (broadcasting elementwise ops take a slow strided path on the CPU backend).
+    pub cos_q: Tensor<B, 4>,
+    pub sin_q: Tensor<B, 4>,
+    pub cos_k: Tensor<B, 4>,
+    pub sin_k: Tensor<B, 4>,
+    /// `[head_dim, head_dim]` signed permutation with `x · rot = rotate_half(x)`.
+    pub rot: Tensor<B, 2>,
+    /// `[batch, 1, group * new, past + new]`, true = masked out; rows repeat per query head of a
+    /// KV group (see `Attention::forward`).
     pub mask: Tensor<B, 4, Bool>,
 }
 
@@ -156,26 +163,19 @@ impl<B: Backend> Positions<B> {
     /// `valid[b][j]` says whether key position `j` (over past + new) of row `b` is a real token
     /// (false for left padding). Position ids count real tokens only, as HF does for left-padded
     /// batches. Padding queries may attend to themselves so that no softmax row is empty.
-    pub fn new(
-        config: &ModelConfig,
-        valid: &[Vec<bool>],
-        n_new: usize,
-        device: &B::Device,
-    ) -> Self {
+    pub fn new(config: &ModelConfig, valid: &[Vec<bool>], n_new: usize, device: &B::Device) -> Self {
         let batch = valid.len();
         let total = valid.first().map(|v| v.len()).unwrap_or(0);
         let past = total - n_new;
         let inv = config.rope_inv_freq();
         let (hd, half) = (config.head_dim, config.head_dim / 2);
+        let (h, kv) = (config.num_attention_heads, config.num_key_value_heads);
+        let group = h / kv;
         let mut cos = vec![0f32; batch * n_new * hd];
         let mut sin = vec![0f32; batch * n_new * hd];
-        let mut mask = vec![true; batch * n_new * total];
+        let mut mask = vec![true; batch * group * n_new * total];
         for (b, row) in valid.iter().enumerate() {
-            assert_eq!(
-                row.len(),
-                total,
-                "every row of `valid` must have the same length"
-            );
+            assert_eq!(row.len(), total, "every row of `valid` must have the same length");
             let mut pos = row[..past].iter().filter(|&&v| v).count();
             for i in 0..n_new {
                 let q = past + i;
@@ -192,43 +192,51 @@ impl<B: Backend> Positions<B> {
                     sin[base + f] = s;
                     sin[base + f + half] = s;
                 }
-                let mrow = &mut mask[(b * n_new + i) * total..(b * n_new + i + 1) * total];
-                for j in 0..=q {
-                    mrow[j] = !(row[j] || j == q);
+                for r in 0..group {
+                    let at = ((b * group + r) * n_new + i) * total;
+                    for j in 0..=q {
+                        mask[at + j] = !(row[j] || j == q);
+                    }
                 }
             }
         }
+        let per_head = |t: &[f32], heads: usize| -> Tensor<B, 4> {
+            let mut out = Vec::with_capacity(t.len() * heads);
+            for row in t.chunks(hd) {
+                for _ in 0..heads {
+                    out.extend_from_slice(row);
+                }
+            }
+            Tensor::from_data(TensorData::new(out, [batch, n_new, heads, hd]), device)
+        };
+        let mut rot = vec![0f32; hd * hd];
+        for i in 0..half {
+            rot[(i + half) * hd + i] = -1.0; // out[i] = -x[i + half]
+            rot[i * hd + i + half] = 1.0; // out[i + half] = x[i]
+        }
         Self {
-            cos: Tensor::from_data(TensorData::new(cos, [batch, 1, n_new, hd]), device),
-            sin: Tensor::from_data(TensorData::new(sin, [batch, 1, n_new, hd]), device),
-            mask: Tensor::from_data(TensorData::new(mask, [batch, 1, n_new, total]), device),
+            cos_q: per_head(&cos, h),
+            sin_q: per_head(&sin, h),
+            cos_k: per_head(&cos, kv),
+            sin_k: per_head(&sin, kv),
+            rot: Tensor::from_data(TensorData::new(rot, [hd, hd]), device),
+            mask: Tensor::from_data(TensorData::new(mask, [batch, 1, group * n_new, total]), device),
         }
     }
 }
 
-fn rotate_half<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let d = x.dims()[3];
-    let x1 = x.clone().narrow(3, 0, d / 2);
-    let x2 = x.narrow(3, d / 2, d / 2);
-    Tensor::cat(vec![x2.neg(), x1], 3)
-}
-
-fn apply_rope<B: Backend>(x: Tensor<B, 4>, pos: &Positions<B>) -> Tensor<B, 4> {
-    x.clone() * pos.cos.clone() + rotate_half(x) * pos.sin.clone()
-}
-
-/// `[b, kv, t, d]` → `[b, kv * rep, t, d]`, each kv head repeated `rep` times (HF `repeat_kv`).
-fn repeat_kv<B: Backend>(x: Tensor<B, 4>, rep: usize) -> Tensor<B, 4> {
-    if rep == 1 {
-        return x;
-    }
-    let [b, kv, t, d] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, kv, rep, t, d])
-        .reshape([b, kv * rep, t, d])
+/// Rotate-half RoPE (HF layout) on `[batch, seq, heads, head_dim]`:
+/// `x·cos + rotate_half(x)·sin`, with `rotate_half` as a matmul by a signed permutation.
+fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>, rot: &Tensor<B, 2>) -> Tensor<B, 4> {
+    let dims = x.dims();
+    let rotated = x.clone().reshape([dims[0] * dims[1] * dims[2], dims[3]]).matmul(rot.clone()).reshape(dims);
+    x * cos.clone() + rotated * sin.clone()
 }
 
 impl<B: Backend> Attention<B> {
+    /// Grouped-query attention without copying keys/values per query head: the `group` query
+    /// heads that share a KV head are stacked along the sequence axis,
+    /// `[b, h, t, d]` → `[b, kv, group·t, d]`, which is a free reshape of HF's head order.
     fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -237,51 +245,25 @@ impl<B: Backend> Attention<B> {
         config: &ModelConfig,
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
-        let (h, kv, hd) = (
-            config.num_attention_heads,
-            config.num_key_value_heads,
-            config.head_dim,
-        );
-        let q = self
-            .q_proj
-            .forward(x.clone())
-            .reshape([b, t, h, hd])
-            .swap_dims(1, 2);
-        let k = self
-            .k_proj
-            .forward(x.clone())
-            .reshape([b, t, kv, hd])
-            .swap_dims(1, 2);
-        let v = self
-            .v_proj
-            .forward(x)
-            .reshape([b, t, kv, hd])
-            .swap_dims(1, 2);
-        let q = apply_rope(q, pos);
-        let k = apply_rope(k, pos);
+        let (h, kv, hd) = (config.num_attention_heads, config.num_key_value_heads, config.head_dim);
+        let q = self.q_proj.forward(x.clone()).reshape([b, t, h, hd]);
+        let k = self.k_proj.forward(x.clone()).reshape([b, t, kv, hd]);
+        let v = self.v_proj.forward(x).reshape([b, t, kv, hd]).swap_dims(1, 2);
+        let q = apply_rope(q, &pos.cos_q, &pos.sin_q, &pos.rot).swap_dims(1, 2);
+        let k = apply_rope(k, &pos.cos_k, &pos.sin_k, &pos.rot).swap_dims(1, 2);
         let (k, v) = match cache.take() {
             Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
             None => (k, v),
         };
         *cache = Some((k.clone(), v.clone()));
-        let rep = h / kv;
+        let group = h / kv;
+        let q = q.reshape([b, kv, group * t, hd]);
         let [_, _, nq, total] = pos.mask.dims();
-        let mask = pos.mask.clone().expand([b, h, nq, total]);
-        let opts = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: false,
-        };
-        let out = attention(
-            q,
-            repeat_kv(k, rep),
-            repeat_kv(v, rep),
-            Some(mask),
-            None,
-            opts,
-        );
-        self.o_proj
-            .forward(out.swap_dims(1, 2).reshape([b, t, h * hd]))
+        let mask = pos.mask.clone().expand([b, kv, nq, total]);
+        let opts = AttentionModuleOptions { scale: None, softcap: None, is_causal: false };
+        let out = attention(q, k, v, Some(mask), None, opts); // [b, kv, group·t, d]
+        let out = out.reshape([b, h, t, hd]).swap_dims(1, 2).reshape([b, t, h * hd]);
+        self.o_proj.forward(out)
     }
 }
 

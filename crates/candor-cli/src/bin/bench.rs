@@ -1,0 +1,130 @@
+//! `bench --model DIR`: forward and generation throughput of a model on the CPU backend, and
+//! the same measured with PyTorch/transformers side by side when `.venv-bench` (see
+//! `scripts/setup-bench-venv.sh`) or `--python` provides them. Prints a table with ratios.
+
+use anyhow::{Context, Result};
+use burn::backend::Flex;
+use candor_model::{generate, load_model, GenConfig, Tokenizer};
+use clap::Parser;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(about = "Throughput of forward and generation (batch 1 and 16), beside PyTorch")]
+struct Args {
+    #[arg(long, default_value = "checkpoints/smollm2-135m-instruct")]
+    model: PathBuf,
+    /// Tokens per sequence for the forward benchmark.
+    #[arg(long, default_value_t = 64)]
+    seq: usize,
+    /// New tokens per sequence for the generation benchmark (prompt: 16 tokens).
+    #[arg(long, default_value_t = 32)]
+    new_tokens: usize,
+    /// Timed repeats (best is reported) after one warm-up.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Python with torch + transformers; default `.venv-bench/bin/python` if present.
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// Skip the PyTorch side.
+    #[arg(long)]
+    no_pytorch: bool,
+}
+
+fn best(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut b = f64::INFINITY;
+    for _ in 0..repeats {
+        let t = Instant::now();
+        f()?;
+        b = b.min(t.elapsed().as_secs_f64());
+    }
+    Ok(b)
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(String::from))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    let device = Default::default();
+    let model = load_model::<Flex>(&a.model, &device)?;
+    let tok = Tokenizer::load(&a.model)?;
+    let vocab = model.config.vocab_size as u32;
+    let mut rng = StdRng::seed_from_u64(0);
+    let mut rows = |b: usize, n: usize| -> Vec<Vec<u32>> {
+        (0..b).map(|_| (0..n).map(|_| rng.random_range(100..vocab - 100)).collect()).collect()
+    };
+    let mut ours = serde_json::Map::new();
+    for b in [1usize, 16] {
+        let x = rows(b, a.seq);
+        let s = best(a.repeats, || {
+            let l = model.forward_logits(&x, &device);
+            let _ = l.into_data(); // wait for the result
+            Ok(())
+        })?;
+        ours.insert(format!("forward_b{b}"), ((b * a.seq) as f64 / s).into());
+        eprintln!("forward   batch {b:>2}: {:.1} tokens/s", (b * a.seq) as f64 / s);
+        let p = rows(b, 16);
+        let cfg = GenConfig { max_new_tokens: a.new_tokens, stop_ids: vec![], ..Default::default() };
+        let s = best(a.repeats, || generate(&model, &tok, &p, &cfg, &device).map(|_| ()))?;
+        ours.insert(format!("generate_b{b}"), ((b * a.new_tokens) as f64 / s).into());
+        eprintln!("generate  batch {b:>2}: {:.1} tokens/s", (b * a.new_tokens) as f64 / s);
+    }
+    ours.insert("peak_rss_mb".into(), peak_rss_mb().into());
+
+    let python = a.python.clone().or_else(|| {
+        let p = PathBuf::from(".venv-bench/bin/python");
+        p.exists().then_some(p)
+    });
+    let theirs: Option<serde_json::Value> = match (&python, a.no_pytorch) {
+        (Some(py), false) => {
+            eprintln!("running the PyTorch side with {} …", py.display());
+            let out = std::process::Command::new(py)
+                .arg("scripts/bench_pytorch.py")
+                .arg(&a.model)
+                .args([a.seq.to_string(), a.new_tokens.to_string(), a.repeats.to_string()])
+                .output()
+                .context("running scripts/bench_pytorch.py")?;
+            if out.status.success() {
+                let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").to_string();
+                Some(serde_json::from_str(&line).context("parsing the PyTorch result")?)
+            } else {
+                eprintln!("PyTorch side failed:\n{}", String::from_utf8_lossy(&out.stderr));
+                None
+            }
+        }
+        _ => {
+            eprintln!("(no PyTorch side: run scripts/setup-bench-venv.sh or pass --python)");
+            None
+        }
+    };
+    println!("model: {}  (f32, CPU, {} threads available)", a.model.display(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!("forward: {} tokens per sequence; generation: 16-token prompt + {} new tokens, greedy", a.seq, a.new_tokens);
+    if let Some(t) = &theirs {
+        println!("pytorch: torch {} ({} threads)", t["torch"].as_str().unwrap_or("?"), t["threads"]);
+    }
+    println!("{:<22} {:>12} {:>12} {:>8}", "measure", "candor", "pytorch", "ratio");
+    let label = |k: &str| match k {
+        "forward_b1" => "forward b=1 (tok/s)",
+        "forward_b16" => "forward b=16 (tok/s)",
+        "generate_b1" => "generate b=1 (tok/s)",
+        "generate_b16" => "generate b=16 (tok/s)",
+        _ => "peak RSS (MB)",
+    };
+    for k in ["forward_b1", "forward_b16", "generate_b1", "generate_b16", "peak_rss_mb"] {
+        let o = ours[k].as_f64().unwrap();
+        match theirs.as_ref().and_then(|t| t[k].as_f64()) {
+            Some(p) => println!("{:<22} {:>12.1} {:>12.1} {:>7.2}×", label(k), o, p, o / p),
+            None => println!("{:<22} {:>12.1} {:>12} {:>8}", label(k), o, "-", "-"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! The GPU backends run the same decoder: a tiny random model gives the CPU's logits on `wgpu`
+//! (lavapipe in CI) and on `cuda` (when built with the feature and a GPU is present), and
+//! SmolLM2 matches the HF reference there too when `CANDOR_GPU_PARITY=1`.
+#![cfg(any(feature = "wgpu", feature = "cuda"))]
+
+mod common;
+
+use burn::backend::Flex;
+use burn::tensor::backend::Backend;
+use candor_model::checkpoint::{model_from_tensors, HostTensor};
+use candor_model::{load_model, BackendTask, DeviceSpec, Llama, ModelConfig};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::collections::BTreeMap;
+
+fn tensors(c: &ModelConfig) -> BTreeMap<String, HostTensor> {
+    let mut rng = StdRng::seed_from_u64(2);
+    candor_model::checkpoint::expected_tensors(c)
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            let off = if name.ends_with("norm.weight") { 1.0 } else { 0.0 };
+            let data = (0..n).map(|_| off + rng.random::<f32>() * 0.2 - 0.1).collect();
+            (name, HostTensor { shape, data })
+        })
+        .collect()
+}
+
+fn rows() -> Vec<Vec<u32>> {
+    vec![vec![1, 2, 3, 4, 5, 6], vec![7, 8, 9]]
+}
+
+struct Logits(ModelConfig);
+impl BackendTask for Logits {
+    type Output = Vec<f32>;
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Vec<f32>> {
+        let m: Llama<B> = model_from_tensors(&self.0, tensors(&self.0), &device)?;
+        Ok(m.forward_logits(&rows(), &device).into_data().iter::<f32>().collect())
+    }
+}
+
+fn compare(spec: DeviceSpec) {
+    let mut c = ModelConfig::preset("tiny", 300).unwrap();
+    c.model_type = "qwen2".into();
+    c.qkv_bias = true;
+    let cpu = Logits(c.clone()).run::<Flex>(Default::default()).unwrap();
+    let gpu = candor_model::run_on(spec, Logits(c)).unwrap();
+    let worst = cpu.iter().zip(&gpu).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    eprintln!("{spec}: tiny model max |Δlogit| vs cpu = {worst:.2e}");
+    assert!(worst < 1e-3, "{spec} differs from cpu by {worst}");
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn tiny_model_on_wgpu_matches_cpu() {
+    compare(DeviceSpec::Wgpu(None));
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn tiny_model_on_cuda_matches_cpu() {
+    if std::env::var("CANDOR_TEST_CUDA").is_err() {
+        eprintln!("SKIPPED: set CANDOR_TEST_CUDA=1 on a machine with an NVIDIA GPU");
+        return;
+    }
+    compare(DeviceSpec::Cuda(0));
+}
+
+/// SmolLM2 against the HF reference on a GPU backend: `CANDOR_GPU_PARITY=cuda` or `=wgpu`.
+#[test]
+fn smollm2_parity_on_gpu() {
+    let Ok(which) = std::env::var("CANDOR_GPU_PARITY") else {
+        eprintln!("SKIPPED: set CANDOR_GPU_PARITY=cuda|wgpu to check SmolLM2 against the reference on a GPU");
+        return;
+    };
+    let Some(dir) = common::smollm2() else { return };
+    struct Parity(std::path::PathBuf);
+    impl BackendTask for Parity {
+        type Output = f64;
+        fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<f64> {
+            let m = load_model::<B>(&self.0, &device)?;
+            let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(common::shared().join("fixtures/smollm2/reference_logits.json"))?)?;
+            let mut worst = 0f64;
+            for p in r["prompts"].as_array().unwrap() {
+                let ids: Vec<u32> = p["token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+                let l: Vec<f32> = m.forward_logits(&[ids.clone()], &device).into_data().iter::<f32>().collect();
+                let v = l.len() / ids.len();
+                let last = &l[(ids.len() - 1) * v..];
+                for (i, want) in p["f32"]["top5_ids"].as_array().unwrap().iter().zip(p["f32"]["top5_logits"].as_array().unwrap()) {
+                    worst = worst.max((last[i.as_u64().unwrap() as usize] as f64 - want.as_f64().unwrap()).abs());
+                }
+                let argmax: Vec<u64> = l.chunks(v).map(|row| row.iter().enumerate().fold(0, |b, (i, &x)| if x > row[b] { i } else { b }) as u64).collect();
+                let want: Vec<u64> = p["f32"]["argmax_per_position"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+                anyhow::ensure!(argmax == want, "argmax differs");
+            }
+            Ok(worst)
+        }
+    }
+    let spec: DeviceSpec = which.parse().unwrap();
+    let worst = candor_model::run_on(spec, Parity(dir)).unwrap();
+    eprintln!("{spec}: SmolLM2 top-5 max |Δlogit| vs HF = {worst:.2e}");
+    assert!(worst < 1e-2, "{spec}: {worst}");
+}
