@@ -56,7 +56,7 @@ pub fn run_on<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output> {
         #[cfg(feature = "wgpu")]
         DeviceSpec::Wgpu(i) => {
             use burn::backend::wgpu::WgpuDevice;
-            let device = i.map(WgpuDevice::DiscreteGpu).unwrap_or(WgpuDevice::BestAvailable);
+            let device = i.map(WgpuDevice::DiscreteGpu).unwrap_or(WgpuDevice::DefaultDevice);
             task.run::<burn::backend::Wgpu>(device)
         }
         #[cfg(not(feature = "wgpu"))]
