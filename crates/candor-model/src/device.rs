@@ -19,7 +19,9 @@ impl FromStr for DeviceSpec {
     fn from_str(s: &str) -> Result<Self> {
         let (name, idx) = match s.split_once(':') {
             Some((n, i)) => {
-                let i = i.parse::<usize>().map_err(|_| anyhow::anyhow!("device index in `{s}` is not a number"))?;
+                let i = i
+                    .parse::<usize>()
+                    .map_err(|_| anyhow::anyhow!("device index in `{s}` is not a number"))?;
                 (n, Some(i))
             }
             None => (s, None),
@@ -56,7 +58,9 @@ pub fn run_on<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output> {
         #[cfg(feature = "wgpu")]
         DeviceSpec::Wgpu(i) => {
             use burn::backend::wgpu::WgpuDevice;
-            let device = i.map(WgpuDevice::DiscreteGpu).unwrap_or(WgpuDevice::DefaultDevice);
+            let device = i
+                .map(WgpuDevice::DiscreteGpu)
+                .unwrap_or(WgpuDevice::DefaultDevice);
             task.run::<burn::backend::Wgpu>(device)
         }
         #[cfg(not(feature = "wgpu"))]

@@ -8,6 +8,7 @@ use anyhow::Result;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::{rngs::StdRng, Rng, SeedableRng};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -82,16 +83,6 @@ fn top_k(lp: &[f32], k: usize) -> Vec<(u32, f32)> {
     top
 }
 
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > row[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 /// Draw from `softmax(logits / t)` restricted to the top-p nucleus.
 fn sample(logits: &[f32], temperature: f32, top_p: f32, rng: &mut StdRng) -> u32 {
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
@@ -126,14 +117,13 @@ fn sample(logits: &[f32], temperature: f32, top_p: f32, rng: &mut StdRng) -> u32
     probs.last().map(|p| p.0).unwrap_or(0)
 }
 
-fn logits_rows<B: Backend>(model: &Llama<B>, hidden_last: Tensor<B, 2>) -> Vec<Vec<f32>> {
-    let v = model.config.vocab_size;
-    let flat: Vec<f32> = model
+/// Logits of the last positions, flat `[rows × vocab]` on the host.
+fn logits_host<B: Backend>(model: &Llama<B>, hidden_last: Tensor<B, 2>) -> Vec<f32> {
+    model
         .logits(hidden_last)
         .into_data()
-        .iter::<f32>()
-        .collect();
-    flat.chunks(v).map(|c| c.to_vec()).collect()
+        .into_vec::<f32>()
+        .expect("f32 logits")
 }
 
 /// Generate a continuation for each prompt (token ids), batched with left padding. Finished
@@ -174,21 +164,31 @@ pub fn generate<B: Backend>(
     let d = model.config.hidden_size;
     let mut last = hidden.narrow(1, t0 - 1, 1).reshape([n, d]);
     for step in 0..cfg.max_new_tokens {
-        let rows = logits_rows(model, last);
+        let flat = logits_host(model, last);
+        let v = model.config.vocab_size;
+        // log-softmax and top-k of each row in parallel (the host side of a decoding step)
+        let stats: Vec<(Vec<(u32, f32)>, Vec<f32>)> = flat
+            .par_chunks(v)
+            .map(|logits| {
+                let lp = log_softmax(logits);
+                let top = top_k(&lp, cfg.top_logprobs.max(1));
+                (top, lp)
+            })
+            .collect();
         let mut next = Vec::with_capacity(active.len());
         let mut keep = Vec::with_capacity(active.len());
         for (r, &i) in active.iter().enumerate() {
-            let logits = &rows[r];
-            let lp = log_softmax(logits);
+            let logits = &flat[r * v..(r + 1) * v];
+            let (top, lp) = &stats[r];
             let id = if cfg.temperature <= 0.0 {
-                argmax(logits)
+                top[0].0
             } else {
                 sample(logits, cfg.temperature, cfg.top_p, &mut rngs[i])
             };
             let g = &mut out[i];
             g.tokens.push(id);
             g.logprobs.push(lp[id as usize]);
-            g.top.push(top_k(&lp, cfg.top_logprobs));
+            g.top.push(top[..cfg.top_logprobs.min(top.len())].to_vec());
             let mut done = false;
             if cfg.stop_ids.contains(&id) {
                 g.finish = Finish::StopToken;

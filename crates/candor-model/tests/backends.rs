@@ -18,8 +18,14 @@ fn tensors(c: &ModelConfig) -> BTreeMap<String, HostTensor> {
         .into_iter()
         .map(|(name, shape)| {
             let n: usize = shape.iter().product();
-            let off = if name.ends_with("norm.weight") { 1.0 } else { 0.0 };
-            let data = (0..n).map(|_| off + rng.random::<f32>() * 0.2 - 0.1).collect();
+            let off = if name.ends_with("norm.weight") {
+                1.0
+            } else {
+                0.0
+            };
+            let data = (0..n)
+                .map(|_| off + rng.random::<f32>() * 0.2 - 0.1)
+                .collect();
             (name, HostTensor { shape, data })
         })
         .collect()
@@ -34,7 +40,10 @@ impl BackendTask for Logits {
     type Output = Vec<f32>;
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Vec<f32>> {
         let m: Llama<B> = model_from_tensors(&self.0, tensors(&self.0), &device)?;
-        Ok(m.forward_logits(&rows(), &device).into_data().iter::<f32>().collect())
+        Ok(m.forward_logits(&rows(), &device)
+            .into_data()
+            .iter::<f32>()
+            .collect())
     }
 }
 
@@ -44,7 +53,11 @@ fn compare(spec: DeviceSpec) {
     c.qkv_bias = true;
     let cpu = Logits(c.clone()).run::<Flex>(Default::default()).unwrap();
     let gpu = candor_model::run_on(spec, Logits(c)).unwrap();
-    let worst = cpu.iter().zip(&gpu).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let worst = cpu
+        .iter()
+        .zip(&gpu)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     eprintln!("{spec}: tiny model max |Δlogit| vs cpu = {worst:.2e}");
     assert!(worst < 1e-3, "{spec} differs from cpu by {worst}");
 }
@@ -78,18 +91,49 @@ fn smollm2_parity_on_gpu() {
         type Output = f64;
         fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<f64> {
             let m = load_model::<B>(&self.0, &device)?;
-            let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(common::shared().join("fixtures/smollm2/reference_logits.json"))?)?;
+            let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+                common::shared().join("fixtures/smollm2/reference_logits.json"),
+            )?)?;
             let mut worst = 0f64;
             for p in r["prompts"].as_array().unwrap() {
-                let ids: Vec<u32> = p["token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-                let l: Vec<f32> = m.forward_logits(&[ids.clone()], &device).into_data().iter::<f32>().collect();
+                let ids: Vec<u32> = p["token_ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap() as u32)
+                    .collect();
+                let l: Vec<f32> = m
+                    .forward_logits(&[ids.clone()], &device)
+                    .into_data()
+                    .iter::<f32>()
+                    .collect();
                 let v = l.len() / ids.len();
                 let last = &l[(ids.len() - 1) * v..];
-                for (i, want) in p["f32"]["top5_ids"].as_array().unwrap().iter().zip(p["f32"]["top5_logits"].as_array().unwrap()) {
-                    worst = worst.max((last[i.as_u64().unwrap() as usize] as f64 - want.as_f64().unwrap()).abs());
+                for (i, want) in p["f32"]["top5_ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .zip(p["f32"]["top5_logits"].as_array().unwrap())
+                {
+                    worst = worst.max(
+                        (last[i.as_u64().unwrap() as usize] as f64 - want.as_f64().unwrap()).abs(),
+                    );
                 }
-                let argmax: Vec<u64> = l.chunks(v).map(|row| row.iter().enumerate().fold(0, |b, (i, &x)| if x > row[b] { i } else { b }) as u64).collect();
-                let want: Vec<u64> = p["f32"]["argmax_per_position"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+                let argmax: Vec<u64> = l
+                    .chunks(v)
+                    .map(|row| {
+                        row.iter()
+                            .enumerate()
+                            .fold(0, |b, (i, &x)| if x > row[b] { i } else { b })
+                            as u64
+                    })
+                    .collect();
+                let want: Vec<u64> = p["f32"]["argmax_per_position"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap())
+                    .collect();
                 anyhow::ensure!(argmax == want, "argmax differs");
             }
             Ok(worst)

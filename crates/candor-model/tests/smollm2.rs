@@ -240,16 +240,29 @@ fn scoring_a_continuation_gives_the_generation_log_probs() {
     let tok = Tokenizer::load(&dir).unwrap();
     let prompts: Vec<Vec<u32>> = ["What is 2 + 2?", "Who painted the Mona Lisa?"]
         .iter()
-        .map(|q| tok.encode(&tok.prompt(q, candor_model::PromptStyle::Chat).unwrap(), false).unwrap())
+        .map(|q| {
+            tok.encode(
+                &tok.prompt(q, candor_model::PromptStyle::Chat).unwrap(),
+                false,
+            )
+            .unwrap()
+        })
         .collect();
-    let cfg = GenConfig { max_new_tokens: 10, stop_ids: tok.stop_ids.clone(), ..Default::default() };
+    let cfg = GenConfig {
+        max_new_tokens: 10,
+        stop_ids: tok.stop_ids.clone(),
+        ..Default::default()
+    };
     let gens = generate(&model, &tok, &prompts, &cfg, &device).unwrap();
     let conts: Vec<Vec<u32>> = gens.iter().map(|g| g.tokens.clone()).collect();
     let scored = candor_model::score(&model, &prompts, &conts, tok.pad_id, &device);
     for (g, s) in gens.iter().zip(&scored) {
         assert_eq!(g.logprobs.len(), s.len());
         for (a, b) in g.logprobs.iter().zip(s) {
-            assert!((a - b).abs() < 1e-3, "generation log-prob {a} vs scored {b}");
+            assert!(
+                (a - b).abs() < 1e-3,
+                "generation log-prob {a} vs scored {b}"
+            );
         }
         // greedy tokens are the argmax: their log-prob is the top-1 of the top-k list
         for (lp, top) in g.logprobs.iter().zip(&g.top) {
@@ -264,14 +277,44 @@ fn seeded_sampling_is_reproducible_and_differs_across_seeds() {
     let device = Default::default();
     let model = load_model::<B>(&dir, &device).unwrap();
     let tok = Tokenizer::load(&dir).unwrap();
-    let p = vec![tok.encode(&tok.prompt("Tell me a fruit.", candor_model::PromptStyle::Chat).unwrap(), false).unwrap(); 4];
-    let cfg = GenConfig { max_new_tokens: 12, temperature: 1.0, top_p: 0.95, seed: 3, ..Default::default() };
+    let p = vec![
+        tok.encode(
+            &tok.prompt("Tell me a fruit.", candor_model::PromptStyle::Chat)
+                .unwrap(),
+            false
+        )
+        .unwrap();
+        4
+    ];
+    let cfg = GenConfig {
+        max_new_tokens: 12,
+        temperature: 1.0,
+        top_p: 0.95,
+        seed: 3,
+        ..Default::default()
+    };
     let a = generate(&model, &tok, &p, &cfg, &device).unwrap();
     let b = generate(&model, &tok, &p, &cfg, &device).unwrap();
-    assert!(a.iter().zip(&b).all(|(x, y)| x.tokens == y.tokens), "same seed, same samples");
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x.tokens == y.tokens),
+        "same seed, same samples"
+    );
     // the four rows use different RNG streams, so identical prompts give different samples
     let distinct: std::collections::BTreeSet<_> = a.iter().map(|g| g.tokens.clone()).collect();
     assert!(distinct.len() > 1, "rows of one batch sampled identically");
-    let c = generate(&model, &tok, &p, &GenConfig { seed: 4, ..cfg.clone() }, &device).unwrap();
-    assert!(a.iter().zip(&c).any(|(x, y)| x.tokens != y.tokens), "a different seed changes the samples");
+    let c = generate(
+        &model,
+        &tok,
+        &p,
+        &GenConfig {
+            seed: 4,
+            ..cfg.clone()
+        },
+        &device,
+    )
+    .unwrap();
+    assert!(
+        a.iter().zip(&c).any(|(x, y)| x.tokens != y.tokens),
+        "a different seed changes the samples"
+    );
 }

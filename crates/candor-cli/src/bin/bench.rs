@@ -46,8 +46,16 @@ fn best(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(String::from))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(String::from)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<f64>().ok())
+        })
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
 }
@@ -60,7 +68,9 @@ fn main() -> Result<()> {
     let vocab = model.config.vocab_size as u32;
     let mut rng = StdRng::seed_from_u64(0);
     let mut rows = |b: usize, n: usize| -> Vec<Vec<u32>> {
-        (0..b).map(|_| (0..n).map(|_| rng.random_range(100..vocab - 100)).collect()).collect()
+        (0..b)
+            .map(|_| (0..n).map(|_| rng.random_range(100..vocab - 100)).collect())
+            .collect()
     };
     let mut ours = serde_json::Map::new();
     for b in [1usize, 16] {
@@ -71,12 +81,27 @@ fn main() -> Result<()> {
             Ok(())
         })?;
         ours.insert(format!("forward_b{b}"), ((b * a.seq) as f64 / s).into());
-        eprintln!("forward   batch {b:>2}: {:.1} tokens/s", (b * a.seq) as f64 / s);
+        eprintln!(
+            "forward   batch {b:>2}: {:.1} tokens/s",
+            (b * a.seq) as f64 / s
+        );
         let p = rows(b, 16);
-        let cfg = GenConfig { max_new_tokens: a.new_tokens, stop_ids: vec![], ..Default::default() };
-        let s = best(a.repeats, || generate(&model, &tok, &p, &cfg, &device).map(|_| ()))?;
-        ours.insert(format!("generate_b{b}"), ((b * a.new_tokens) as f64 / s).into());
-        eprintln!("generate  batch {b:>2}: {:.1} tokens/s", (b * a.new_tokens) as f64 / s);
+        let cfg = GenConfig {
+            max_new_tokens: a.new_tokens,
+            stop_ids: vec![],
+            ..Default::default()
+        };
+        let s = best(a.repeats, || {
+            generate(&model, &tok, &p, &cfg, &device).map(|_| ())
+        })?;
+        ours.insert(
+            format!("generate_b{b}"),
+            ((b * a.new_tokens) as f64 / s).into(),
+        );
+        eprintln!(
+            "generate  batch {b:>2}: {:.1} tokens/s",
+            (b * a.new_tokens) as f64 / s
+        );
     }
     ours.insert("peak_rss_mb".into(), peak_rss_mb().into());
 
@@ -90,14 +115,25 @@ fn main() -> Result<()> {
             let out = std::process::Command::new(py)
                 .arg("scripts/bench_pytorch.py")
                 .arg(&a.model)
-                .args([a.seq.to_string(), a.new_tokens.to_string(), a.repeats.to_string()])
+                .args([
+                    a.seq.to_string(),
+                    a.new_tokens.to_string(),
+                    a.repeats.to_string(),
+                ])
                 .output()
                 .context("running scripts/bench_pytorch.py")?;
             if out.status.success() {
-                let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").to_string();
+                let line = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .to_string();
                 Some(serde_json::from_str(&line).context("parsing the PyTorch result")?)
             } else {
-                eprintln!("PyTorch side failed:\n{}", String::from_utf8_lossy(&out.stderr));
+                eprintln!(
+                    "PyTorch side failed:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 None
             }
         }
@@ -106,12 +142,28 @@ fn main() -> Result<()> {
             None
         }
     };
-    println!("model: {}  (f32, CPU, {} threads available)", a.model.display(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    println!("forward: {} tokens per sequence; generation: 16-token prompt + {} new tokens, greedy", a.seq, a.new_tokens);
+    println!(
+        "model: {}  (f32, CPU, {} threads available)",
+        a.model.display(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    println!(
+        "forward: {} tokens per sequence; generation: 16-token prompt + {} new tokens, greedy",
+        a.seq, a.new_tokens
+    );
     if let Some(t) = &theirs {
-        println!("pytorch: torch {} ({} threads)", t["torch"].as_str().unwrap_or("?"), t["threads"]);
+        println!(
+            "pytorch: torch {} ({} threads)",
+            t["torch"].as_str().unwrap_or("?"),
+            t["threads"]
+        );
     }
-    println!("{:<22} {:>12} {:>12} {:>8}", "measure", "candor", "pytorch", "ratio");
+    println!(
+        "{:<22} {:>12} {:>12} {:>8}",
+        "measure", "candor", "pytorch", "ratio"
+    );
     let label = |k: &str| match k {
         "forward_b1" => "forward b=1 (tok/s)",
         "forward_b16" => "forward b=16 (tok/s)",
@@ -119,7 +171,13 @@ fn main() -> Result<()> {
         "generate_b16" => "generate b=16 (tok/s)",
         _ => "peak RSS (MB)",
     };
-    for k in ["forward_b1", "forward_b16", "generate_b1", "generate_b16", "peak_rss_mb"] {
+    for k in [
+        "forward_b1",
+        "forward_b16",
+        "generate_b1",
+        "generate_b16",
+        "peak_rss_mb",
+    ] {
         let o = ours[k].as_f64().unwrap();
         match theirs.as_ref().and_then(|t| t[k].as_f64()) {
             Some(p) => println!("{:<22} {:>12.1} {:>12.1} {:>7.2}×", label(k), o, p, o / p),

@@ -23,6 +23,11 @@ fn main() -> Result<()> {
     let a = Args::parse();
     let model = load_model::<Flex>(&a.model, &Default::default())?;
     export_model(&model, &a.out, SaveDtype::parse(&a.dtype)?, Some(&a.model))?;
-    println!("exported {} → {} ({})", a.model.display(), a.out.display(), a.dtype);
+    println!(
+        "exported {} → {} ({})",
+        a.model.display(),
+        a.out.display(),
+        a.dtype
+    );
     Ok(())
 }

@@ -1,0 +1,6 @@
+//! candor-eval: calibration metrics and bootstrap intervals over `(confidence, correct)` pairs.
+//! The report and figures build on these; the metrics know nothing of models.
+
+pub mod metrics;
+
+pub use metrics::{bootstrap_ci, Metrics};
