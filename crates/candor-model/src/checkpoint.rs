@@ -40,23 +40,6 @@ pub struct HostTensor {
     pub data: Vec<f32>,
 }
 
-impl HostTensor {
-    /// The transpose of a 2-D tensor (`[r, c]` → `[c, r]`).
-    pub fn transposed(&self) -> HostTensor {
-        let (r, c) = (self.shape[0], self.shape[1]);
-        let mut data = vec![0f32; r * c];
-        for i in 0..r {
-            for j in 0..c {
-                data[j * r + i] = self.data[i * c + j];
-            }
-        }
-        HostTensor {
-            shape: vec![c, r],
-            data,
-        }
-    }
-}
-
 /// Every tensor of a folder's safetensors file(s), by name, as f32.
 pub fn read_safetensors_dir(dir: &Path) -> Result<BTreeMap<String, HostTensor>> {
     let single = dir.join("model.safetensors");
@@ -206,10 +189,6 @@ pub fn model_from_tensors<B: Backend>(
     device: &B::Device,
 ) -> Result<Llama<B>> {
     check_tensors(c, &t)?;
-    // Linear weights are held `[in, out]` (see `model::Linear`): transpose HF's `[out, in]`.
-    if let Some(h) = t.get_mut("lm_head.weight") {
-        *h = h.transposed();
-    }
     let mut take2 = |name: &str| -> Tensor<B, 2> {
         let h = t.remove(name).expect("checked");
         Tensor::from_data(TensorData::new(h.data, [h.shape[0], h.shape[1]]), device)
@@ -229,7 +208,7 @@ pub fn model_from_tensors<B: Backend>(
     }
     for (name, shape) in expected_tensors(c) {
         if shape.len() == 2 && name != "model.embed_tokens.weight" && name != "lm_head.weight" {
-            let h = t.remove(&name).expect("checked").transposed();
+            let h = t.remove(&name).expect("checked");
             t2.insert(
                 name,
                 Tensor::<B, 2>::from_data(
@@ -312,7 +291,7 @@ pub fn model_to_tensors<B: Backend>(m: &Llama<B>) -> BTreeMap<String, HostTensor
     let mut out = BTreeMap::new();
     out.insert("model.embed_tokens.weight".into(), host2(&m.embed_tokens));
     let lin = |out: &mut BTreeMap<String, HostTensor>, p: String, l: &Linear<B>| {
-        out.insert(format!("{p}.weight"), host2(&l.weight).transposed());
+        out.insert(format!("{p}.weight"), host2(&l.weight));
         if let Some(b) = &l.bias {
             out.insert(format!("{p}.bias"), host1(b));
         }

@@ -8,7 +8,6 @@ use anyhow::Result;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -166,9 +165,9 @@ pub fn generate<B: Backend>(
     for step in 0..cfg.max_new_tokens {
         let flat = logits_host(model, last);
         let v = model.config.vocab_size;
-        // log-softmax and top-k of each row in parallel (the host side of a decoding step)
+        // log-softmax and top-k of each row (the host side of a decoding step)
         let stats: Vec<(Vec<(u32, f32)>, Vec<f32>)> = flat
-            .par_chunks(v)
+            .chunks(v)
             .map(|logits| {
                 let lp = log_softmax(logits);
                 let top = top_k(&lp, cfg.top_logprobs.max(1));

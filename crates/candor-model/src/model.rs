@@ -12,10 +12,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Distribution, Int, Tensor, TensorData};
 
-/// `y = x W + b` with `W` stored `[in, out]`: the transpose of PyTorch's layout (as Burn's own
-/// `nn::Linear`), because the CPU backend's gemm then reads the weight in place instead of
-/// repacking it on every call (measured: 43 → 50 GFLOP/s at 16×576×1536). `checkpoint.rs`
-/// transposes at load and export, so files keep HF's `[out, in]`.
+/// `y = x Wᵀ + b` with `W` stored `[out, in]` as in PyTorch.
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
     pub weight: Param<Tensor<B, 2>>,
@@ -32,7 +29,7 @@ impl<B: Backend> Linear<B> {
 
     /// Random init (normal, std 0.02 as HF's `initializer_range`), zero bias.
     pub fn init(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Self {
-        let w = Tensor::random([d_in, d_out], Distribution::Normal(0.0, 0.02), device);
+        let w = Tensor::random([d_out, d_in], Distribution::Normal(0.0, 0.02), device);
         Self::new(w, bias.then(|| Tensor::zeros([d_out], device)))
     }
 
@@ -41,8 +38,8 @@ impl<B: Backend> Linear<B> {
         let d_in = dims[D - 1];
         let rows = x.shape().num_elements() / d_in;
         let w = self.weight.val();
-        let d_out = w.dims()[1];
-        let mut y = x.reshape([rows, d_in]).matmul(w);
+        let d_out = w.dims()[0];
+        let mut y = x.reshape([rows, d_in]).matmul(w.transpose());
         if let Some(b) = &self.bias {
             y = y + b.val().unsqueeze_dim(0);
         }
