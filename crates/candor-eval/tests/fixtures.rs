@@ -57,8 +57,8 @@ fn coverage_and_bootstrap_behave() {
     assert_eq!(accuracy_at_coverage(&conf, &correct, 0.25), 1.0);
     assert_eq!(accuracy_at_coverage(&conf, &correct, 0.5), 0.75);
     assert_eq!(accuracy_at_coverage(&conf, &correct, 1.0), 0.5);
-    let a = bootstrap_ci(&conf, &correct, 500, 1, |c, y| auroc(c, y)).unwrap();
-    let b = bootstrap_ci(&conf, &correct, 500, 1, |c, y| auroc(c, y)).unwrap();
+    let a = bootstrap_ci(&conf, &correct, 500, 1, auroc).unwrap();
+    let b = bootstrap_ci(&conf, &correct, 500, 1, auroc).unwrap();
     assert_eq!(a, b, "seeded bootstrap is deterministic");
     let point = auroc(&conf, &correct).unwrap();
     assert!(

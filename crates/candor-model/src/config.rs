@@ -130,7 +130,7 @@ impl ModelConfig {
             bail!("num_attention_heads and hidden_size must be positive");
         }
         let kv = hf.num_key_value_heads.unwrap_or(hf.num_attention_heads);
-        if kv == 0 || hf.num_attention_heads % kv != 0 {
+        if kv == 0 || !hf.num_attention_heads.is_multiple_of(kv) {
             bail!(
                 "num_attention_heads ({}) must be a multiple of num_key_value_heads ({kv})",
                 hf.num_attention_heads
@@ -139,7 +139,7 @@ impl ModelConfig {
         let head_dim = hf
             .head_dim
             .unwrap_or(hf.hidden_size / hf.num_attention_heads);
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             bail!("head_dim must be even for RoPE, got {head_dim}");
         }
         let rope_scaling = match &hf.rope_scaling {

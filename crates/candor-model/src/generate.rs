@@ -116,6 +116,9 @@ fn sample(logits: &[f32], temperature: f32, top_p: f32, rng: &mut StdRng) -> u32
     probs.last().map(|p| p.0).unwrap_or(0)
 }
 
+/// Top-k `(id, log-prob)` and the full log-softmax of one row.
+type RowStats = (Vec<(u32, f32)>, Vec<f32>);
+
 /// Logits of the last positions, flat `[rows × vocab]` on the host.
 fn logits_host<B: Backend>(model: &Llama<B>, hidden_last: Tensor<B, 2>) -> Vec<f32> {
     model
@@ -166,7 +169,7 @@ pub fn generate<B: Backend>(
         let flat = logits_host(model, last);
         let v = model.config.vocab_size;
         // log-softmax and top-k of each row (the host side of a decoding step)
-        let stats: Vec<(Vec<(u32, f32)>, Vec<f32>)> = flat
+        let stats: Vec<RowStats> = flat
             .chunks(v)
             .map(|logits| {
                 let lp = log_softmax(logits);

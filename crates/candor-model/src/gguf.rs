@@ -322,7 +322,7 @@ fn f16(b: &[u8]) -> f32 {
 pub fn dequantize(kind: GgmlType, bytes: &[u8]) -> Result<Vec<f32>> {
     let (blk, bsz) = kind.block();
     ensure!(
-        bytes.len() % bsz == 0,
+        bytes.len().is_multiple_of(bsz),
         "{kind:?} data of {} bytes is not a whole number of blocks",
         bytes.len()
     );

@@ -153,10 +153,9 @@ impl Tokenizer {
             bos_token => self.bos_token.clone().unwrap_or_default(),
             eos_token => self.eos_token.clone().unwrap_or_default(),
         };
-        Ok(env
-            .get_template("chat")?
+        env.get_template("chat")?
             .render(ctx)
-            .context("rendering the chat template")?)
+            .context("rendering the chat template")
     }
 
     /// The prompt text for one question in the given style.

@@ -245,3 +245,58 @@ fn bad_configs_are_clear_errors() {
         "{e:#}"
     );
 }
+
+#[test]
+fn sharded_checkpoints_with_an_index_load() {
+    let c = variants().remove(2).1; // untied head: the most tensors
+    let m = random_model(&c, 4);
+    let dir = tempfile::tempdir().unwrap();
+    export_model(&m, dir.path(), SaveDtype::F32, None).unwrap();
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    let all = model_to_tensors(&m);
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    let mut map = serde_json::Map::new();
+    for (i, (name, t)) in all.into_iter().enumerate() {
+        let shard = if i % 2 == 0 {
+            "model-00001-of-00002.safetensors"
+        } else {
+            "model-00002-of-00002.safetensors"
+        };
+        map.insert(name.clone(), shard.into());
+        if i % 2 == 0 {
+            a.insert(name, t)
+        } else {
+            b.insert(name, t)
+        };
+    }
+    let ckpt = candor_model::checkpoint::write_safetensors;
+    ckpt(
+        &dir.path().join("model-00001-of-00002.safetensors"),
+        &a,
+        SaveDtype::F32,
+    )
+    .unwrap();
+    ckpt(
+        &dir.path().join("model-00002-of-00002.safetensors"),
+        &b,
+        SaveDtype::Bf16,
+    )
+    .unwrap();
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let again = load_model::<B>(dir.path(), &Default::default()).unwrap();
+    let (x, y) = (
+        logits(&m, &[vec![1, 2, 3]]),
+        logits(&again, &[vec![1, 2, 3]]),
+    );
+    let worst = x
+        .iter()
+        .zip(&y)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 0.05, "sharded (half bf16) load drifts by {worst}");
+}

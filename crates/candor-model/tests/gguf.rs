@@ -105,12 +105,12 @@ impl Writer {
             b.extend(offset.to_le_bytes());
             offset += (data.len() as u64).div_ceil(32) * 32;
         }
-        while b.len() % 32 != 0 {
+        while !b.len().is_multiple_of(32) {
             b.push(0);
         }
         for (_, _, _, data) in &self.tensors {
             b.extend(data);
-            while b.len() % 32 != 0 {
+            while !b.len().is_multiple_of(32) {
                 b.push(0);
             }
         }
@@ -212,6 +212,10 @@ fn random_model(c: &ModelConfig) -> Llama<B> {
 
 /// The model as a llama-arch GGUF: token_embd Q8_0, q/k F16 (permuted), v/o BF16, MLP F16, norms F32.
 fn write_gguf(m: &Llama<B>, path: &Path) -> Vec<u8> {
+    write_gguf_pre(m, path, "smollm")
+}
+
+fn write_gguf_pre(m: &Llama<B>, path: &Path, pre: &str) -> Vec<u8> {
     let c = &m.config;
     let t = model_to_tensors(m);
     let (tokens, types, merges) = tiny_vocab();
@@ -233,7 +237,7 @@ fn write_gguf(m: &Llama<B>, path: &Path) -> Vec<u8> {
         c.rms_norm_eps as f32,
     );
     w.str("tokenizer.ggml.model", "gpt2");
-    w.str("tokenizer.ggml.pre", "smollm");
+    w.str("tokenizer.ggml.pre", pre);
     w.strs("tokenizer.ggml.tokens", &tokens);
     w.i32s("tokenizer.ggml.token_type", &types);
     w.strs("tokenizer.ggml.merges", &merges);
@@ -511,4 +515,35 @@ fn dequantizers_agree_with_gguf_py() {
             ours.len()
         );
     }
+}
+
+#[test]
+fn every_supported_pre_tokenizer_builds_a_working_tokenizer() {
+    let m = random_model(&tiny_config());
+    for pre in ["gpt2", "llama-bpe", "qwen2", "smollm"] {
+        let dir = tempfile::tempdir().unwrap();
+        let gguf = dir.path().join("t.gguf");
+        write_gguf_pre(&m, &gguf, pre);
+        import_gguf(&gguf, &dir.path().join("hf"), SaveDtype::F32).unwrap();
+        let tok = Tokenizer::load(&dir.path().join("hf")).unwrap();
+        let ids = tok.encode("the the 2024", false).unwrap();
+        assert_eq!(
+            ids[..3],
+            [
+                tok.id("t").unwrap(),
+                tok.id("he").unwrap(),
+                tok.id("Ġthe").unwrap()
+            ],
+            "{pre}"
+        );
+        assert_eq!(tok.decode(&ids, true).unwrap(), "the the 2024", "{pre}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("t.gguf");
+    write_gguf_pre(&m, &gguf, "falcon");
+    let e = format!(
+        "{:#}",
+        import_gguf(&gguf, &dir.path().join("hf"), SaveDtype::F32).unwrap_err()
+    );
+    assert!(e.contains("pre-tokenizer `falcon` is not supported"), "{e}");
 }

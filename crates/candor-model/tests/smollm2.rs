@@ -84,7 +84,7 @@ fn logits_match_reference() {
     for p in reference()["prompts"].as_array().unwrap() {
         let toks = ids(&p["token_ids"]);
         let f = &p["f32"];
-        let logits = model.forward_logits(&[toks.clone()], &device);
+        let logits = model.forward_logits(std::slice::from_ref(&toks), &device);
         let [_, n, v] = logits.dims();
         let all: Vec<f32> = logits.into_data().iter::<f32>().collect();
         // greedy argmax at every position
@@ -317,4 +317,44 @@ fn seeded_sampling_is_reproducible_and_differs_across_seeds() {
         a.iter().zip(&c).any(|(x, y)| x.tokens != y.tokens),
         "a different seed changes the samples"
     );
+}
+
+#[test]
+fn stop_strings_cut_the_text_and_end_the_row() {
+    let Some(dir) = common::smollm2() else { return };
+    let device = Default::default();
+    let model = load_model::<B>(&dir, &device).unwrap();
+    let tok = Tokenizer::load(&dir).unwrap();
+    let p = vec![tok
+        .encode(
+            &tok.prompt(
+                "What is the capital of France?",
+                candor_model::PromptStyle::Chat,
+            )
+            .unwrap(),
+            false,
+        )
+        .unwrap()];
+    let free = GenConfig {
+        max_new_tokens: 12,
+        stop_ids: tok.stop_ids.clone(),
+        ..Default::default()
+    };
+    let full = generate(&model, &tok, &p, &free, &device)
+        .unwrap()
+        .remove(0);
+    assert!(full.text.contains(" of "), "{:?}", full.text);
+    let cut = GenConfig {
+        stop_strings: vec![" of ".into()],
+        ..free
+    };
+    let g = generate(&model, &tok, &p, &cut, &device).unwrap().remove(0);
+    assert_eq!(g.finish, candor_model::generate::Finish::StopString);
+    assert!(
+        !g.text.contains(" of ") && full.text.starts_with(&g.text),
+        "{:?} vs {:?}",
+        g.text,
+        full.text
+    );
+    assert!(g.tokens.len() < full.tokens.len());
 }
