@@ -2,5 +2,6 @@
 //! The report and figures build on these; the metrics know nothing of models.
 
 pub mod metrics;
+pub mod verbalized;
 
 pub use metrics::{bootstrap_ci, Metrics};
