@@ -70,30 +70,66 @@ fn linspace01(n: usize) -> Vec<f64> {
     e
 }
 
-/// Expected calibration error with `bins` equal-width bins `[0, e1], (e1, e2], …, (e_{n-1}, 1]`.
-pub fn ece(conf: &[f64], correct: &[bool], bins: usize) -> f64 {
+/// One equal-width bin: how many answers fell in it, their mean confidence and accuracy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Bin {
+    pub lo: f64,
+    pub hi: f64,
+    pub count: usize,
+    pub mean_confidence: f64,
+    pub accuracy: f64,
+}
+
+/// Equal-width bins `[0, e1], (e1, e2], …, (e_{n-1}, 1]` (numpy's linspace edges): the first bin
+/// is closed at 0 and every bin on the right, so 0.0 and 1.0 both land in a bin.
+pub fn equal_width_bins(conf: &[f64], correct: &[bool], bins: usize) -> Vec<Bin> {
     let edges = linspace01(bins);
-    let mut count = vec![0usize; bins];
-    let mut sum_conf = vec![0f64; bins];
-    let mut sum_acc = vec![0f64; bins];
+    let mut out: Vec<Bin> = (0..bins)
+        .map(|k| Bin {
+            lo: edges[k],
+            hi: edges[k + 1],
+            ..Default::default()
+        })
+        .collect();
     for (&p, &y) in conf.iter().zip(correct) {
-        // first edge ≥ p, minus one: every bin closed on the right, the first also at 0
+        // first edge ≥ p, minus one
         let k = edges
             .partition_point(|&e| e < p)
             .saturating_sub(1)
             .min(bins - 1);
-        count[k] += 1;
-        sum_conf[k] += p;
-        sum_acc[k] += y as u8 as f64;
+        out[k].count += 1;
+        out[k].mean_confidence += p;
+        out[k].accuracy += y as u8 as f64;
     }
+    for b in out.iter_mut().filter(|b| b.count > 0) {
+        b.mean_confidence /= b.count as f64;
+        b.accuracy /= b.count as f64;
+    }
+    out
+}
+
+/// Expected calibration error over [`equal_width_bins`]: Σ (count/n)·|accuracy − confidence|.
+pub fn ece(conf: &[f64], correct: &[bool], bins: usize) -> f64 {
     let n = conf.len() as f64;
-    (0..bins)
-        .filter(|&k| count[k] > 0)
-        .map(|k| {
-            let c = count[k] as f64;
-            c / n * (sum_acc[k] / c - sum_conf[k] / c).abs()
-        })
+    equal_width_bins(conf, correct, bins)
+        .iter()
+        .filter(|b| b.count > 0)
+        .map(|b| b.count as f64 / n * (b.accuracy - b.mean_confidence).abs())
         .sum()
+}
+
+/// The risk–coverage curve: `(k/n, error rate among the k most confident)` for k = 1..n.
+pub fn risk_coverage(conf: &[f64], correct: &[bool]) -> Vec<(f64, f64)> {
+    let n = conf.len() as f64;
+    let mut errors = 0usize;
+    by_confidence_desc(conf)
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| {
+            errors += !correct[i] as usize;
+            ((k + 1) as f64 / n, errors as f64 / (k + 1) as f64)
+        })
+        .collect()
 }
 
 /// Area under the ROC curve of confidence against correctness (Mann–Whitney, ties count ½).
@@ -205,11 +241,11 @@ fn by_confidence_desc(conf: &[f64]) -> Vec<usize> {
 
 /// Area under the risk–coverage curve: mean over k of the error rate among the k most confident.
 pub fn aurc(conf: &[f64], correct: &[bool]) -> f64 {
-    let mut errors = 0usize;
-    mean(by_confidence_desc(conf).iter().enumerate().map(|(k, &i)| {
-        errors += !correct[i] as usize;
-        errors as f64 / (k + 1) as f64
-    }))
+    mean(
+        risk_coverage(conf, correct)
+            .into_iter()
+            .map(|(_, risk)| risk),
+    )
 }
 
 /// Accuracy on the `ceil(coverage · n)` most confident answers (the rest escalated).

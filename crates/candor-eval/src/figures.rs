@@ -1,0 +1,218 @@
+//! SVG figures (plotters, SVG backend only — no system libraries): reliability diagrams (one
+//! readout, or several overlaid such as before/after), a confidence histogram and a
+//! risk–coverage curve.
+
+use crate::metrics::{equal_width_bins, risk_coverage};
+use plotters::prelude::*;
+
+/// One readout's confidences and correctness, with a legend label.
+pub struct Series<'a> {
+    pub label: &'a str,
+    pub confidence: &'a [f64],
+    pub correct: &'a [bool],
+}
+
+type Res = Result<(), Box<dyn std::error::Error>>;
+
+fn color(i: usize) -> RGBColor {
+    [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(148, 103, 189),
+    ][i % 4]
+}
+
+/// Reliability diagram: per equal-width bin, a bar of accuracy (count written above it), the gap
+/// to the bin's mean confidence shaded red, and the diagonal of perfect calibration. Several
+/// series are drawn side by side within each bin.
+pub fn reliability_svg(title: &str, series: &[Series], bins: usize) -> Result<String, String> {
+    let mut svg = String::new();
+    let draw = |svg: &mut String| -> Res {
+        let root = SVGBackend::with_string(svg, (640, 600)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(14)
+            .x_label_area_size(42)
+            .y_label_area_size(52)
+            .build_cartesian_2d(0f64..1f64, 0f64..1.08f64)?;
+        chart
+            .configure_mesh()
+            .x_desc("confidence")
+            .y_desc("accuracy")
+            .x_labels(11)
+            .y_labels(11)
+            .light_line_style(WHITE)
+            .draw()?;
+        let w = 1.0 / bins as f64;
+        let k = series.len().max(1) as f64;
+        for (si, s) in series.iter().enumerate() {
+            let c = color(si);
+            let stats = equal_width_bins(s.confidence, s.correct, bins);
+            for (b, st) in stats.iter().enumerate().filter(|(_, st)| st.count > 0) {
+                let x0 = b as f64 * w + si as f64 * w / k + 0.004;
+                let x1 = x0 + w / k - 0.008;
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [(x0, 0.0), (x1, st.accuracy)],
+                    c.mix(0.75).filled(),
+                )))?;
+                let (lo, hi) = if st.accuracy < st.mean_confidence {
+                    (st.accuracy, st.mean_confidence)
+                } else {
+                    (st.mean_confidence, st.accuracy)
+                };
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [(x0, lo), (x1, hi)],
+                    RED.mix(0.25).filled(),
+                )))?;
+                chart.draw_series(std::iter::once(Text::new(
+                    format!("{}", st.count),
+                    (
+                        (x0 + x1) / 2.0 - 0.012,
+                        st.accuracy.max(st.mean_confidence) + 0.035,
+                    ),
+                    ("sans-serif", 11),
+                )))?;
+            }
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(2.0, 2.0), (2.0, 2.0)],
+                    c.filled(),
+                )))?
+                .label(format!("{} (n = {})", s.label, s.confidence.len()))
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.mix(0.75).filled())
+                });
+        }
+        chart
+            .draw_series(LineSeries::new(
+                vec![(0.0, 0.0), (1.0, 1.0)],
+                BLACK.stroke_width(1),
+            ))?
+            .label("perfect calibration")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 12, y)], BLACK));
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(2.0, 2.0), (2.0, 2.0)],
+                RED.mix(0.25).filled(),
+            )))?
+            .label("gap to mean confidence")
+            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], RED.mix(0.25).filled()));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .border_style(BLACK.mix(0.3))
+            .background_style(WHITE.mix(0.9))
+            .draw()?;
+        root.present()?;
+        Ok(())
+    };
+    draw(&mut svg).map_err(|e| e.to_string())?;
+    Ok(svg)
+}
+
+/// Histogram of confidences (equal-width bins), one outline per series.
+pub fn confidence_histogram_svg(
+    title: &str,
+    series: &[Series],
+    bins: usize,
+) -> Result<String, String> {
+    let mut svg = String::new();
+    let draw = |svg: &mut String| -> Res {
+        let root = SVGBackend::with_string(svg, (640, 420)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let all: Vec<Vec<f64>> = series
+            .iter()
+            .map(|s| {
+                equal_width_bins(s.confidence, s.correct, bins)
+                    .iter()
+                    .map(|b| b.count as f64 / s.confidence.len().max(1) as f64)
+                    .collect()
+            })
+            .collect();
+        let top = all.iter().flatten().cloned().fold(0.0, f64::max).max(0.05) * 1.1;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(14)
+            .x_label_area_size(42)
+            .y_label_area_size(52)
+            .build_cartesian_2d(0f64..1f64, 0f64..top)?;
+        chart
+            .configure_mesh()
+            .x_desc("confidence")
+            .y_desc("share of answers")
+            .x_labels(11)
+            .light_line_style(WHITE)
+            .draw()?;
+        let w = 1.0 / bins as f64;
+        for (si, (s, shares)) in series.iter().zip(&all).enumerate() {
+            let c = color(si);
+            let pts: Vec<(f64, f64)> = shares
+                .iter()
+                .enumerate()
+                .flat_map(|(b, &h)| [(b as f64 * w, h), ((b + 1) as f64 * w, h)])
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts, c.stroke_width(2)))?
+                .label(s.label)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 12, y)], c.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .border_style(BLACK.mix(0.3))
+            .background_style(WHITE.mix(0.9))
+            .draw()?;
+        root.present()?;
+        Ok(())
+    };
+    draw(&mut svg).map_err(|e| e.to_string())?;
+    Ok(svg)
+}
+
+/// Risk–coverage: error rate among the most confident answers as coverage grows.
+pub fn risk_coverage_svg(title: &str, series: &[Series]) -> Result<String, String> {
+    let mut svg = String::new();
+    let draw = |svg: &mut String| -> Res {
+        let root = SVGBackend::with_string(svg, (640, 420)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(14)
+            .x_label_area_size(42)
+            .y_label_area_size(52)
+            .build_cartesian_2d(0f64..1f64, 0f64..1f64)?;
+        chart
+            .configure_mesh()
+            .x_desc("coverage (share answered)")
+            .y_desc("risk (error rate)")
+            .x_labels(11)
+            .light_line_style(WHITE)
+            .draw()?;
+        for (si, s) in series.iter().enumerate() {
+            let c = color(si);
+            chart
+                .draw_series(LineSeries::new(
+                    risk_coverage(s.confidence, s.correct),
+                    c.stroke_width(2),
+                ))?
+                .label(s.label)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 12, y)], c.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .border_style(BLACK.mix(0.3))
+            .background_style(WHITE.mix(0.9))
+            .draw()?;
+        root.present()?;
+        Ok(())
+    };
+    draw(&mut svg).map_err(|e| e.to_string())?;
+    Ok(svg)
+}
