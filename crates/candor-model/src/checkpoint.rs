@@ -182,6 +182,16 @@ pub fn check_tensors(c: &ModelConfig, tensors: &BTreeMap<String, HostTensor>) ->
     Ok(())
 }
 
+/// Move one (already checked) tensor out of the map onto the device.
+fn take<B: Backend, const D: usize>(
+    t: &mut BTreeMap<String, HostTensor>,
+    name: &str,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    let h = t.remove(name).expect("checked");
+    Tensor::from_data(TensorData::new(h.data, h.shape), device)
+}
+
 /// Build the model from HF-named host tensors (checked first).
 pub fn model_from_tensors<B: Backend>(
     c: &ModelConfig,
@@ -189,76 +199,41 @@ pub fn model_from_tensors<B: Backend>(
     device: &B::Device,
 ) -> Result<Llama<B>> {
     check_tensors(c, &t)?;
-    let mut take2 = |name: &str| -> Tensor<B, 2> {
-        let h = t.remove(name).expect("checked");
-        Tensor::from_data(TensorData::new(h.data, [h.shape[0], h.shape[1]]), device)
+    let t = &mut t;
+    // `check_tensors` rejects unexpected tensors, so a bias is present exactly when the config has it.
+    let linear = |t: &mut BTreeMap<String, HostTensor>, p: &str| {
+        let bias = format!("{p}.bias");
+        let bias = t.contains_key(&bias).then(|| take(t, &bias, device));
+        Linear::new(take(t, &format!("{p}.weight"), device), bias)
     };
-    let embed = take2("model.embed_tokens.weight");
-    let lm_head = (!c.tie_word_embeddings).then(|| take2("lm_head.weight"));
-    let mut take1 = |name: &str| -> Tensor<B, 1> {
-        let h = t.remove(name).expect("checked");
-        Tensor::from_data(TensorData::new(h.data, [h.shape[0]]), device)
+    let norm = |t: &mut BTreeMap<String, HostTensor>, name: &str| {
+        RmsNorm::new(take(t, name, device), c.rms_norm_eps)
     };
-    let mut t1 = BTreeMap::new();
-    let mut t2 = BTreeMap::new();
-    for (name, shape) in expected_tensors(c) {
-        if shape.len() == 1 {
-            t1.insert(name.clone(), take1(&name));
-        }
-    }
-    for (name, shape) in expected_tensors(c) {
-        if shape.len() == 2 && name != "model.embed_tokens.weight" && name != "lm_head.weight" {
-            let h = t.remove(&name).expect("checked");
-            t2.insert(
-                name,
-                Tensor::<B, 2>::from_data(
-                    TensorData::new(h.data, [h.shape[0], h.shape[1]]),
-                    device,
-                ),
-            );
-        }
-    }
-    let linear = |t2: &mut BTreeMap<String, Tensor<B, 2>>,
-                  t1: &mut BTreeMap<String, Tensor<B, 1>>,
-                  p: &str| {
-        Linear::new(
-            t2.remove(&format!("{p}.weight")).expect("checked"),
-            t1.remove(&format!("{p}.bias")),
-        )
-    };
-    let eps = c.rms_norm_eps;
-    let mut layers = Vec::with_capacity(c.num_hidden_layers);
-    for i in 0..c.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        layers.push(Block {
-            input_layernorm: RmsNorm::new(
-                t1.remove(&format!("{p}.input_layernorm.weight"))
-                    .expect("checked"),
-                eps,
-            ),
-            self_attn: Attention {
-                q_proj: linear(&mut t2, &mut t1, &format!("{p}.self_attn.q_proj")),
-                k_proj: linear(&mut t2, &mut t1, &format!("{p}.self_attn.k_proj")),
-                v_proj: linear(&mut t2, &mut t1, &format!("{p}.self_attn.v_proj")),
-                o_proj: linear(&mut t2, &mut t1, &format!("{p}.self_attn.o_proj")),
-            },
-            post_attention_layernorm: RmsNorm::new(
-                t1.remove(&format!("{p}.post_attention_layernorm.weight"))
-                    .expect("checked"),
-                eps,
-            ),
-            mlp: Mlp {
-                gate_proj: linear(&mut t2, &mut t1, &format!("{p}.mlp.gate_proj")),
-                up_proj: linear(&mut t2, &mut t1, &format!("{p}.mlp.up_proj")),
-                down_proj: linear(&mut t2, &mut t1, &format!("{p}.mlp.down_proj")),
-            },
-        });
-    }
+    let layers = (0..c.num_hidden_layers)
+        .map(|i| {
+            let p = format!("model.layers.{i}");
+            Block {
+                input_layernorm: norm(t, &format!("{p}.input_layernorm.weight")),
+                self_attn: Attention {
+                    q_proj: linear(t, &format!("{p}.self_attn.q_proj")),
+                    k_proj: linear(t, &format!("{p}.self_attn.k_proj")),
+                    v_proj: linear(t, &format!("{p}.self_attn.v_proj")),
+                    o_proj: linear(t, &format!("{p}.self_attn.o_proj")),
+                },
+                post_attention_layernorm: norm(t, &format!("{p}.post_attention_layernorm.weight")),
+                mlp: Mlp {
+                    gate_proj: linear(t, &format!("{p}.mlp.gate_proj")),
+                    up_proj: linear(t, &format!("{p}.mlp.up_proj")),
+                    down_proj: linear(t, &format!("{p}.mlp.down_proj")),
+                },
+            }
+        })
+        .collect();
     Ok(Llama {
-        embed_tokens: Param::from_tensor(embed),
+        embed_tokens: Param::from_tensor(take(t, "model.embed_tokens.weight", device)),
         layers,
-        norm: RmsNorm::new(t1.remove("model.norm.weight").expect("checked"), eps),
-        lm_head: lm_head.map(|w| Linear::new(w, None)),
+        norm: norm(t, "model.norm.weight"),
+        lm_head: (!c.tie_word_embeddings).then(|| linear(t, "lm_head")),
         config: c.clone(),
     })
 }
@@ -271,14 +246,7 @@ pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>
         .with_context(|| format!("loading {}", dir.display()))
 }
 
-fn host1<B: Backend>(p: &Param<Tensor<B, 1>>) -> HostTensor {
-    let t = p.val();
-    HostTensor {
-        shape: t.dims().to_vec(),
-        data: t.into_data().iter::<f32>().collect(),
-    }
-}
-fn host2<B: Backend>(p: &Param<Tensor<B, 2>>) -> HostTensor {
+fn host<B: Backend, const D: usize>(p: &Param<Tensor<B, D>>) -> HostTensor {
     let t = p.val();
     HostTensor {
         shape: t.dims().to_vec(),
@@ -289,22 +257,22 @@ fn host2<B: Backend>(p: &Param<Tensor<B, 2>>) -> HostTensor {
 /// The model's tensors under their HF names (the inverse of [`model_from_tensors`]).
 pub fn model_to_tensors<B: Backend>(m: &Llama<B>) -> BTreeMap<String, HostTensor> {
     let mut out = BTreeMap::new();
-    out.insert("model.embed_tokens.weight".into(), host2(&m.embed_tokens));
+    out.insert("model.embed_tokens.weight".into(), host(&m.embed_tokens));
     let lin = |out: &mut BTreeMap<String, HostTensor>, p: String, l: &Linear<B>| {
-        out.insert(format!("{p}.weight"), host2(&l.weight));
+        out.insert(format!("{p}.weight"), host(&l.weight));
         if let Some(b) = &l.bias {
-            out.insert(format!("{p}.bias"), host1(b));
+            out.insert(format!("{p}.bias"), host(b));
         }
     };
     for (i, layer) in m.layers.iter().enumerate() {
         let p = format!("model.layers.{i}");
         out.insert(
             format!("{p}.input_layernorm.weight"),
-            host1(&layer.input_layernorm.weight),
+            host(&layer.input_layernorm.weight),
         );
         out.insert(
             format!("{p}.post_attention_layernorm.weight"),
-            host1(&layer.post_attention_layernorm.weight),
+            host(&layer.post_attention_layernorm.weight),
         );
         lin(
             &mut out,
@@ -330,7 +298,7 @@ pub fn model_to_tensors<B: Backend>(m: &Llama<B>) -> BTreeMap<String, HostTensor
         lin(&mut out, format!("{p}.mlp.up_proj"), &layer.mlp.up_proj);
         lin(&mut out, format!("{p}.mlp.down_proj"), &layer.mlp.down_proj);
     }
-    out.insert("model.norm.weight".into(), host1(&m.norm.weight));
+    out.insert("model.norm.weight".into(), host(&m.norm.weight));
     if let Some(head) = &m.lm_head {
         lin(&mut out, "lm_head".into(), head);
     }

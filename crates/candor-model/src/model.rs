@@ -393,14 +393,6 @@ impl<B: Backend> Llama<B> {
         let mut cache = KvCache::new(self.config.num_hidden_layers);
         self.logits(self.forward_hidden(t, &pos, &mut cache))
     }
-
-    pub fn num_params(&self) -> usize {
-        self.num_params_module()
-    }
-
-    fn num_params_module(&self) -> usize {
-        Module::num_params(self)
-    }
 }
 
 /// Left-pad token rows to one length with `pad`; returns the rows and the validity mask.

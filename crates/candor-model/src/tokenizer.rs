@@ -158,6 +158,12 @@ impl Tokenizer {
             .context("rendering the chat template")
     }
 
+    /// Token ids of the prompt for one question (the rendered text already holds any special
+    /// tokens, so none are added).
+    pub fn prompt_ids(&self, question: &str, style: PromptStyle) -> Result<Vec<u32>> {
+        self.encode(&self.prompt(question, style)?, false)
+    }
+
     /// The prompt text for one question in the given style.
     pub fn prompt(&self, question: &str, style: PromptStyle) -> Result<String> {
         match style {

@@ -11,6 +11,15 @@ use serde_json::Value;
 
 type B = Flex;
 
+/// SmolLM2 and its tokenizer, or None when the registry cannot be reached.
+fn smollm2() -> Option<(candor_model::Llama<B>, Tokenizer)> {
+    let dir = common::smollm2()?;
+    Some((
+        load_model::<B>(&dir, &Default::default()).unwrap(),
+        Tokenizer::load(&dir).unwrap(),
+    ))
+}
+
 fn reference() -> Value {
     let p = common::shared().join("fixtures/smollm2/reference_logits.json");
     serde_json::from_str(&std::fs::read_to_string(&p).expect("reading reference_logits.json"))
@@ -184,10 +193,10 @@ fn export_reloads_bit_identically() {
 
 #[test]
 fn batched_left_padded_generation_equals_one_at_a_time() {
-    let Some(dir) = common::smollm2() else { return };
+    let Some((model, tok)) = smollm2() else {
+        return;
+    };
     let device = Default::default();
-    let model = load_model::<B>(&dir, &device).unwrap();
-    let tok = Tokenizer::load(&dir).unwrap();
     let questions = [
         "What is 7 + 5?",
         "Name the largest planet in the solar system.",
@@ -196,13 +205,7 @@ fn batched_left_padded_generation_equals_one_at_a_time() {
     ];
     let prompts: Vec<Vec<u32>> = questions
         .iter()
-        .map(|q| {
-            tok.encode(
-                &tok.prompt(q, candor_model::PromptStyle::Chat).unwrap(),
-                false,
-            )
-            .unwrap()
-        })
+        .map(|q| tok.prompt_ids(q, candor_model::PromptStyle::Chat).unwrap())
         .collect();
     assert!(
         prompts.iter().map(|p| p.len()).min() != prompts.iter().map(|p| p.len()).max(),
@@ -234,19 +237,13 @@ fn batched_left_padded_generation_equals_one_at_a_time() {
 
 #[test]
 fn scoring_a_continuation_gives_the_generation_log_probs() {
-    let Some(dir) = common::smollm2() else { return };
+    let Some((model, tok)) = smollm2() else {
+        return;
+    };
     let device = Default::default();
-    let model = load_model::<B>(&dir, &device).unwrap();
-    let tok = Tokenizer::load(&dir).unwrap();
     let prompts: Vec<Vec<u32>> = ["What is 2 + 2?", "Who painted the Mona Lisa?"]
         .iter()
-        .map(|q| {
-            tok.encode(
-                &tok.prompt(q, candor_model::PromptStyle::Chat).unwrap(),
-                false,
-            )
-            .unwrap()
-        })
+        .map(|q| tok.prompt_ids(q, candor_model::PromptStyle::Chat).unwrap())
         .collect();
     let cfg = GenConfig {
         max_new_tokens: 10,
@@ -273,17 +270,13 @@ fn scoring_a_continuation_gives_the_generation_log_probs() {
 
 #[test]
 fn seeded_sampling_is_reproducible_and_differs_across_seeds() {
-    let Some(dir) = common::smollm2() else { return };
+    let Some((model, tok)) = smollm2() else {
+        return;
+    };
     let device = Default::default();
-    let model = load_model::<B>(&dir, &device).unwrap();
-    let tok = Tokenizer::load(&dir).unwrap();
     let p = vec![
-        tok.encode(
-            &tok.prompt("Tell me a fruit.", candor_model::PromptStyle::Chat)
-                .unwrap(),
-            false
-        )
-        .unwrap();
+        tok.prompt_ids("Tell me a fruit.", candor_model::PromptStyle::Chat)
+            .unwrap();
         4
     ];
     let cfg = GenConfig {
@@ -321,18 +314,14 @@ fn seeded_sampling_is_reproducible_and_differs_across_seeds() {
 
 #[test]
 fn stop_strings_cut_the_text_and_end_the_row() {
-    let Some(dir) = common::smollm2() else { return };
+    let Some((model, tok)) = smollm2() else {
+        return;
+    };
     let device = Default::default();
-    let model = load_model::<B>(&dir, &device).unwrap();
-    let tok = Tokenizer::load(&dir).unwrap();
     let p = vec![tok
-        .encode(
-            &tok.prompt(
-                "What is the capital of France?",
-                candor_model::PromptStyle::Chat,
-            )
-            .unwrap(),
-            false,
+        .prompt_ids(
+            "What is the capital of France?",
+            candor_model::PromptStyle::Chat,
         )
         .unwrap()];
     let free = GenConfig {
