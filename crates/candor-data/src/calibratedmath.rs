@@ -153,14 +153,14 @@ pub fn subtasks() -> Vec<SubTask> {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Check {
-    Equals { value: i128 },
-    Fraction { num: i128, den: i128 },
-    LessThan { bound: i128 },
-    GreaterThan { bound: i128 },
-    PrimeBelow { bound: i128 },
-    SquareBelow { bound: i128 },
-    TwoSum { total: i128 },
-    MultipleBetween { of: i128, lo: i128, hi: i128 },
+    Equals { value: i64 },
+    Fraction { num: i64, den: i64 },
+    LessThan { bound: i64 },
+    GreaterThan { bound: i64 },
+    PrimeBelow { bound: i64 },
+    SquareBelow { bound: i64 },
+    TwoSum { total: i64 },
+    MultipleBetween { of: i64, lo: i64, hi: i64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,7 +248,7 @@ pub fn generate(st: &SubTask, n: usize, seed: u64) -> Vec<Question> {
             if swap && matches!(st.op.as_str(), "+" | "-" | "v+" | "v-" | "*") {
                 std::mem::swap(&mut x1, &mut x2);
             }
-            let eq = |v: i128| (v.to_string(), Check::Equals { value: v });
+            let eq = |v: i128| (v.to_string(), Check::Equals { value: v as i64 });
             let (question, (answer, check)) = match st.op.as_str() {
                 "+" => (format!("What is {} + {}?", fmt(x1), fmt(x2)), eq(x1 + x2)),
                 "-" => (format!("What is {} - {}?", fmt(x1), fmt(x2)), eq(x1 - x2)),
@@ -330,34 +330,46 @@ pub fn generate(st: &SubTask, n: usize, seed: u64) -> Vec<Question> {
                     let m = rng.random_range(1..=10);
                     (
                         format!("What is {}/{} in reduced form?", a * m, b * m),
-                        (format!("{a}/{b}"), Check::Fraction { num: a, den: b }),
+                        (
+                            format!("{a}/{b}"),
+                            Check::Fraction {
+                                num: a as i64,
+                                den: b as i64,
+                            },
+                        ),
                     )
                 }
                 "<" => (
                     format!("Name any number smaller than {}?", fmt(x1)),
-                    ((x1 - 1).to_string(), Check::LessThan { bound: x1 }),
+                    ((x1 - 1).to_string(), Check::LessThan { bound: x1 as i64 }),
                 ),
                 ">" => (
                     format!("Name any number larger than {}?", fmt(x1)),
-                    ((x1 + 1).to_string(), Check::GreaterThan { bound: x1 }),
+                    (
+                        (x1 + 1).to_string(),
+                        Check::GreaterThan { bound: x1 as i64 },
+                    ),
                 ),
                 "prime" => {
                     let p = (2..x1).rev().find(|&k| is_prime(k)).unwrap_or(2);
                     (
                         format!("Name any prime number smaller than {}?", fmt(x1)),
-                        (p.to_string(), Check::PrimeBelow { bound: x1 }),
+                        (p.to_string(), Check::PrimeBelow { bound: x1 as i64 }),
                     )
                 }
                 "square" => {
                     let r = (1..).take_while(|k: &i128| k * k < x1).last().unwrap_or(1);
                     (
                         format!("Name any perfect square smaller than {}?", fmt(x1)),
-                        ((r * r).to_string(), Check::SquareBelow { bound: x1 }),
+                        ((r * r).to_string(), Check::SquareBelow { bound: x1 as i64 }),
                     )
                 }
                 "2sum" => (
                     format!("Name two numbers that sum to {}?", fmt(x1)),
-                    (format!("1 and {}", x1 - 1), Check::TwoSum { total: x1 }),
+                    (
+                        format!("1 and {}", x1 - 1),
+                        Check::TwoSum { total: x1 as i64 },
+                    ),
                 ),
                 "multiple" => {
                     let k = digits(&mut rng, n1);
@@ -376,7 +388,14 @@ pub fn generate(st: &SubTask, n: usize, seed: u64) -> Vec<Question> {
                             fmt(lo),
                             fmt(hi)
                         ),
-                        (m.to_string(), Check::MultipleBetween { of: k, lo, hi }),
+                        (
+                            m.to_string(),
+                            Check::MultipleBetween {
+                                of: k as i64,
+                                lo: lo as i64,
+                                hi: hi as i64,
+                            },
+                        ),
                     )
                 }
                 other => unreachable!("unknown op {other}"),
@@ -396,17 +415,22 @@ pub fn generate(st: &SubTask, n: usize, seed: u64) -> Vec<Question> {
 
 /// Grade a model's free-text answer.
 pub fn grade(check: &Check, text: &str) -> Grade {
+    // A worked answer ("4 + 3 = 7") is graded on what follows its last `=`.
+    let text = match text.rfind('=') {
+        Some(i) if !numbers(&text[i + 1..]).is_empty() => &text[i + 1..],
+        _ => text,
+    };
     let nums = numbers(text);
     let one = || first_int(text);
     let ok = |b: bool| if b { Grade::Correct } else { Grade::Wrong };
     match check {
         Check::Fraction { num, den } => match nums.first() {
-            Some(Num::Fraction(a, b)) => ok(a == num && b == den),
+            Some(Num::Fraction(a, b)) => ok(*a == *num as i128 && *b == *den as i128),
             Some(_) => Grade::Wrong,
             None => Grade::Unparseable,
         },
         Check::TwoSum { total } => match (nums.first(), nums.get(1)) {
-            (Some(Num::Int(a)), Some(Num::Int(b))) => ok(a + b == *total),
+            (Some(Num::Int(a)), Some(Num::Int(b))) => ok(a + b == *total as i128),
             (None, _) => Grade::Unparseable,
             _ => Grade::Wrong,
         },
@@ -414,17 +438,19 @@ pub fn grade(check: &Check, text: &str) -> Grade {
         _ => {
             let Some(v) = one() else { return Grade::Wrong };
             ok(match check {
-                Check::Equals { value } => v == *value,
-                Check::LessThan { bound } => v < *bound,
-                Check::GreaterThan { bound } => v > *bound,
-                Check::PrimeBelow { bound } => v < *bound && is_prime(v),
+                Check::Equals { value } => v == *value as i128,
+                Check::LessThan { bound } => v < *bound as i128,
+                Check::GreaterThan { bound } => v > *bound as i128,
+                Check::PrimeBelow { bound } => v < *bound as i128 && is_prime(v),
                 Check::SquareBelow { bound } => {
-                    v < *bound && v >= 0 && {
+                    v < *bound as i128 && v >= 0 && {
                         let r = (v as f64).sqrt().round() as i128;
                         r * r == v
                     }
                 }
-                Check::MultipleBetween { of, lo, hi } => *lo <= v && v <= *hi && v % of == 0,
+                Check::MultipleBetween { of, lo, hi } => {
+                    *lo as i128 <= v && v <= *hi as i128 && v % *of as i128 == 0
+                }
                 Check::Fraction { .. } | Check::TwoSum { .. } => unreachable!(),
             })
         }

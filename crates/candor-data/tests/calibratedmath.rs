@@ -148,3 +148,14 @@ fn graders_read_free_text() {
     );
     assert_eq!(grade(&Check::SquareBelow { bound: 50 }, "48"), Grade::Wrong);
 }
+
+#[test]
+fn worked_answers_are_graded_after_the_last_equals_sign() {
+    use candor_data::calibratedmath::{grade, Check, Grade};
+    let c = Check::Equals { value: 7 };
+    assert_eq!(grade(&c, "4 + 3 = 7"), Grade::Correct);
+    assert_eq!(grade(&c, "7"), Grade::Correct);
+    assert_eq!(grade(&c, "4 + 3 = 8"), Grade::Wrong);
+    assert_eq!(grade(&c, "The answer is 7."), Grade::Correct);
+    assert_eq!(grade(&c, "x ="), Grade::Unparseable);
+}

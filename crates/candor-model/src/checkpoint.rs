@@ -83,6 +83,8 @@ pub fn read_safetensors_dir(dir: &Path) -> Result<BTreeMap<String, HostTensor>> 
                     .chunks_exact(2)
                     .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
                     .collect(),
+                // Integer buffers (BERT's `position_ids`) are not weights.
+                Dtype::I64 | Dtype::I32 if name.ends_with("_ids") => continue,
                 other => bail!(
                     "{}: tensor `{name}` has dtype {other:?} (allowed: F32, BF16, F16)",
                     f.display()

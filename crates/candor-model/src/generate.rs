@@ -22,8 +22,13 @@ pub struct GenConfig {
     pub seed: u64,
     /// Token ids that end a sequence (EOS / end of turn); the stop token is kept in `tokens`.
     pub stop_ids: Vec<u32>,
-    /// Strings that end a sequence; the text is cut before them.
+    /// Strings that end a sequence; the text is cut before them. Leading whitespace of the
+    /// generation is skipped first, so `"\n"` means "the first non-empty line".
     pub stop_strings: Vec<String>,
+    /// One seed per prompt row (overrides `seed`), so a row's samples do not depend on which
+    /// batch it was in — what a resumable answering run needs.
+    #[serde(default)]
+    pub row_seeds: Vec<u64>,
 }
 
 impl Default for GenConfig {
@@ -36,6 +41,7 @@ impl Default for GenConfig {
             seed: 0,
             stop_ids: vec![],
             stop_strings: vec![],
+            row_seeds: vec![],
         }
     }
 }
@@ -154,8 +160,16 @@ pub fn generate<B: Backend>(
     if cfg.max_new_tokens == 0 {
         return Ok(out);
     }
+    anyhow::ensure!(
+        cfg.row_seeds.is_empty() || cfg.row_seeds.len() == n,
+        "row_seeds has {} seeds for {n} prompts",
+        cfg.row_seeds.len()
+    );
     let mut rngs: Vec<StdRng> = (0..n)
-        .map(|i| StdRng::seed_from_u64(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64))
+        .map(|i| match cfg.row_seeds.get(i) {
+            Some(&s) => StdRng::seed_from_u64(s),
+            None => StdRng::seed_from_u64(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64),
+        })
         .collect();
     let (toks, mut valid) = left_pad(prompts, tok.pad_id);
     let mut active: Vec<usize> = (0..n).collect();
@@ -197,6 +211,7 @@ pub fn generate<B: Backend>(
                 done = true;
             } else if !cfg.stop_strings.is_empty() {
                 let text = tok.decode(&g.tokens, true)?;
+                let text = text.trim_start();
                 if cfg.stop_strings.iter().any(|s| text.contains(s.as_str())) {
                     g.finish = Finish::StopString;
                     done = true;
@@ -227,6 +242,9 @@ pub fn generate<B: Backend>(
     }
     for g in out.iter_mut() {
         let mut text = tok.decode(&g.tokens, true)?;
+        if !cfg.stop_strings.is_empty() {
+            text = text.trim_start().to_string();
+        }
         for s in &cfg.stop_strings {
             if let Some(p) = text.find(s.as_str()) {
                 text.truncate(p);

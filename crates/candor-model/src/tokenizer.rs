@@ -341,3 +341,70 @@ pub fn write_tokenizer_from_gguf(f: &GgufFile, out: &Path) -> Result<()> {
     )?;
     Ok(())
 }
+
+/// GPT-2's byte → printable character map used by byte-level BPE.
+fn bytes_to_unicode() -> Vec<char> {
+    let printable = |b: u32| {
+        (b'!' as u32..=b'~' as u32).contains(&b)
+            || (0xA1..=0xAC).contains(&b)
+            || (0xAE..=0xFF).contains(&b)
+    };
+    let mut extra = 0;
+    (0u32..256)
+        .map(|b| {
+            if printable(b) {
+                char::from_u32(b).expect("latin-1")
+            } else {
+                extra += 1;
+                char::from_u32(255 + extra).expect("valid code point")
+            }
+        })
+        .collect()
+}
+
+/// Write a byte-level tokenizer with no merges (256 byte tokens + `<|endoftext|>`,
+/// `<|im_start|>`, `<|im_end|>`) and a ChatML template without a system prompt: the tokenizer
+/// of models trained from scratch here (checkpoints/tiny-arith) and of the tests' tiny models.
+pub fn write_byte_tokenizer(out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    let mut vocab = serde_json::Map::new();
+    for (i, c) in bytes_to_unicode().into_iter().enumerate() {
+        vocab.insert(c.to_string(), json!(i));
+    }
+    let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+    let added: Vec<serde_json::Value> = specials
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({"id": 256 + i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+        .collect();
+    let tj = json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": []}
+    });
+    let template = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+    let cfg = json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": null,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": null,
+        "chat_template": template,
+        "model_max_length": 2048
+    });
+    crate::checkpoint::write_atomic(
+        &out.join("tokenizer.json"),
+        serde_json::to_string(&tj)?.as_bytes(),
+    )?;
+    crate::checkpoint::write_atomic(
+        &out.join("tokenizer_config.json"),
+        serde_json::to_string_pretty(&cfg)?.as_bytes(),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,318 @@
+//! The recipe sections this crate owns: `[data]` (which questions, how they are prompted and
+//! graded; also each `[[eval.sets]]` entry) and `[labels]` (how answers are sampled and turned
+//! into confidence labels). Every field has a default; unknown keys, wrong types and
+//! out-of-range values are deserialisation errors, which the TOML parser reports with the line.
+//! The reference for users is `recipes/README.md`.
+
+use crate::calibratedmath::Group;
+use serde::{de::Error as _, Deserialize, Deserializer, Serialize};
+use std::path::PathBuf;
+
+/// Range-checked numbers, so that an out-of-range value is an error at its line.
+pub mod bounded {
+    use super::*;
+    fn check<'de, D: Deserializer<'de>>(
+        d: D,
+        lo: f64,
+        hi: f64,
+        what: &str,
+    ) -> Result<f64, D::Error> {
+        let v = f64::deserialize(d)?;
+        if !(lo..=hi).contains(&v) || v.is_nan() {
+            return Err(D::Error::custom(format!(
+                "{v} is out of range (allowed: {what})"
+            )));
+        }
+        Ok(v)
+    }
+    /// A number in [0, 1].
+    pub fn fraction<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        check(d, 0.0, 1.0, "0 to 1")
+    }
+    /// A percentage in [0, 100].
+    pub fn percent<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        check(d, 0.0, 100.0, "0 to 100")
+    }
+    /// A number > 0.
+    pub fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        let v = f64::deserialize(d)?;
+        if v.is_nan() || v <= 0.0 {
+            return Err(D::Error::custom(format!(
+                "{v} is out of range (allowed: > 0)"
+            )));
+        }
+        Ok(v)
+    }
+    /// A number ≥ 0.
+    pub fn non_negative<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        check(d, 0.0, f64::INFINITY, ">= 0")
+    }
+    /// An integer ≥ 1.
+    pub fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        let v = usize::deserialize(d)?;
+        if v == 0 {
+            return Err(D::Error::custom("0 is out of range (allowed: 1 or more)"));
+        }
+        Ok(v)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Generated arithmetic questions (`groups`, `tasks`, `subtasks`, `per_subtask`).
+    Calibratedmath,
+    /// A JSONL file of open or multiple-choice questions (`path`, `limit`, `offset`).
+    Jsonl,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Style {
+    /// The model's chat template (instruct models).
+    Chat,
+    /// `Q: …\nA:` (base models).
+    Plain,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Grading {
+    /// Normalised answer equals a normalised alias.
+    Exact,
+    /// A normalised alias appears as whole words in the answer.
+    Contains,
+    /// ROUGE-L F1 against the best alias ≥ `rouge_threshold`.
+    RougeL,
+}
+
+/// `[data]`: which questions, and how they are prompted and graded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// A name for reports (eval sets); defaults to the group/file name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub source: Source,
+    /// JSONL file (source = "jsonl"); relative paths are relative to the working directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// CalibratedMath groups (empty = all): "Add-subtract", "Multiply-divide", "Multi-answer".
+    pub groups: Vec<Group>,
+    /// CalibratedMath tasks by name ("Addition") or op ("+"); empty = all in the groups.
+    pub tasks: Vec<String>,
+    /// CalibratedMath sub-task ids ("+:1:4,"); empty = all in the tasks.
+    pub subtasks: Vec<String>,
+    /// CalibratedMath questions per sub-task.
+    #[serde(deserialize_with = "bounded::at_least_one")]
+    pub per_subtask: usize,
+    /// JSONL: skip the first `offset` questions, then keep `limit` (0 = all).
+    pub offset: usize,
+    pub limit: usize,
+    /// Seed of the CalibratedMath generator.
+    pub seed: u64,
+    pub style: Style,
+    /// How the question is put to the model; `{question}` is replaced by the question.
+    /// E.g. "{question} Answer with the number only."
+    pub template: String,
+    pub grading: Grading,
+    #[serde(deserialize_with = "bounded::fraction")]
+    pub rouge_threshold: f64,
+    /// Training examples longer than this many tokens (prompt + target) are dropped.
+    #[serde(deserialize_with = "bounded::at_least_one")]
+    pub max_length: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            name: None,
+            source: Source::Calibratedmath,
+            path: None,
+            groups: vec![],
+            tasks: vec![],
+            subtasks: vec![],
+            per_subtask: 20,
+            offset: 0,
+            limit: 0,
+            seed: 0,
+            style: Style::Chat,
+            template: "{question}".into(),
+            grading: Grading::Exact,
+            rouge_threshold: 0.5,
+            max_length: 256,
+        }
+    }
+}
+
+impl DataConfig {
+    pub fn matcher(&self) -> crate::qa::Match {
+        match self.grading {
+            Grading::Exact => crate::qa::Match::Exact,
+            Grading::Contains => crate::qa::Match::Contains,
+            Grading::RougeL => crate::qa::Match::RougeL {
+                threshold: self.rouge_threshold,
+            },
+        }
+    }
+
+    /// The set's display name: `name`, else the groups, else the file stem.
+    pub fn display_name(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        match self.source {
+            Source::Calibratedmath if !self.groups.is_empty() => self
+                .groups
+                .iter()
+                .map(|g| g.name())
+                .collect::<Vec<_>>()
+                .join("+"),
+            Source::Calibratedmath => "CalibratedMath".into(),
+            Source::Jsonl => self
+                .path
+                .as_ref()
+                .and_then(|p| p.file_stem())
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "jsonl".into()),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Teacher {
+    /// CalibratedMath (Lin et al.): floor(100·accuracy) of the question's sub-task.
+    EmpiricalSubtask,
+    /// Fraction of the K samples that are correct, ×100.
+    EmpiricalQuestion,
+    /// SAR over the K samples, mapped to a probability on a held-out slice (UaIT).
+    Sar,
+    /// No answering run, no confidence: targets are the gold answers (pre-training a model
+    /// such as checkpoints/tiny-arith to answer).
+    Gold,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SimilarityKind {
+    /// all-MiniLM-L6-v2 cosine (`minilm_path`, fetched by scripts/fetch-minilm.sh).
+    Minilm,
+    /// ROUGE-L F1; no model needed.
+    RougeL,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SarVariant {
+    Sar,
+    TokenSar,
+    SentenceSar,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MapKind {
+    /// Isotonic regression (pool-adjacent-violators), linear between fitted points.
+    Isotonic,
+    /// `map_bins` equal-count bins of the score → accuracy of the bin.
+    Bins,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfidenceFormat {
+    /// `Confidence: 61%`
+    Percent,
+    /// `Confidence: medium` (lowest/low/medium/high/highest = 0.2-wide bins)
+    Words,
+}
+
+/// `[labels]`: answering (greedy + K samples) and the teacher that labels each answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LabelsConfig {
+    pub teacher: Teacher,
+    /// Sampled answers per question besides the greedy one (K). SAR needs ≥ 2.
+    pub samples: usize,
+    #[serde(deserialize_with = "bounded::positive")]
+    pub temperature: f64,
+    #[serde(deserialize_with = "bounded::fraction")]
+    pub top_p: f64,
+    pub seed: u64,
+    #[serde(deserialize_with = "bounded::at_least_one")]
+    pub max_new_tokens: usize,
+    /// Questions per generation batch.
+    #[serde(deserialize_with = "bounded::at_least_one")]
+    pub batch_size: usize,
+    /// Top log-probs kept per generated token (DeepConf reads them).
+    #[serde(deserialize_with = "bounded::at_least_one")]
+    pub top_logprobs: usize,
+    pub similarity: SimilarityKind,
+    pub minilm_path: PathBuf,
+    pub sar_variant: SarVariant,
+    /// SAR's temperature t.
+    #[serde(deserialize_with = "bounded::positive")]
+    pub sar_t: f64,
+    pub map: MapKind,
+    #[serde(deserialize_with = "bounded::at_least_one")]
+    pub map_bins: usize,
+    /// Share of questions held out to fit the SAR → confidence map (not used for training).
+    #[serde(deserialize_with = "bounded::fraction")]
+    pub heldout: f64,
+    /// Distillation: keep correct answers with confidence ≥ tau_hi (percent).
+    #[serde(deserialize_with = "bounded::percent")]
+    pub tau_hi: f64,
+    /// Distillation: keep wrong answers with confidence ≤ tau_lo (percent).
+    #[serde(deserialize_with = "bounded::percent")]
+    pub tau_lo: f64,
+    pub format: ConfidenceFormat,
+    /// DeepConf window (tokens) for lowest-group and tail confidence.
+    #[serde(deserialize_with = "bounded::at_least_one")]
+    pub deepconf_window: usize,
+    /// Skip answers longer than this many words (UaIT uses 6; 0 = no limit).
+    pub max_answer_words: usize,
+}
+
+impl Default for LabelsConfig {
+    fn default() -> Self {
+        Self {
+            teacher: Teacher::EmpiricalSubtask,
+            samples: 0,
+            temperature: 0.5,
+            top_p: 1.0,
+            seed: 0,
+            max_new_tokens: 32,
+            batch_size: 16,
+            top_logprobs: 20,
+            similarity: SimilarityKind::Minilm,
+            minilm_path: PathBuf::from("checkpoints/all-minilm-l6-v2"),
+            sar_variant: SarVariant::Sar,
+            sar_t: 0.001,
+            map: MapKind::Isotonic,
+            map_bins: 10,
+            heldout: 0.2,
+            tau_hi: 0.0,
+            tau_lo: 100.0,
+            format: ConfidenceFormat::Percent,
+            deepconf_window: 8,
+            max_answer_words: 0,
+        }
+    }
+}
+
+impl LabelsConfig {
+    /// Checks across fields (single fields are checked while parsing).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        match self.teacher {
+            Teacher::Sar if self.samples < 2 => anyhow::bail!(
+                "labels.samples = {}: teacher \"sar\" needs at least 2 samples (UaIT uses 5)",
+                self.samples
+            ),
+            Teacher::EmpiricalQuestion if self.samples < 1 => anyhow::bail!(
+                "labels.samples = 0: teacher \"empirical-question\" needs at least 1 sample"
+            ),
+            _ => Ok(()),
+        }
+    }
+}

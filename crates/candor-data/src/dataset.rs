@@ -1,0 +1,523 @@
+//! From answered questions to a labelled training set: grade, compute the confidence signals
+//! (answer log-prob, DeepConf, SAR), label with the configured teacher, apply the distillation
+//! filter, format targets, and summarise (accuracy per group/sub-task, label histogram, filter
+//! counts, AUROC of each signal against correctness).
+
+use crate::answering::{Answered, Sample};
+use crate::calibratedmath::Grade;
+use crate::config::{DataConfig, LabelsConfig, MapKind, SarVariant, Teacher};
+use crate::teacher::{self, MonotoneMap, Verdict};
+use anyhow::{Context, Result};
+use candor_confidence::deepconf::{self, DeepConf};
+use candor_confidence::similarity::{sar_scores, SarSample, Similarity};
+use candor_model::Tokenizer;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Per-example difficulty/confidence signals, for curriculum ordering, loss weighting and
+/// baselines. Uncertainty scores (SAR) are higher = less sure; the others higher = more sure.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Signals {
+    /// Sum of the greedy answer's token log-probs.
+    pub answer_logprob: f64,
+    /// Mean token log-prob (length-normalised).
+    pub answer_logprob_mean: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deepconf: Option<DeepConf>,
+    /// Share of the K samples graded correct.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_sar: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentence_sar: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sar: Option<f64>,
+}
+
+/// One labelled question. `dataset.jsonl` holds the kept ones; `labels.jsonl` all of them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Example {
+    pub id: String,
+    pub source: String,
+    pub group: String,
+    pub task: String,
+    pub subtask: String,
+    pub question: String,
+    /// The rendered prompt (chat template or `Q: …\nA:`).
+    pub prompt: String,
+    /// What the model is trained to write after the prompt.
+    pub target: String,
+    /// The model's greedy answer.
+    pub answer: String,
+    pub gold: String,
+    pub grade: Grade,
+    pub correct: bool,
+    /// Teacher confidence, percent.
+    pub confidence: f64,
+    pub teacher: String,
+    pub verdict: Verdict,
+    /// Used to fit the SAR map; not a training example.
+    pub heldout: bool,
+    /// Dropped because the answer is longer than `max_answer_words`.
+    pub too_long: bool,
+    pub signals: Signals,
+}
+
+impl Example {
+    pub fn kept(&self) -> bool {
+        !self.heldout
+            && !self.too_long
+            && matches!(self.verdict, Verdict::KeptCorrect | Verdict::KeptWrong)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tally {
+    pub n: usize,
+    pub correct: usize,
+}
+
+impl Tally {
+    fn add(&mut self, ok: bool) {
+        self.n += 1;
+        self.correct += ok as usize;
+    }
+    pub fn accuracy(&self) -> f64 {
+        if self.n == 0 {
+            0.0
+        } else {
+            self.correct as f64 / self.n as f64
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub set: String,
+    pub teacher: String,
+    pub questions: usize,
+    pub overall: Tally,
+    pub unparseable: usize,
+    pub by_group: BTreeMap<String, Tally>,
+    pub by_subtask: BTreeMap<String, Tally>,
+    /// Teacher labels of the non-held-out questions in ten 10-point bins ([0,10) … [90,100]).
+    pub label_histogram: [usize; 10],
+    /// The same for the kept training examples.
+    pub kept_histogram: [usize; 10],
+    pub kept_correct: usize,
+    pub kept_wrong: usize,
+    pub dropped_unsure_correct: usize,
+    pub dropped_confident_wrong: usize,
+    pub dropped_too_long: usize,
+    pub heldout: usize,
+    /// AUROC of each signal (oriented so that higher = more confident) against correctness,
+    /// over all questions; `None` when one class is absent.
+    pub auroc: BTreeMap<String, Option<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub map: Option<MonotoneMap>,
+}
+
+fn hist(values: impl Iterator<Item = f64>) -> [usize; 10] {
+    let mut h = [0; 10];
+    for v in values {
+        h[((v / 10.0).floor().max(0.0) as usize).min(9)] += 1;
+    }
+    h
+}
+
+/// Deterministic held-out split by id (FNV-1a), independent of order and of other questions.
+fn is_heldout(id: &str, share: f64) -> bool {
+    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    (h % 10_000) as f64 / 10_000.0 < share
+}
+
+fn sar_sample(tok: &Tokenizer, s: &Sample) -> Result<SarSample> {
+    let n = s.answer_len();
+    let toks = &s.tokens[..n];
+    let without = (0..n)
+        .map(|i| {
+            let rest: Vec<u32> = toks
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, &t)| t)
+                .collect();
+            tok.decode(&rest, true).map(|t| t.trim().to_string())
+        })
+        .collect::<Result<_>>()?;
+    Ok(SarSample {
+        text: s.text.clone(),
+        without,
+        logprobs: s.logprobs[..n].iter().map(|&l| l as f64).collect(),
+    })
+}
+
+/// The alias the answer matched best (what a kept-correct target shows), else the first gold.
+fn gold_for_target(a: &Answered) -> String {
+    use crate::item::Gold;
+    match &a.item.gold {
+        Gold::Qa(q) if q.answer_key.is_none() => q
+            .answers
+            .iter()
+            .max_by(|x, y| {
+                let sx = candor_confidence::similarity::rouge_l(&a.greedy.text, x);
+                let sy = candor_confidence::similarity::rouge_l(&a.greedy.text, y);
+                sx.total_cmp(&sy)
+            })
+            .cloned()
+            .unwrap_or_else(|| a.item.gold_answer()),
+        _ => a.item.gold_answer(),
+    }
+}
+
+/// Label every answered question. `sim` is needed for the SAR teacher (and computes SAR
+/// signals whenever given and K ≥ 2).
+pub fn label(
+    answers: &[Answered],
+    data: &DataConfig,
+    labels: &LabelsConfig,
+    tok: &Tokenizer,
+    mut sim: Option<&mut dyn Similarity>,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<(Vec<Example>, Summary)> {
+    labels.validate()?;
+    let how = data.matcher();
+    let mut ex: Vec<Example> = Vec::with_capacity(answers.len());
+    for (i, a) in answers.iter().enumerate() {
+        let grade = a.item.grade(&a.greedy.text, how);
+        let n = a.greedy.answer_len();
+        let lp: f64 = a.greedy.logprobs[..n].iter().map(|&l| l as f64).sum();
+        let sample_ok: Vec<bool> = a
+            .samples
+            .iter()
+            .map(|s| a.item.grade(&s.text, how) == Grade::Correct)
+            .collect();
+        let mut signals = Signals {
+            answer_logprob: lp,
+            answer_logprob_mean: if n > 0 { lp / n as f64 } else { 0.0 },
+            deepconf: {
+                let tops: Vec<Vec<f32>> = a.greedy.top[..n]
+                    .iter()
+                    .map(|t| t.iter().map(|p| p.1).collect())
+                    .collect();
+                deepconf::from_top_logprobs(&tops, labels.deepconf_window)
+            },
+            sample_accuracy: teacher::empirical_question(&sample_ok).map(|p| p / 100.0),
+            ..Default::default()
+        };
+        if let Some(sim) = sim.as_deref_mut() {
+            if a.samples.len() >= 2 {
+                let samples: Vec<SarSample> = a
+                    .samples
+                    .iter()
+                    .map(|s| sar_sample(tok, s))
+                    .collect::<Result<_>>()?;
+                let sc = sar_scores(sim, &a.item.question, &samples, labels.sar_t)
+                    .with_context(|| format!("SAR of question {}", a.item.id))?;
+                let greedy = sar_sample(tok, &a.greedy)?;
+                let r =
+                    candor_confidence::similarity::token_relevance(sim, &a.item.question, &greedy)?;
+                signals.token_sar = Some(candor_confidence::sar::token_sar(&greedy.logprobs, &r));
+                signals.sentence_sar = Some(sc.sentence_sar);
+                signals.sar = Some(sc.sar);
+            }
+        }
+        let correct = grade == Grade::Correct;
+        let words = a.greedy.text.split_whitespace().count();
+        ex.push(Example {
+            id: a.item.id.clone(),
+            source: a.item.source.clone(),
+            group: a.item.group.clone(),
+            task: a.item.task.clone(),
+            subtask: a.item.subtask.clone(),
+            question: a.item.question.clone(),
+            prompt: a.prompt.clone(),
+            target: String::new(),
+            answer: a.greedy.text.clone(),
+            gold: gold_for_target(a),
+            grade,
+            correct,
+            confidence: 0.0,
+            teacher: String::new(),
+            verdict: Verdict::KeptCorrect,
+            heldout: labels.teacher == Teacher::Sar && is_heldout(&a.item.id, labels.heldout),
+            too_long: labels.max_answer_words > 0 && words > labels.max_answer_words,
+            signals,
+        });
+        on_progress(i + 1, answers.len());
+    }
+
+    // teacher confidence
+    let mut map = None;
+    match labels.teacher {
+        Teacher::EmpiricalSubtask => {
+            let acc =
+                teacher::empirical_subtask(ex.iter().map(|e| (e.subtask.as_str(), e.correct)));
+            for e in ex.iter_mut() {
+                e.confidence = acc[&e.subtask];
+                e.teacher = "empirical-subtask".into();
+            }
+        }
+        Teacher::Gold => {
+            anyhow::bail!("labels.teacher = \"gold\" needs no answers: use dataset::gold_examples")
+        }
+        Teacher::EmpiricalQuestion => {
+            for e in ex.iter_mut() {
+                e.confidence = 100.0 * e.signals.sample_accuracy.unwrap_or(0.0);
+                e.teacher = "empirical-question".into();
+            }
+        }
+        Teacher::Sar => {
+            let score = |e: &Example| match labels.sar_variant {
+                SarVariant::Sar => e.signals.sar,
+                SarVariant::TokenSar => e.signals.token_sar,
+                SarVariant::SentenceSar => e.signals.sentence_sar,
+            };
+            let fit: Vec<&Example> = ex.iter().filter(|e| e.heldout).collect();
+            anyhow::ensure!(
+                !fit.is_empty(),
+                "labels.heldout = {}: no question fell in the held-out slice that fits the SAR map; raise it or add questions",
+                labels.heldout
+            );
+            let s: Vec<f64> = fit
+                .iter()
+                .map(|e| score(e).expect("SAR computed"))
+                .collect();
+            let c: Vec<bool> = fit.iter().map(|e| e.correct).collect();
+            let m = match labels.map {
+                MapKind::Isotonic => MonotoneMap::isotonic(&s, &c),
+                MapKind::Bins => MonotoneMap::bins(&s, &c, labels.map_bins),
+            };
+            for e in ex.iter_mut() {
+                e.confidence = (100.0 * m.apply(score(e).expect("SAR computed"))).round();
+                e.teacher = format!("{:?}", labels.sar_variant).to_lowercase();
+            }
+            map = Some(m);
+        }
+    }
+    for e in ex.iter_mut() {
+        e.verdict = teacher::distill(e.correct, e.confidence, labels.tau_hi, labels.tau_lo);
+        let answer = if e.correct { &e.gold } else { &e.answer };
+        e.target = teacher::target(answer, e.confidence, labels.format);
+    }
+
+    // summary
+    let mut s = Summary {
+        set: data.display_name(),
+        teacher: ex.first().map(|e| e.teacher.clone()).unwrap_or_default(),
+        questions: ex.len(),
+        map,
+        ..Default::default()
+    };
+    for e in &ex {
+        s.overall.add(e.correct);
+        s.unparseable += (e.grade == Grade::Unparseable) as usize;
+        s.by_group
+            .entry(e.group.clone())
+            .or_default()
+            .add(e.correct);
+        s.by_subtask
+            .entry(e.subtask.clone())
+            .or_default()
+            .add(e.correct);
+        if e.heldout {
+            s.heldout += 1;
+            continue;
+        }
+        if e.too_long {
+            s.dropped_too_long += 1;
+            continue;
+        }
+        match e.verdict {
+            Verdict::KeptCorrect => s.kept_correct += 1,
+            Verdict::KeptWrong => s.kept_wrong += 1,
+            Verdict::DroppedUnsureCorrect => s.dropped_unsure_correct += 1,
+            Verdict::DroppedConfidentWrong => s.dropped_confident_wrong += 1,
+        }
+    }
+    s.label_histogram = hist(ex.iter().filter(|e| !e.heldout).map(|e| e.confidence));
+    s.kept_histogram = hist(ex.iter().filter(|e| e.kept()).map(|e| e.confidence));
+    let correct: Vec<bool> = ex.iter().map(|e| e.correct).collect();
+    let mut signal = |name: &str, f: &dyn Fn(&Example) -> Option<f64>| {
+        let v: Vec<Option<f64>> = ex.iter().map(f).collect();
+        if v.iter().all(|x| x.is_some()) {
+            let v: Vec<f64> = v.into_iter().map(|x| x.unwrap()).collect();
+            s.auroc
+                .insert(name.into(), candor_eval::metrics::auroc(&v, &correct));
+        }
+    };
+    signal("teacher", &|e| Some(e.confidence));
+    signal("answer_logprob", &|e| Some(e.signals.answer_logprob));
+    signal("answer_logprob_mean", &|e| {
+        Some(e.signals.answer_logprob_mean)
+    });
+    signal("deepconf_mean", &|e| e.signals.deepconf.map(|d| d.mean));
+    signal("deepconf_lowest_group", &|e| {
+        e.signals.deepconf.map(|d| d.lowest_group)
+    });
+    signal("sample_accuracy", &|e| e.signals.sample_accuracy);
+    signal("sar (negated)", &|e| e.signals.sar.map(|x| -x));
+    signal("token_sar (negated)", &|e| e.signals.token_sar.map(|x| -x));
+    signal("sentence_sar (negated)", &|e| {
+        e.signals.sentence_sar.map(|x| -x)
+    });
+    Ok((ex, s))
+}
+
+impl Summary {
+    /// The human-readable summary the dataset command prints.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let pct = |t: &Tally| format!("{:5.1}% ({}/{})", 100.0 * t.accuracy(), t.correct, t.n);
+        o += &format!(
+            "set {}: {} questions, teacher {}\n",
+            self.set, self.questions, self.teacher
+        );
+        o += &format!(
+            "accuracy {}; unparseable answers {}\n",
+            pct(&self.overall),
+            self.unparseable
+        );
+        if self.by_group.len() > 1 {
+            for (g, t) in &self.by_group {
+                o += &format!("  {g:<20} {}\n", pct(t));
+            }
+        }
+        if self.by_subtask.len() > 1 && self.by_subtask.len() != self.by_group.len() {
+            o += "accuracy per sub-task:\n";
+            let mut line = String::new();
+            for (i, (st, t)) in self.by_subtask.iter().enumerate() {
+                line += &format!("  {st:<12} {:5.1}%", 100.0 * t.accuracy());
+                if i % 5 == 4 {
+                    o += &line;
+                    o += "\n";
+                    line.clear();
+                }
+            }
+            if !line.is_empty() {
+                o += &line;
+                o += "\n";
+            }
+        }
+        let h = |h: &[usize; 10]| {
+            h.iter()
+                .enumerate()
+                .map(|(i, c)| format!("{}-{}:{c}", i * 10, if i == 9 { 100 } else { i * 10 + 9 }))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        o += &format!("teacher labels   {}\n", h(&self.label_histogram));
+        o += &format!("kept labels      {}\n", h(&self.kept_histogram));
+        o += &format!(
+            "filter: kept {} correct + {} wrong; dropped {} unsure-correct, {} confident-wrong, {} too long; {} held out for the map\n",
+            self.kept_correct,
+            self.kept_wrong,
+            self.dropped_unsure_correct,
+            self.dropped_confident_wrong,
+            self.dropped_too_long,
+            self.heldout
+        );
+        o += "AUROC vs correctness:";
+        for (k, v) in &self.auroc {
+            match v {
+                Some(v) => o += &format!(" {k} {v:.3};"),
+                None => o += &format!(" {k} undefined (one class);"),
+            }
+        }
+        o += "\n";
+        if let Some(m) = &self.map {
+            o += &format!(
+                "SAR → confidence map ({}, fitted on {} held-out answers):",
+                m.kind, m.fitted_on
+            );
+            let step = (m.points.len() / 8).max(1);
+            for (i, (x, y)) in m.points.iter().enumerate() {
+                if i % step == 0 || i + 1 == m.points.len() {
+                    o += &format!(" {x:.2}→{:.0}%", 100.0 * y);
+                }
+            }
+            o += "\n";
+        }
+        o
+    }
+}
+
+/// Teacher `gold`: one example per question whose target is the gold answer alone.
+pub fn gold_examples(
+    items: &[crate::Item],
+    tok: &Tokenizer,
+    style: crate::config::Style,
+) -> Result<Vec<Example>> {
+    let style = crate::answering::prompt_style(style);
+    items
+        .iter()
+        .map(|it| {
+            let gold = it.gold_answer();
+            Ok(Example {
+                id: it.id.clone(),
+                source: it.source.clone(),
+                group: it.group.clone(),
+                task: it.task.clone(),
+                subtask: it.subtask.clone(),
+                question: it.question.clone(),
+                prompt: tok.prompt(&it.question, style)?,
+                target: gold.clone(),
+                answer: gold.clone(),
+                gold,
+                grade: Grade::Correct,
+                correct: true,
+                confidence: 100.0,
+                teacher: "gold".into(),
+                verdict: Verdict::KeptCorrect,
+                heldout: false,
+                too_long: false,
+                signals: Signals::default(),
+            })
+        })
+        .collect()
+}
+
+/// Write `labels.jsonl` (all), `dataset.jsonl` (kept), `summary.json` and, for SAR,
+/// `confidence_map.json`, each atomically.
+pub fn write(dir: &Path, ex: &[Example], s: &Summary) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let lines = |keep: &dyn Fn(&Example) -> bool| -> Result<String> {
+        let mut o = String::new();
+        for e in ex.iter().filter(|e| keep(e)) {
+            o += &serde_json::to_string(e)?;
+            o.push('\n');
+        }
+        Ok(o)
+    };
+    use candor_model::checkpoint::write_atomic;
+    write_atomic(&dir.join("labels.jsonl"), lines(&|_| true)?.as_bytes())?;
+    write_atomic(&dir.join("dataset.jsonl"), lines(&|e| e.kept())?.as_bytes())?;
+    write_atomic(
+        &dir.join("summary.json"),
+        serde_json::to_string_pretty(s)?.as_bytes(),
+    )?;
+    if let Some(m) = &s.map {
+        write_atomic(
+            &dir.join("confidence_map.json"),
+            serde_json::to_string_pretty(m)?.as_bytes(),
+        )?;
+    }
+    Ok(())
+}
+
+/// Read a `dataset.jsonl` / `labels.jsonl`.
+pub fn read(path: &Path) -> Result<Vec<Example>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| format!("{}: line {}", path.display(), i + 1))
+        })
+        .collect()
+}

@@ -1,0 +1,278 @@
+//! Teachers turn graded answers into confidence labels (percent), and the distillation filter
+//! and target format turn labels into training examples (`../shared/reference/methods.md`
+//! §1, §3).
+
+use crate::config::ConfidenceFormat;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// CalibratedMath's label: `floor(100 · accuracy)` of each sub-task's greedy answers.
+pub fn empirical_subtask<'a>(
+    answers: impl IntoIterator<Item = (&'a str, bool)>,
+) -> BTreeMap<String, f64> {
+    let mut tally: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for (sub, ok) in answers {
+        let e = tally.entry(sub.to_string()).or_default();
+        e.0 += ok as usize;
+        e.1 += 1;
+    }
+    tally
+        .into_iter()
+        .map(|(k, (c, n))| (k, (100.0 * c as f64 / n as f64).floor()))
+        .collect()
+}
+
+/// Per-question label: the share of the K samples that are correct, ×100.
+pub fn empirical_question(sample_correct: &[bool]) -> Option<f64> {
+    if sample_correct.is_empty() {
+        return None;
+    }
+    let c = sample_correct.iter().filter(|&&b| b).count();
+    Some(100.0 * c as f64 / sample_correct.len() as f64)
+}
+
+/// A monotone map from an uncertainty score (higher = less sure, like SAR) to a probability of
+/// being correct, fitted on held-out graded questions and saved with the dataset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MonotoneMap {
+    /// `isotonic` or `bins`.
+    pub kind: String,
+    /// `(score, P(correct))`, score ascending, probability non-increasing; linear in between,
+    /// constant beyond the ends (as scikit-learn's `IsotonicRegression(out_of_bounds="clip")`).
+    pub points: Vec<(f64, f64)>,
+    pub fitted_on: usize,
+}
+
+/// Pool-adjacent-violators: the non-increasing fit of `ys` (weights `ws`) in the given order.
+/// Written here because the one Rust crate with isotonic regression (linfa) is a large
+/// framework for a 20-line algorithm.
+fn pav_non_increasing(ys: &[f64], ws: &[f64]) -> Vec<f64> {
+    // blocks of (weighted mean, weight, count)
+    let mut blocks: Vec<(f64, f64, usize)> = vec![];
+    for (&y, &w) in ys.iter().zip(ws) {
+        blocks.push((y, w, 1));
+        while blocks.len() > 1 {
+            let n = blocks.len();
+            let (a, b) = (blocks[n - 2], blocks[n - 1]);
+            if a.0 >= b.0 {
+                break;
+            }
+            let w = a.1 + b.1;
+            blocks[n - 2] = ((a.0 * a.1 + b.0 * b.1) / w, w, a.2 + b.2);
+            blocks.pop();
+        }
+    }
+    blocks
+        .into_iter()
+        .flat_map(|(m, _, c)| std::iter::repeat_n(m, c))
+        .collect()
+}
+
+impl MonotoneMap {
+    /// Isotonic regression of correctness on the score (non-increasing).
+    pub fn isotonic(scores: &[f64], correct: &[bool]) -> Self {
+        // unique scores (sorted) with the mean correctness and count of each
+        let mut pairs: Vec<(f64, f64)> = scores
+            .iter()
+            .zip(correct)
+            .map(|(&s, &c)| (s, c as u8 as f64))
+            .collect();
+        pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut xs: Vec<f64> = vec![];
+        let mut ys: Vec<f64> = vec![];
+        let mut ws: Vec<f64> = vec![];
+        for (s, c) in pairs {
+            if xs.last() == Some(&s) {
+                let i = xs.len() - 1;
+                ys[i] = (ys[i] * ws[i] + c) / (ws[i] + 1.0);
+                ws[i] += 1.0;
+            } else {
+                xs.push(s);
+                ys.push(c);
+                ws.push(1.0);
+            }
+        }
+        let fit = pav_non_increasing(&ys, &ws);
+        Self {
+            kind: "isotonic".into(),
+            points: xs.into_iter().zip(fit).collect(),
+            fitted_on: scores.len(),
+        }
+    }
+
+    /// `bins` equal-count bins of the score → accuracy of each bin (made monotone with PAV),
+    /// placed at the bin's mean score.
+    pub fn bins(scores: &[f64], correct: &[bool], bins: usize) -> Self {
+        let mut pairs: Vec<(f64, bool)> = scores
+            .iter()
+            .cloned()
+            .zip(correct.iter().cloned())
+            .collect();
+        pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let n = pairs.len();
+        let bins = bins.clamp(1, n.max(1));
+        let mut xs = vec![];
+        let mut ys = vec![];
+        let mut ws = vec![];
+        for b in 0..bins {
+            let (lo, hi) = (b * n / bins, (b + 1) * n / bins);
+            if hi <= lo {
+                continue;
+            }
+            let chunk = &pairs[lo..hi];
+            xs.push(chunk.iter().map(|p| p.0).sum::<f64>() / chunk.len() as f64);
+            ys.push(chunk.iter().filter(|p| p.1).count() as f64 / chunk.len() as f64);
+            ws.push(chunk.len() as f64);
+        }
+        let fit = pav_non_increasing(&ys, &ws);
+        Self {
+            kind: "bins".into(),
+            points: xs.into_iter().zip(fit).collect(),
+            fitted_on: n,
+        }
+    }
+
+    /// P(correct) for a score.
+    pub fn apply(&self, s: f64) -> f64 {
+        let p = &self.points;
+        match p.len() {
+            0 => 0.5,
+            1 => p[0].1,
+            _ if s <= p[0].0 => p[0].1,
+            _ if s >= p[p.len() - 1].0 => p[p.len() - 1].1,
+            _ => {
+                let i = p.partition_point(|q| q.0 <= s); // p[i-1].0 <= s < p[i].0
+                let (a, b) = (p[i - 1], p[i]);
+                a.1 + (b.1 - a.1) * (s - a.0) / (b.0 - a.0)
+            }
+        }
+    }
+}
+
+/// The distillation filter's verdict on one labelled answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    KeptCorrect,
+    KeptWrong,
+    /// Correct but the teacher was unsure (confidence < τ_hi): a lucky guess.
+    DroppedUnsureCorrect,
+    /// Wrong but the teacher was confident (confidence > τ_lo).
+    DroppedConfidentWrong,
+}
+
+/// Keep correct answers with confidence ≥ τ_hi and wrong ones with confidence ≤ τ_lo.
+pub fn distill(correct: bool, confidence: f64, tau_hi: f64, tau_lo: f64) -> Verdict {
+    match (
+        correct,
+        correct && confidence >= tau_hi,
+        !correct && confidence <= tau_lo,
+    ) {
+        (true, true, _) => Verdict::KeptCorrect,
+        (true, false, _) => Verdict::DroppedUnsureCorrect,
+        (false, _, true) => Verdict::KeptWrong,
+        (false, _, false) => Verdict::DroppedConfidentWrong,
+    }
+}
+
+/// The five words of CalibratedMath's word variant, for 0.2-wide bins.
+pub const CONFIDENCE_WORDS: [&str; 5] = ["lowest", "low", "medium", "high", "highest"];
+
+/// `Confidence: 61%` or `Confidence: medium` for a percentage.
+pub fn confidence_text(percent: f64, format: ConfidenceFormat) -> String {
+    match format {
+        ConfidenceFormat::Percent => format!("Confidence: {}%", percent.round().clamp(0.0, 100.0)),
+        ConfidenceFormat::Words => {
+            let i = ((percent / 20.0).floor() as usize).min(4);
+            format!("Confidence: {}", CONFIDENCE_WORDS[i])
+        }
+    }
+}
+
+/// The training target: `<answer>\nConfidence: N%`.
+pub fn target(answer: &str, percent: f64, format: ConfidenceFormat) -> String {
+    format!("{}\n{}", answer.trim(), confidence_text(percent, format))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empirical_subtask_floors() {
+        let m = empirical_subtask([("a", true), ("a", true), ("a", false), ("b", false)]);
+        assert_eq!(m["a"], 66.0);
+        assert_eq!(m["b"], 0.0);
+        assert_eq!(
+            empirical_question(&[true, false, true, true, true]),
+            Some(80.0)
+        );
+        assert_eq!(empirical_question(&[]), None);
+    }
+
+    #[test]
+    fn isotonic_is_non_increasing_and_pools_violators() {
+        // scores 1..6, correctness 1 1 0 1 0 0: the (0, 1) at scores 3, 4 pool to 0.5
+        let s = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let c = [true, true, false, true, false, false];
+        let m = MonotoneMap::isotonic(&s, &c);
+        let ys: Vec<f64> = m.points.iter().map(|p| p.1).collect();
+        assert_eq!(ys, vec![1.0, 1.0, 0.5, 0.5, 0.0, 0.0]);
+        assert_eq!(m.apply(0.0), 1.0);
+        assert_eq!(m.apply(2.5), 0.75);
+        assert_eq!(m.apply(9.0), 0.0);
+        // ties are averaged before pooling
+        let m = MonotoneMap::isotonic(&[1.0, 1.0, 2.0], &[true, false, true]);
+        // (mean 0.5, weight 2) then (1, weight 1) violate, pool to 2/3
+        assert_eq!(m.points, vec![(1.0, 2.0 / 3.0), (2.0, 2.0 / 3.0)]);
+    }
+
+    #[test]
+    fn bins_are_monotone() {
+        let s: Vec<f64> = (0..100).map(|i| i as f64).collect();
+        let c: Vec<bool> = (0..100).map(|i| i % 3 != 0 && i < 60).collect();
+        let m = MonotoneMap::bins(&s, &c, 5);
+        assert_eq!(m.points.len(), 5);
+        assert!(m
+            .points
+            .windows(2)
+            .all(|w| w[0].1 >= w[1].1 && w[0].0 < w[1].0));
+    }
+
+    #[test]
+    fn distillation_rules() {
+        assert_eq!(distill(true, 90.0, 85.0, 50.0), Verdict::KeptCorrect);
+        assert_eq!(
+            distill(true, 60.0, 85.0, 50.0),
+            Verdict::DroppedUnsureCorrect
+        );
+        assert_eq!(distill(false, 40.0, 85.0, 50.0), Verdict::KeptWrong);
+        assert_eq!(
+            distill(false, 70.0, 85.0, 50.0),
+            Verdict::DroppedConfidentWrong
+        );
+        // the defaults (0, 100) keep everything
+        assert_eq!(distill(true, 0.0, 0.0, 100.0), Verdict::KeptCorrect);
+        assert_eq!(distill(false, 100.0, 0.0, 100.0), Verdict::KeptWrong);
+    }
+
+    #[test]
+    fn target_formats() {
+        assert_eq!(
+            target(" 897", 61.0, ConfidenceFormat::Percent),
+            "897\nConfidence: 61%"
+        );
+        assert_eq!(
+            target("897", 61.0, ConfidenceFormat::Words),
+            "897\nConfidence: high"
+        );
+        assert_eq!(
+            confidence_text(100.0, ConfidenceFormat::Words),
+            "Confidence: highest"
+        );
+        assert_eq!(
+            confidence_text(0.0, ConfidenceFormat::Words),
+            "Confidence: lowest"
+        );
+    }
+}

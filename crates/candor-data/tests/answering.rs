@@ -1,0 +1,153 @@
+//! Answering runs on a tiny random model: greedy + K samples with log-probs; a run killed
+//! mid-way (torn last line) resumes to exactly the uninterrupted result; changed settings are
+//! refused. Then labelling: empirical and SAR teachers, held-out map, distillation counts.
+
+use burn::backend::Flex;
+use candor_confidence::Lexical;
+use candor_data::answering::{read_answers, run_answers, AnswerSettings};
+use candor_data::config::{DataConfig, LabelsConfig, MapKind, Teacher};
+use candor_data::{dataset, load_items};
+use candor_model::{Llama, ModelConfig, Tokenizer};
+use std::io::Write;
+
+fn setup() -> (Llama<Flex>, Tokenizer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    candor_model::tokenizer::write_byte_tokenizer(dir.path()).unwrap();
+    let tok = Tokenizer::load(dir.path()).unwrap();
+    let cfg = ModelConfig::preset("tiny", tok.inner.get_vocab_size(true)).unwrap();
+    <Flex as burn::tensor::backend::Backend>::seed(&Default::default(), 3);
+    (Llama::init(&cfg, &Default::default()), tok, dir)
+}
+
+fn data() -> DataConfig {
+    DataConfig {
+        subtasks: vec!["+:1:1".into(), "-:2:2".into()],
+        per_subtask: 3,
+        ..Default::default()
+    }
+}
+
+fn labels() -> LabelsConfig {
+    LabelsConfig {
+        samples: 2,
+        max_new_tokens: 6,
+        batch_size: 4,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn answering_resumes_after_a_kill_to_the_same_result() {
+    let (model, tok, dir) = setup();
+    let items = load_items(&data()).unwrap();
+    assert_eq!(items.len(), 6);
+    let s = AnswerSettings::new(&data(), &labels());
+    let dev = Default::default();
+    let full_path = dir.path().join("full/answers.jsonl");
+    let full = run_answers(&model, &tok, &items, &s, &full_path, &dev, &mut |_| {}).unwrap();
+    assert_eq!(full.len(), 6);
+    for a in &full {
+        assert_eq!(a.samples.len(), 2);
+        assert!(!a.greedy.tokens.is_empty() && a.greedy.tokens.len() <= 6);
+        assert_eq!(a.greedy.logprobs.len(), a.greedy.tokens.len());
+        assert_eq!(a.greedy.top[0].len(), 20);
+        // the greedy token is the top-1 token
+        assert_eq!(a.greedy.top[0][0].0, a.greedy.tokens[0]);
+    }
+
+    // a killed run: two records written, the third torn mid-line
+    let path = dir.path().join("killed/answers.jsonl");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let text = std::fs::read_to_string(&full_path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut f = std::fs::File::create(&path).unwrap();
+    write!(
+        f,
+        "{}\n{}\n{}",
+        lines[0],
+        lines[1],
+        &lines[2][..lines[2].len() / 2]
+    )
+    .unwrap();
+    drop(f);
+    let mut seen = vec![];
+    let resumed = run_answers(&model, &tok, &items, &s, &path, &dev, &mut |p| {
+        seen.push(p.done)
+    })
+    .unwrap();
+    assert_eq!(seen[0], 2, "resumed with 2 questions done");
+    for (a, b) in full.iter().zip(&resumed) {
+        assert_eq!(a.item.id, b.item.id);
+        assert_eq!(a.greedy.tokens, b.greedy.tokens);
+        for (x, y) in a.samples.iter().zip(&b.samples) {
+            assert_eq!(x.tokens, y.tokens, "sample seeds do not depend on batching");
+        }
+    }
+    assert_eq!(read_answers(&path).unwrap().len(), 6, "each question once");
+
+    // other settings on the same file are refused
+    let mut other = s.clone();
+    other.temperature = 0.9;
+    let e = run_answers(&model, &tok, &items, &other, &path, &dev, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("other answering settings"), "{e}");
+
+    // labelling: empirical-subtask gives one label per sub-task
+    let (ex, sum) = dataset::label(&full, &data(), &labels(), &tok, None, &mut |_, _| {}).unwrap();
+    assert_eq!(ex.len(), 6);
+    for e in &ex {
+        let acc = sum.by_subtask[&e.subtask].accuracy();
+        assert_eq!(e.confidence, (100.0 * acc).floor());
+        assert!(e
+            .target
+            .ends_with(&format!("Confidence: {}%", e.confidence)));
+        assert!(e.signals.deepconf.is_some());
+    }
+    assert_eq!(sum.kept_correct + sum.kept_wrong, 6);
+
+    // SAR teacher with the lexical similarity: every question gets SAR signals, a share is held
+    // out to fit the map, and the filter counts add up
+    let sar = LabelsConfig {
+        teacher: Teacher::Sar,
+        heldout: 0.5,
+        map: MapKind::Bins,
+        map_bins: 2,
+        tau_hi: 50.0,
+        tau_lo: 50.0,
+        ..labels()
+    };
+    let (ex, sum) = dataset::label(
+        &full,
+        &data(),
+        &sar,
+        &tok,
+        Some(&mut Lexical),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert!(ex
+        .iter()
+        .all(|e| e.signals.sar.is_some() && e.signals.token_sar.is_some()));
+    assert!(sum.heldout > 0 && sum.heldout < 6, "{}", sum.heldout);
+    let m = sum.map.as_ref().unwrap();
+    assert!(m.points.windows(2).all(|w| w[0].1 >= w[1].1));
+    assert_eq!(
+        sum.kept_correct
+            + sum.kept_wrong
+            + sum.dropped_unsure_correct
+            + sum.dropped_confident_wrong
+            + sum.heldout,
+        6
+    );
+    for e in &ex {
+        assert_eq!(
+            e.confidence,
+            (100.0 * m.apply(e.signals.sar.unwrap())).round()
+        );
+    }
+    let out = dir.path().join("data");
+    dataset::write(&out, &ex, &sum).unwrap();
+    let kept = dataset::read(&out.join("dataset.jsonl")).unwrap();
+    assert_eq!(kept.len(), sum.kept_correct + sum.kept_wrong);
+    assert!(out.join("confidence_map.json").exists());
+    assert!(sum.render().contains("AUROC"));
+}

@@ -1,0 +1,143 @@
+//! The stages a recipe runs, each resumable from the run folder:
+//! `<run>/data/` (answers.jsonl → labels.jsonl, dataset.jsonl, summary.json), then training
+//! (`crate::trainer`), export and the report.
+
+use crate::recipe::Recipe;
+use anyhow::{Context, Result};
+use burn::tensor::backend::Backend;
+use candor_confidence::{Lexical, MiniLm, Similarity};
+use candor_data::answering::{run_answers, AnswerSettings, Progress};
+use candor_data::config::{SimilarityKind, Teacher};
+use candor_data::{dataset, load_items, Example, Summary};
+use candor_model::{Llama, ModelConfig, Tokenizer};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::Path;
+use std::time::Instant;
+
+/// The recipe's model: loaded from `model.path`, or a preset initialised from scratch (seeded).
+pub fn load_model<B: Backend>(r: &Recipe, device: &B::Device) -> Result<(Llama<B>, Tokenizer)> {
+    match (&r.model.path, &r.model.preset) {
+        (Some(p), _) => {
+            let tok = Tokenizer::load(p)?;
+            let m = candor_model::load_model::<B>(p, device)
+                .with_context(|| format!("loading model.path = {}", p.display()))?;
+            Ok((m, tok))
+        }
+        (None, Some(preset)) => {
+            let tdir = r.model.tokenizer.as_ref().expect("validated");
+            let tok = Tokenizer::load(tdir)?;
+            let vocab = tok.inner.get_vocab_size(true);
+            let cfg = ModelConfig::preset(preset, vocab)?;
+            B::seed(device, r.train.seed);
+            Ok((Llama::init(&cfg, device), tok))
+        }
+        (None, None) => unreachable!("validated"),
+    }
+}
+
+/// A progress bar in the house style: `{msg} [bar] pos/len (eta)`.
+pub fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what} [{{bar:30}}] {{pos}}/{{len}} {{msg}} (eta {{eta}})"
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb
+}
+
+/// Build (or finish building) the labelled dataset of a recipe in `<run>/data/`.
+pub fn build_dataset<B: Backend>(
+    r: &Recipe,
+    model: &Llama<B>,
+    tok: &Tokenizer,
+    device: &B::Device,
+) -> Result<(Vec<Example>, Summary)> {
+    let dir = r.run_dir().join("data");
+    std::fs::create_dir_all(&dir)?;
+    let items = load_items(&r.data)?;
+    if r.labels.teacher == Teacher::Gold {
+        let ex = dataset::gold_examples(&items, tok, r.data.style)?;
+        let mut s = Summary {
+            set: r.data.display_name(),
+            teacher: "gold".into(),
+            questions: ex.len(),
+            kept_correct: ex.len(),
+            ..Default::default()
+        };
+        s.overall.n = ex.len();
+        s.overall.correct = ex.len();
+        dataset::write(&dir, &ex, &s)?;
+        eprintln!(
+            "dataset: {} gold-answer examples (no answering run)",
+            ex.len()
+        );
+        return Ok((ex, s));
+    }
+    let settings = AnswerSettings::new(&r.data, &r.labels);
+    eprintln!(
+        "answering {} questions ({}; greedy + {} samples at T={}) → {}",
+        items.len(),
+        r.data.display_name(),
+        settings.samples,
+        settings.temperature,
+        dir.join("answers.jsonl").display()
+    );
+    let pb = bar(items.len() as u64, "answering");
+    let t0 = Instant::now();
+    let mut last = (0usize, 0.0f64);
+    let answers = run_answers(
+        model,
+        tok,
+        &items,
+        &settings,
+        &dir.join("answers.jsonl"),
+        device,
+        &mut |p: &Progress| {
+            pb.set_position(p.done as u64);
+            if p.elapsed_s > 0.0 {
+                pb.set_message(format!("{:.1} tok/s", p.new_tokens as f64 / p.elapsed_s));
+            }
+            last = (p.new_tokens, p.elapsed_s);
+        },
+    )?;
+    pb.finish();
+    let answer_s = t0.elapsed().as_secs_f64();
+    if last.0 > 0 {
+        eprintln!(
+            "answered in {answer_s:.1}s: {} new tokens generated ({:.1} tokens/s)",
+            last.0,
+            last.0 as f64 / last.1.max(1e-9)
+        );
+    }
+    let need_sim = r.labels.teacher == Teacher::Sar || r.labels.samples >= 2;
+    let mut minilm;
+    let mut lexical = Lexical;
+    let sim: Option<&mut dyn Similarity> = if !need_sim {
+        None
+    } else if r.labels.similarity == SimilarityKind::Minilm {
+        minilm = MiniLm::<B>::load(&r.labels.minilm_path, device).with_context(|| {
+            format!(
+                "labels.minilm_path = {}: run scripts/fetch-minilm.sh, or set labels.similarity = \"rouge-l\"",
+                r.labels.minilm_path.display()
+            )
+        })?;
+        Some(&mut minilm)
+    } else {
+        Some(&mut lexical)
+    };
+    let pb = bar(answers.len() as u64, "labelling");
+    let (ex, s) = dataset::label(&answers, &r.data, &r.labels, tok, sim, &mut |d, _| {
+        pb.set_position(d as u64)
+    })?;
+    pb.finish_and_clear();
+    dataset::write(&dir, &ex, &s)?;
+    Ok((ex, s))
+}
+
+/// Write `text` to `path` atomically.
+pub fn write_text(path: &Path, text: &str) -> Result<()> {
+    candor_model::checkpoint::write_atomic(path, text.as_bytes())
+}

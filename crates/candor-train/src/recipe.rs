@@ -1,0 +1,446 @@
+//! The recipe: one TOML file that drives model → questions → answers → labels → fine-tuning →
+//! export → report. Every section and field has a default (see `Recipe::default`); the field
+//! reference for users is `recipes/README.md`, and `train --print-recipe` shows a recipe with
+//! every default filled in. Unknown keys, wrong types and out-of-range values are errors that
+//! name the key, the line and what is allowed.
+
+use anyhow::{bail, Context, Result};
+use candor_data::config::bounded;
+use candor_data::{DataConfig, LabelsConfig};
+use candor_model::DeviceSpec;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Where the run writes everything (answers, dataset, checkpoints, final model, report).
+    /// Default: `runs/<recipe file stem>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_dir: Option<PathBuf>,
+    pub model: ModelSection,
+    #[serde(default)]
+    pub data: DataConfig,
+    #[serde(default)]
+    pub labels: LabelsConfig,
+    #[serde(default)]
+    pub train: TrainSection,
+    #[serde(default)]
+    pub optim: OptimSection,
+    /// Absent = full fine-tuning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraSection>,
+    #[serde(default)]
+    pub curriculum: CurriculumSection,
+    #[serde(default)]
+    pub weighting: WeightingSection,
+    #[serde(default)]
+    pub checkpoint: CheckpointSection,
+    #[serde(default)]
+    pub log: LogSection,
+    #[serde(default)]
+    pub eval: EvalSection,
+    #[serde(default)]
+    pub export: ExportSection,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    F32,
+    Bf16,
+}
+
+/// `[model]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// HF folder (config.json, model.safetensors, tokenizer.json). Relative to the working dir.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Initialise from scratch with a preset (`tiny`, `small`, `smollm2-135m`) instead of `path`;
+    /// needs `tokenizer`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    /// Folder with tokenizer.json (and tokenizer_config.json) for a preset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<PathBuf>,
+    /// `cpu`, `wgpu[:N]` or `cuda[:N]`.
+    pub device: String,
+    /// Training precision: `f32` (CPU) or `bf16` (GPU backends).
+    pub dtype: Dtype,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            path: None,
+            preset: None,
+            tokenizer: None,
+            device: "cpu".into(),
+            dtype: Dtype::F32,
+        }
+    }
+}
+
+/// `[train]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    /// Passes over the kept examples (ignored when `max_steps` > 0).
+    #[serde(deserialize_with = "bounded::at_least_one")]
+    pub epochs: usize,
+    /// Optimizer steps; 0 = as many as `epochs` give.
+    pub max_steps: usize,
+    /// Examples per forward/backward pass.
+    #[serde(deserialize_with = "bounded::at_least_one")]
+    pub micro_batch: usize,
+    /// Examples per optimizer step; must be a multiple of `micro_batch`
+    /// (gradient accumulation = global_batch / micro_batch).
+    #[serde(deserialize_with = "bounded::at_least_one")]
+    pub global_batch: usize,
+    /// Seed of shuffling, dropout and LoRA initialisation.
+    pub seed: u64,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            epochs: 1,
+            max_steps: 0,
+            micro_batch: 8,
+            global_batch: 32,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainSection {
+    pub fn accumulation(&self) -> usize {
+        self.global_batch / self.micro_batch
+    }
+}
+
+/// `[optim]`: AdamW (PyTorch semantics: decoupled weight decay, eps outside the sqrt),
+/// linear warmup then cosine decay to `min_lr`, global grad-norm clipping.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimSection {
+    #[serde(deserialize_with = "bounded::positive")]
+    pub lr: f64,
+    #[serde(deserialize_with = "bounded::non_negative")]
+    pub min_lr: f64,
+    pub betas: [f64; 2],
+    #[serde(deserialize_with = "bounded::positive")]
+    pub eps: f64,
+    #[serde(deserialize_with = "bounded::non_negative")]
+    pub weight_decay: f64,
+    /// Share of the steps spent warming up linearly from 0.
+    #[serde(deserialize_with = "bounded::fraction")]
+    pub warmup: f64,
+    /// Clip the global gradient norm to this (0 = off).
+    #[serde(deserialize_with = "bounded::non_negative")]
+    pub grad_clip: f64,
+}
+
+impl Default for OptimSection {
+    fn default() -> Self {
+        Self {
+            lr: 1e-4,
+            min_lr: 1e-5,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.0,
+            warmup: 0.03,
+            grad_clip: 1.0,
+        }
+    }
+}
+
+/// `[lora]`: low-rank adapters on the named projections; the base weights stay frozen and the
+/// adapters are merged into them on export.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraSection {
+    #[serde(deserialize_with = "bounded::at_least_one")]
+    pub rank: usize,
+    #[serde(deserialize_with = "bounded::positive")]
+    pub alpha: f64,
+    #[serde(deserialize_with = "bounded::fraction")]
+    pub dropout: f64,
+    /// Any of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj.
+    pub targets: Vec<String>,
+}
+
+impl Default for LoraSection {
+    fn default() -> Self {
+        Self {
+            rank: 16,
+            alpha: 32.0,
+            dropout: 0.05,
+            targets: ["q_proj", "k_proj", "v_proj", "o_proj"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+pub const LORA_TARGETS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Order {
+    None,
+    EasyToHard,
+    HardToEasy,
+}
+
+/// `[curriculum]`: order examples by difficulty (teacher confidence, correct before wrong at
+/// equal confidence) and grow the pool the sampler draws from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CurriculumSection {
+    pub order: Order,
+    /// Share of the (ordered) examples available at step 0.
+    #[serde(deserialize_with = "bounded::fraction")]
+    pub start: f64,
+    /// Share of the steps over which the pool grows linearly to all examples.
+    #[serde(deserialize_with = "bounded::fraction")]
+    pub ramp: f64,
+}
+
+impl Default for CurriculumSection {
+    fn default() -> Self {
+        Self {
+            order: Order::None,
+            start: 0.3,
+            ramp: 0.5,
+        }
+    }
+}
+
+/// `[weighting]`: per-example loss weights from teacher confidence c ∈ [0,1] and correctness y:
+/// correct: `w = 1 + a·(0.5 − c)` (unsure-correct up, easy down); wrong: `w = 1 + b·c`
+/// (confident errors highest); clipped to [w_min, w_max], then normalised to mean 1 over the
+/// dataset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WeightingSection {
+    pub enabled: bool,
+    #[serde(deserialize_with = "bounded::non_negative")]
+    pub correct_slope: f64,
+    #[serde(deserialize_with = "bounded::non_negative")]
+    pub wrong_slope: f64,
+    #[serde(deserialize_with = "bounded::positive")]
+    pub w_min: f64,
+    #[serde(deserialize_with = "bounded::positive")]
+    pub w_max: f64,
+}
+
+impl Default for WeightingSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            correct_slope: 1.0,
+            wrong_slope: 2.0,
+            w_min: 0.25,
+            w_max: 4.0,
+        }
+    }
+}
+
+/// `[checkpoint]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointSection {
+    /// Save every N optimizer steps (0 = only at the end).
+    pub every: usize,
+    /// Keep the last N checkpoints.
+    #[serde(deserialize_with = "bounded::at_least_one")]
+    pub keep: usize,
+    /// Continue from the newest checkpoint in the run folder when there is one.
+    pub resume: bool,
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        Self {
+            every: 50,
+            keep: 2,
+            resume: true,
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// Log scalars every N optimizer steps.
+    #[serde(deserialize_with = "bounded::at_least_one")]
+    pub every: usize,
+    /// Write TensorBoard scalars to `<run>/tb/`.
+    pub tensorboard: bool,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            every: 10,
+            tensorboard: true,
+        }
+    }
+}
+
+/// `[eval]`: evaluation sets (each like `[data]`) run on the model before and after training.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSection {
+    pub enabled: bool,
+    pub sets: Vec<DataConfig>,
+    #[serde(deserialize_with = "bounded::at_least_one")]
+    pub max_new_tokens: usize,
+    #[serde(deserialize_with = "bounded::at_least_one")]
+    pub batch_size: usize,
+    /// Also evaluate the model before training.
+    pub before: bool,
+    /// Bootstrap resamples for the 95% intervals.
+    pub bootstrap: usize,
+    pub seed: u64,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            sets: vec![],
+            max_new_tokens: 32,
+            batch_size: 16,
+            before: true,
+            bootstrap: 1000,
+            seed: 0,
+        }
+    }
+}
+
+/// `[export]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportSection {
+    pub dtype: Dtype,
+}
+
+impl Default for ExportSection {
+    fn default() -> Self {
+        Self { dtype: Dtype::F32 }
+    }
+}
+
+impl Recipe {
+    /// Parse a recipe file: TOML errors carry the line and the key; cross-field rules follow.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut r = Self::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if r.run_dir.is_none() {
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "run".into());
+            r.run_dir = Some(PathBuf::from("runs").join(stem));
+        }
+        Ok(r)
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        let r: Recipe = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        r.validate()?;
+        Ok(r)
+    }
+
+    /// Rules that involve more than one field.
+    pub fn validate(&self) -> Result<()> {
+        let m = &self.model;
+        match (&m.path, &m.preset) {
+            (None, None) => {
+                bail!("[model]: set `path` (an HF folder) or `preset` (tiny, small, smollm2-135m)")
+            }
+            (Some(_), Some(_)) => bail!("[model]: set only one of `path` and `preset`"),
+            (None, Some(p)) => {
+                candor_model::config::ModelConfig::preset(p, 256)
+                    .map_err(|e| anyhow::anyhow!("model.preset: {e}"))?;
+                if m.tokenizer.is_none() {
+                    bail!("model.tokenizer: required with `preset` (a folder with tokenizer.json)");
+                }
+            }
+            _ => {}
+        }
+        m.device
+            .parse::<DeviceSpec>()
+            .map_err(|e| anyhow::anyhow!("model.device: {e}"))?;
+        if !self.train.global_batch.is_multiple_of(self.train.micro_batch) {
+            bail!(
+                "train.global_batch = {} is not a multiple of train.micro_batch = {} (gradient accumulation must be a whole number)",
+                self.train.global_batch,
+                self.train.micro_batch
+            );
+        }
+        if self.optim.min_lr > self.optim.lr {
+            bail!(
+                "optim.min_lr = {} is above optim.lr = {}",
+                self.optim.min_lr,
+                self.optim.lr
+            );
+        }
+        for (i, b) in self.optim.betas.iter().enumerate() {
+            if !(0.0..1.0).contains(b) {
+                bail!("optim.betas[{i}] = {b} is out of range (allowed: 0 ≤ beta < 1)");
+            }
+        }
+        if let Some(l) = &self.lora {
+            if l.targets.is_empty() {
+                bail!("lora.targets: empty (allowed: {})", LORA_TARGETS.join(", "));
+            }
+            for t in &l.targets {
+                if !LORA_TARGETS.contains(&t.as_str()) {
+                    bail!(
+                        "lora.targets: `{t}` is not one of {}",
+                        LORA_TARGETS.join(", ")
+                    );
+                }
+            }
+        }
+        if self.weighting.w_min > self.weighting.w_max {
+            bail!(
+                "weighting.w_min = {} is above weighting.w_max = {}",
+                self.weighting.w_min,
+                self.weighting.w_max
+            );
+        }
+        self.labels.validate()?;
+        Ok(())
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.run_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("runs/run"))
+    }
+
+    pub fn device(&self) -> DeviceSpec {
+        self.model.device.parse().expect("validated")
+    }
+
+    /// The recipe with every default filled in, as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a recipe serialises")
+    }
+}
