@@ -3,6 +3,7 @@
 
 pub mod figures;
 pub mod metrics;
+pub mod report;
 pub mod verbalized;
 
 pub use metrics::{bootstrap_ci, Metrics};

@@ -62,7 +62,16 @@ pub fn read_safetensors_dir(dir: &Path) -> Result<BTreeMap<String, HostTensor>> 
     };
     let mut out = BTreeMap::new();
     for f in files {
-        let file = std::fs::File::open(&f).with_context(|| format!("opening {}", f.display()))?;
+        out.append(&mut read_safetensors_file(&f)?);
+    }
+    Ok(out)
+}
+
+/// Every float tensor of one safetensors file, by name, as f32.
+pub fn read_safetensors_file(f: &Path) -> Result<BTreeMap<String, HostTensor>> {
+    let mut out = BTreeMap::new();
+    {
+        let file = std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?;
         // SAFETY: the file is opened read-only and not modified while mapped.
         let mmap = unsafe { memmap2::Mmap::map(&file) }
             .with_context(|| format!("mapping {}", f.display()))?;

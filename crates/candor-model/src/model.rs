@@ -12,11 +12,25 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Distribution, Int, Tensor, TensorData};
 
-/// `y = x Wᵀ + b` with `W` stored `[out, in]` as in PyTorch.
+/// `y = x Wᵀ + b` with `W` stored `[out, in]` as in PyTorch, plus an optional LoRA adapter.
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
     pub weight: Param<Tensor<B, 2>>,
     pub bias: Option<Param<Tensor<B, 1>>>,
+    pub lora: Option<Lora<B>>,
+}
+
+/// A LoRA adapter (Hu et al. 2021): `Δy = (alpha/rank) · dropout(x) Aᵀ Bᵀ`, `A` `[rank, in]`
+/// initialised like PEFT (uniform ±1/√in), `B` `[out, rank]` zero, so training starts from the
+/// base model. Dropout is active only on autodiff backends (training).
+#[derive(Module, Debug)]
+pub struct Lora<B: Backend> {
+    pub a: Param<Tensor<B, 2>>,
+    pub b: Param<Tensor<B, 2>>,
+    #[module(skip)]
+    pub scale: f64,
+    #[module(skip)]
+    pub dropout: f64,
 }
 
 impl<B: Backend> Linear<B> {
@@ -24,6 +38,32 @@ impl<B: Backend> Linear<B> {
         Self {
             weight: Param::from_tensor(weight),
             bias: bias.map(Param::from_tensor),
+            lora: None,
+        }
+    }
+
+    /// Attach a fresh LoRA adapter (the base weight should be frozen by the caller).
+    pub fn add_lora(&mut self, rank: usize, alpha: f64, dropout: f64, device: &B::Device) {
+        let [d_out, d_in] = self.weight.dims();
+        let bound = 1.0 / (d_in as f64).sqrt();
+        self.lora = Some(Lora {
+            a: Param::from_tensor(Tensor::random(
+                [rank, d_in],
+                Distribution::Uniform(-bound, bound),
+                device,
+            )),
+            b: Param::from_tensor(Tensor::zeros([d_out, rank], device)),
+            scale: alpha / rank as f64,
+            dropout,
+        });
+    }
+
+    /// Fold the adapter into the weight: `W += scale · B A`; the adapter is removed.
+    pub fn merge_lora(&mut self) {
+        if let Some(l) = self.lora.take() {
+            let delta = l.b.val().matmul(l.a.val()) * l.scale;
+            let w = self.weight.val().detach() + delta.detach();
+            self.weight = Param::from_tensor(w);
         }
     }
 
@@ -39,9 +79,23 @@ impl<B: Backend> Linear<B> {
         let rows = x.shape().num_elements() / d_in;
         let w = self.weight.val();
         let d_out = w.dims()[0];
-        let mut y = x.reshape([rows, d_in]).matmul(w.transpose());
+        let x = x.reshape([rows, d_in]);
+        let mut y = x.clone().matmul(w.transpose());
         if let Some(b) = &self.bias {
             y = y + b.val().unsqueeze_dim(0);
+        }
+        if let Some(l) = &self.lora {
+            let x = if l.dropout > 0.0 && B::ad_enabled(&x.device()) {
+                let keep = 1.0 - l.dropout;
+                let mask = x.random_like(Distribution::Bernoulli(keep));
+                x * mask / keep
+            } else {
+                x
+            };
+            let low = x
+                .matmul(l.a.val().transpose())
+                .matmul(l.b.val().transpose());
+            y = y + low * l.scale;
         }
         let mut out = dims;
         out[D - 1] = d_out;
@@ -304,6 +358,47 @@ impl<B: Backend> Attention<B> {
 }
 
 impl<B: Backend> Llama<B> {
+    /// The projections of every layer by HF name (`q_proj` … `down_proj`).
+    pub fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear<B>)> {
+        let mut out = vec![];
+        for l in self.layers.iter_mut() {
+            let (a, m) = (&mut l.self_attn, &mut l.mlp);
+            out.push(("q_proj", &mut a.q_proj));
+            out.push(("k_proj", &mut a.k_proj));
+            out.push(("v_proj", &mut a.v_proj));
+            out.push(("o_proj", &mut a.o_proj));
+            out.push(("gate_proj", &mut m.gate_proj));
+            out.push(("up_proj", &mut m.up_proj));
+            out.push(("down_proj", &mut m.down_proj));
+        }
+        out
+    }
+
+    /// Freeze every weight and attach LoRA adapters to the named projections.
+    pub fn with_lora(
+        self,
+        targets: &[String],
+        rank: usize,
+        alpha: f64,
+        dropout: f64,
+        device: &B::Device,
+    ) -> Self {
+        let mut m = self.no_grad();
+        for (name, lin) in m.linears_mut() {
+            if targets.iter().any(|t| t == name) {
+                lin.add_lora(rank, alpha, dropout, device);
+            }
+        }
+        m
+    }
+
+    /// Fold every LoRA adapter into its weight (for export).
+    pub fn merge_lora(&mut self) {
+        for (_, lin) in self.linears_mut() {
+            lin.merge_lora();
+        }
+    }
+
     /// A randomly initialised model (normal std 0.02, norms 1), for presets trained from scratch.
     pub fn init(config: &ModelConfig, device: &B::Device) -> Self {
         let c = config;

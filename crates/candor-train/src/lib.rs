@@ -1,7 +1,18 @@
 //! candor-train: the recipe (one TOML file drives the pipeline), the pipeline stages, and
-//! fine-tuning.
+//! fine-tuning — one file per idea: the loop (`trainer`), the LR schedule (`schedule`), the
+//! optimizer (`optim`), curriculum (`curriculum`), loss weights (`weighting`), checkpoints
+//! (`checkpoint`), TensorBoard scalars (`tb`).
 
+pub mod checkpoint;
+pub mod curriculum;
+pub mod evaluate;
+pub mod optim;
 pub mod pipeline;
 pub mod recipe;
+pub mod run;
+pub mod schedule;
+pub mod tb;
+pub mod trainer;
+pub mod weighting;
 
 pub use recipe::Recipe;

@@ -24,13 +24,27 @@ pub fn load_model<B: Backend>(r: &Recipe, device: &B::Device) -> Result<(Llama<B
             Ok((m, tok))
         }
         (None, Some(preset)) => {
-            let tdir = r.model.tokenizer.as_ref().expect("validated");
-            let tok = Tokenizer::load(tdir)?;
+            let tdir = tokenizer_dir(r);
+            if r.model.tokenizer.as_deref() == Some(Path::new("byte")) {
+                candor_model::tokenizer::write_byte_tokenizer(&tdir)?;
+            }
+            let tok = Tokenizer::load(&tdir)?;
             let vocab = tok.inner.get_vocab_size(true);
             let cfg = ModelConfig::preset(preset, vocab)?;
             B::seed(device, r.train.seed);
             Ok((Llama::init(&cfg, device), tok))
         }
+        (None, None) => unreachable!("validated"),
+    }
+}
+
+/// Where the recipe's tokenizer lives: the model folder, `model.tokenizer`, or — for
+/// `tokenizer = "byte"` — the built-in byte-level tokenizer written into `<run>/tokenizer/`.
+pub fn tokenizer_dir(r: &Recipe) -> std::path::PathBuf {
+    match (&r.model.path, &r.model.tokenizer) {
+        (Some(p), _) => p.clone(),
+        (None, Some(t)) if t.as_path() == Path::new("byte") => r.run_dir().join("tokenizer"),
+        (None, Some(t)) => t.clone(),
         (None, None) => unreachable!("validated"),
     }
 }

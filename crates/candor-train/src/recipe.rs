@@ -62,7 +62,8 @@ pub struct ModelSection {
     /// needs `tokenizer`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub preset: Option<String>,
-    /// Folder with tokenizer.json (and tokenizer_config.json) for a preset.
+    /// Folder with tokenizer.json (and tokenizer_config.json) for a preset, or "byte" for the
+    /// built-in byte-level tokenizer (259 tokens).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<PathBuf>,
     /// `cpu`, `wgpu[:N]` or `cuda[:N]`.
@@ -386,7 +387,11 @@ impl Recipe {
         m.device
             .parse::<DeviceSpec>()
             .map_err(|e| anyhow::anyhow!("model.device: {e}"))?;
-        if !self.train.global_batch.is_multiple_of(self.train.micro_batch) {
+        if !self
+            .train
+            .global_batch
+            .is_multiple_of(self.train.micro_batch)
+        {
             bail!(
                 "train.global_batch = {} is not a multiple of train.micro_batch = {} (gradient accumulation must be a whole number)",
                 self.train.global_batch,

@@ -1,0 +1,87 @@
+//! `eval RECIPE`: evaluate a model folder on the recipe's `[eval]` sets — answers with
+//! verbalized confidence plus the baseline readouts — and write report.json, report.md and the
+//! SVG figures.
+
+use anyhow::Result;
+use burn::tensor::backend::Backend;
+use candor_model::{run_on, BackendTask, Tokenizer};
+use candor_train::Recipe;
+use clap::Parser;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(about = "Evaluate calibration of one or two model folders on a recipe's [eval] sets")]
+struct Args {
+    /// The recipe (TOML); its [model].path is the model unless --model is given.
+    recipe: PathBuf,
+    /// Model folder to evaluate (overrides [model].path).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// A second model (e.g. a fine-tuned one) evaluated side by side as "after".
+    #[arg(long)]
+    after: Option<PathBuf>,
+    /// Output folder (default: <run>/eval).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Best-constant readout value (e.g. the training accuracy), 0..1.
+    #[arg(long)]
+    constant: Option<f64>,
+}
+
+struct Task(Args, Recipe);
+
+impl BackendTask for Task {
+    type Output = ();
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        let (a, r) = (self.0, self.1);
+        let path = a
+            .model
+            .clone()
+            .or(r.model.path.clone())
+            .ok_or_else(|| anyhow::anyhow!("no model: give --model DIR or set [model].path"))?;
+        let tok = Tokenizer::load(&path)?;
+        let m = candor_model::load_model::<B>(&path, &device)?;
+        let after = match &a.after {
+            Some(p) => Some(candor_model::load_model::<B>(p, &device)?),
+            None => None,
+        };
+        let label = if after.is_some() { "before" } else { "model" };
+        let mut names = BTreeMap::from([(label.to_string(), path.display().to_string())]);
+        let mut models = vec![(label, &m)];
+        if let (Some(p), Some(am)) = (&a.after, &after) {
+            names.insert("after".into(), p.display().to_string());
+            models.push(("after", am));
+        }
+        if r.eval.sets.is_empty() {
+            anyhow::bail!("the recipe has no [[eval.sets]]");
+        }
+        let out = a.out.clone().unwrap_or_else(|| r.run_dir().join("eval"));
+        let t0 = std::time::Instant::now();
+        let rep = candor_train::evaluate::evaluate_and_report(
+            &models,
+            names,
+            &tok,
+            &r.eval.sets,
+            &r.eval,
+            a.constant,
+            Some(candor_train::run::recipe_hash(&r)),
+            &out,
+            &device,
+        )?;
+        print!("{}", candor_train::run::headline(&rep));
+        println!(
+            "wrote {} in {:.1}s",
+            out.join("report.md").display(),
+            t0.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let r = Recipe::load(&args.recipe)?;
+    let device = r.device();
+    run_on(device, Task(args, r))
+}

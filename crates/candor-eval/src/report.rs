@@ -1,0 +1,339 @@
+//! `report.json` and `report.md` from per-question readouts: every metric per readout, per
+//! evaluation set and model (before/after), bootstrap intervals, the decision table, and the
+//! figures. Deterministic: the same inputs give byte-identical files (ordered maps, seeded
+//! bootstrap, fixed float formatting).
+
+use crate::figures::{confidence_histogram_svg, reliability_svg, risk_coverage_svg, Series};
+use crate::metrics::{auroc, bootstrap_ci, ece, Metrics};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One question's outcome under one model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Scored {
+    pub id: String,
+    pub group: String,
+    pub correct: bool,
+    /// Readout name → confidence in [0, 1]; a readout missing here failed for this question
+    /// (e.g. no parseable verbalized confidence).
+    pub conf: BTreeMap<String, f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReadoutResult {
+    /// Questions with a value for this readout.
+    pub n: usize,
+    pub metrics: Metrics,
+    pub ece_10_ci: Option<(f64, f64)>,
+    pub auroc_ci: Option<(f64, f64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SetResult {
+    pub set: String,
+    /// `before`, `after`, or a model name.
+    pub model: String,
+    pub n: usize,
+    pub accuracy: f64,
+    /// Share of answers with a parseable verbalized confidence.
+    pub parse_rate: f64,
+    pub parse_failures: BTreeMap<String, usize>,
+    /// Up to five unparseable generations.
+    pub parse_examples: Vec<String>,
+    pub accuracy_by_group: BTreeMap<String, (usize, f64)>,
+    pub readouts: BTreeMap<String, ReadoutResult>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub models: BTreeMap<String, String>,
+    pub recipe_hash: Option<String>,
+    pub seed: u64,
+    pub bootstrap: usize,
+    pub results: Vec<SetResult>,
+}
+
+pub struct ParseStats {
+    pub parsed: usize,
+    pub failures: BTreeMap<String, usize>,
+    pub examples: Vec<String>,
+}
+
+/// Metrics of every readout on one set.
+pub fn set_result(
+    set: &str,
+    model: &str,
+    scored: &[Scored],
+    parse: ParseStats,
+    bootstrap: usize,
+    seed: u64,
+) -> SetResult {
+    let n = scored.len();
+    let correct: Vec<bool> = scored.iter().map(|s| s.correct).collect();
+    let mut names: Vec<String> = scored.iter().flat_map(|s| s.conf.keys().cloned()).collect();
+    names.sort();
+    names.dedup();
+    let mut readouts = BTreeMap::new();
+    for name in names {
+        let (c, y): (Vec<f64>, Vec<bool>) = scored
+            .iter()
+            .filter_map(|s| s.conf.get(&name).map(|&c| (c, s.correct)))
+            .unzip();
+        if c.is_empty() {
+            continue;
+        }
+        readouts.insert(
+            name,
+            ReadoutResult {
+                n: c.len(),
+                metrics: Metrics::compute(&c, &y),
+                ece_10_ci: bootstrap_ci(&c, &y, bootstrap, seed, |c, y| Some(ece(c, y, 10))),
+                auroc_ci: bootstrap_ci(&c, &y, bootstrap, seed, auroc),
+            },
+        );
+    }
+    let mut by_group: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for s in scored {
+        let e = by_group.entry(s.group.clone()).or_default();
+        e.0 += 1;
+        e.1 += s.correct as usize;
+    }
+    SetResult {
+        set: set.into(),
+        model: model.into(),
+        n,
+        accuracy: correct.iter().filter(|&&b| b).count() as f64 / n.max(1) as f64,
+        parse_rate: parse.parsed as f64 / n.max(1) as f64,
+        parse_failures: parse.failures,
+        parse_examples: parse.examples,
+        accuracy_by_group: by_group
+            .into_iter()
+            .map(|(g, (n, c))| (g, (n, c as f64 / n.max(1) as f64)))
+            .collect(),
+        readouts,
+    }
+}
+
+fn f(v: f64) -> String {
+    if v.is_nan() {
+        "–".into()
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn fo(v: Option<f64>) -> String {
+    v.map(f).unwrap_or_else(|| "undef.".into())
+}
+
+/// Figures of one set: a reliability diagram per readout (and a before/after overlay of the
+/// verbalized readout), a confidence histogram and a risk–coverage curve. Returns
+/// `(file name, svg)`.
+pub fn figures(set: &str, per_model: &[(&str, &[Scored])]) -> Vec<(String, String)> {
+    let slug: String = set
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let mut out = vec![];
+    let mut overlay_data: Vec<(String, Vec<f64>, Vec<bool>)> = vec![];
+    for (model, scored) in per_model {
+        let mut names: Vec<&String> = scored.iter().flat_map(|s| s.conf.keys()).collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            let (c, y): (Vec<f64>, Vec<bool>) = scored
+                .iter()
+                .filter_map(|s| s.conf.get(name).map(|&c| (c, s.correct)))
+                .unzip();
+            let series = [Series {
+                label: name,
+                confidence: &c,
+                correct: &y,
+            }];
+            if let Ok(svg) = reliability_svg(&format!("{set} — {model} — {name}"), &series, 10)
+            {
+                out.push((format!("reliability-{slug}-{model}-{name}.svg"), svg));
+            }
+            if name == "verbalized" {
+                overlay_data.push((model.to_string(), c, y));
+            }
+        }
+    }
+    let series: Vec<Series> = overlay_data
+        .iter()
+        .map(|(m, c, y)| Series {
+            label: m,
+            confidence: c,
+            correct: y,
+        })
+        .collect();
+    if !series.is_empty() {
+        if let Ok(svg) = reliability_svg(&format!("{set} — verbalized confidence"), &series, 10) {
+            out.push((format!("reliability-{slug}-verbalized-overlay.svg"), svg));
+        }
+        if let Ok(svg) =
+            confidence_histogram_svg(&format!("{set} — verbalized confidence"), &series, 10)
+        {
+            out.push((format!("histogram-{slug}.svg"), svg));
+        }
+        if let Ok(svg) =
+            risk_coverage_svg(&format!("{set} — risk vs coverage (verbalized)"), &series)
+        {
+            out.push((format!("risk-coverage-{slug}.svg"), svg));
+        }
+    }
+    out
+}
+
+impl Report {
+    /// The readable summary.
+    pub fn markdown(&self, figure_files: &[String]) -> String {
+        let mut o = String::from("# Calibration report\n\n");
+        for (k, v) in &self.models {
+            o += &format!("- model ({k}): `{v}`\n");
+        }
+        if let Some(h) = &self.recipe_hash {
+            o += &format!("- recipe hash: `{h}`\n");
+        }
+        o += &format!(
+            "- bootstrap: {} resamples, seed {}; ECE bins are equal-width, (lo, hi] with 0 in the first bin; MAD uses 20 equal-count bins; AUROC ties count ½\n\n",
+            self.bootstrap, self.seed
+        );
+        let mut sets: Vec<&str> = self.results.iter().map(|r| r.set.as_str()).collect();
+        sets.dedup();
+        for set in sets {
+            let rows: Vec<&SetResult> = self.results.iter().filter(|r| r.set == set).collect();
+            o += &format!("## {set}\n\n");
+            for r in &rows {
+                o += &format!(
+                    "- {}: {} questions, accuracy {:.1}%, verbalized confidence parsed in {:.1}%",
+                    r.model,
+                    r.n,
+                    100.0 * r.accuracy,
+                    100.0 * r.parse_rate
+                );
+                if !r.parse_failures.is_empty() {
+                    let fails: Vec<String> = r
+                        .parse_failures
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect();
+                    o += &format!(" (failures: {})", fails.join(", "));
+                }
+                o += "\n";
+            }
+            o += "\n| model | readout | n | ECE-10 [95% CI] | ECE-15 | Brier | AUROC [95% CI] | MAD-20 | AURC | AUPRC |\n|---|---|---|---|---|---|---|---|---|---|\n";
+            // best per column (lower is better except AUROC/AUPRC)
+            let all: Vec<(&SetResult, &String, &ReadoutResult)> = rows
+                .iter()
+                .flat_map(|r| r.readouts.iter().map(move |(k, v)| (*r, k, v)))
+                .collect();
+            let best = |get: &dyn Fn(&Metrics) -> Option<f64>, higher: bool| -> Option<f64> {
+                let vals = all
+                    .iter()
+                    .filter_map(|x| get(&x.2.metrics))
+                    .filter(|v| !v.is_nan());
+                if higher {
+                    vals.fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))))
+                } else {
+                    vals.fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.min(v))))
+                }
+            };
+            type Col<'a> = (&'a dyn Fn(&Metrics) -> Option<f64>, bool);
+            let cols: [Col; 7] = [
+                (&|m| Some(m.ece_10), false),
+                (&|m| Some(m.ece_15), false),
+                (&|m| Some(m.brier), false),
+                (&|m| m.auroc, true),
+                (&|m| Some(m.mad_20), false),
+                (&|m| Some(m.aurc), false),
+                (&|m| m.auprc, true),
+            ];
+            let bests: Vec<Option<f64>> = cols.iter().map(|(g, h)| best(*g, *h)).collect();
+            for (r, name, rr) in &all {
+                let m = &rr.metrics;
+                let cell = |i: usize, v: Option<f64>| {
+                    let s = fo(v);
+                    if v.is_some() && v == bests[i] && all.len() > 1 {
+                        format!("**{s}**")
+                    } else {
+                        s
+                    }
+                };
+                let ci = |c: Option<(f64, f64)>| {
+                    c.map(|(a, b)| format!(" [{a:.3}, {b:.3}]"))
+                        .unwrap_or_default()
+                };
+                o += &format!(
+                    "| {} | {} | {} | {}{} | {} | {} | {}{} | {} | {} | {} |\n",
+                    r.model,
+                    name,
+                    rr.n,
+                    cell(0, Some(m.ece_10)),
+                    ci(rr.ece_10_ci),
+                    cell(1, Some(m.ece_15)),
+                    cell(2, Some(m.brier)),
+                    cell(3, m.auroc),
+                    ci(rr.auroc_ci),
+                    cell(4, Some(m.mad_20)),
+                    cell(5, Some(m.aurc)),
+                    cell(6, m.auprc),
+                );
+            }
+            o += "\nBest per column in bold (lower is better; AUROC and AUPRC higher).\n\n";
+            o += "Decision table — accuracy on the answers kept when the least confident are escalated:\n\n| model | readout | keep 25% | keep 50% | keep 75% | keep 100% |\n|---|---|---|---|---|---|\n";
+            for (r, name, rr) in &all {
+                let a = rr.metrics.acc_at_coverage;
+                o += &format!(
+                    "| {} | {} | {} | {} | {} | {} |\n",
+                    r.model,
+                    name,
+                    f(a[0]),
+                    f(a[1]),
+                    f(a[2]),
+                    f(a[3])
+                );
+            }
+            for r in &rows {
+                if !r.parse_examples.is_empty() {
+                    o += &format!(
+                        "\nUnparseable generations ({}), first {}:\n\n",
+                        r.model,
+                        r.parse_examples.len()
+                    );
+                    for e in &r.parse_examples {
+                        o += &format!("- `{}`\n", e.replace('\n', "⏎").replace('`', "'"));
+                    }
+                }
+            }
+            let slug: String = set
+                .chars()
+                .map(|c| {
+                    if c.is_alphanumeric() {
+                        c.to_ascii_lowercase()
+                    } else {
+                        '-'
+                    }
+                })
+                .collect();
+            let figs: Vec<&String> = figure_files.iter().filter(|f| f.contains(&slug)).collect();
+            if !figs.is_empty() {
+                o += "\nFigures: ";
+                o += &figs
+                    .iter()
+                    .map(|f| format!("[{f}]({f})"))
+                    .collect::<Vec<_>>()
+                    .join(" · ");
+                o += "\n";
+            }
+            o += "\n";
+        }
+        o
+    }
+}
