@@ -122,6 +122,32 @@ pub fn batch_loss<B: Backend>(
     (-(picked * w).sum(), n)
 }
 
+/// Gradients of one optimizer step over `batch`, in micro-batches of `micro`: each micro-batch
+/// loss is divided by the response tokens of the *whole* batch, so the summed gradients are
+/// the same whatever the split. Returns the gradients and the batch loss (mean weighted NLL
+/// per response token).
+pub fn accumulate<B: AutodiffBackend>(
+    model: &Llama<B>,
+    batch: &[&Seq],
+    micro: usize,
+    seed: u64,
+    step: usize,
+    device: &B::Device,
+) -> (GradientsParams, f64) {
+    let resp_tokens: usize = batch.iter().map(|s| s.ids.len() - s.start).sum();
+    let mut acc = GradientsAccumulator::<Llama<B>>::new();
+    let mut loss_sum = 0.0;
+    for (mi, m) in batch.chunks(micro.max(1)).enumerate() {
+        B::seed(device, step_seed(seed, step, mi));
+        let (loss, _) = batch_loss(model, m, device);
+        let loss = loss / resp_tokens as f64;
+        loss_sum += loss.clone().into_scalar().elem::<f64>();
+        let grads = GradientsParams::from_grads(loss.backward(), model);
+        acc.accumulate(model, grads);
+    }
+    (acc.grads(), loss_sum)
+}
+
 /// Summary of a finished (or resumed-and-finished) run.
 pub struct Trained<B: AutodiffBackend> {
     pub model: Llama<B>,
@@ -213,18 +239,15 @@ pub fn train<B: AutodiffBackend>(
     for step in start..total {
         let idx = curriculum::step_batch(&r.curriculum, &ordered, r.train.seed, step, total, g);
         let batch: Vec<&Seq> = idx.iter().map(|&i| &seqs[i]).collect();
-        let resp_tokens: usize = batch.iter().map(|s| s.ids.len() - s.start).sum();
-        let mut acc = GradientsAccumulator::<Llama<B>>::new();
-        let mut loss_sum = 0.0;
-        for (mi, micro) in batch.chunks(r.train.micro_batch).enumerate() {
-            B::seed(device, step_seed(r.train.seed, step, mi));
-            let (loss, _) = batch_loss(&model, micro, device);
-            let loss = loss / resp_tokens as f64;
-            loss_sum += loss.clone().into_scalar().elem::<f64>();
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            acc.accumulate(&model, grads);
-            tokens_seen += micro.iter().map(|s| s.ids.len()).sum::<usize>();
-        }
+        let (grads, loss_sum) = accumulate(
+            &model,
+            &batch,
+            r.train.micro_batch,
+            r.train.seed,
+            step,
+            device,
+        );
+        tokens_seen += batch.iter().map(|s| s.ids.len()).sum::<usize>();
         if !loss_sum.is_finite() {
             pb.abandon();
             bail!(
@@ -234,7 +257,7 @@ pub fn train<B: AutodiffBackend>(
             );
         }
         let lr = lr_at(&r.optim, step, total);
-        let (m, gnorm) = opt.step(model, acc.grads(), lr);
+        let (m, gnorm) = opt.step(model, grads, lr);
         model = m;
         last_loss = loss_sum;
         let done = step + 1;

@@ -1,0 +1,167 @@
+//! Training mechanics on a tiny random model: gradient accumulation gives the same gradients
+//! whatever the split, the loss covers only response tokens (end of turn included), and a LoRA
+//! model's forward equals its merged forward.
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use candor_data::config::Style;
+use candor_data::{dataset, load_items, DataConfig};
+use candor_model::{Llama, ModelConfig, Tokenizer};
+use candor_train::trainer::{accumulate, batch_loss, encode, Seq};
+
+type A = Autodiff<Flex>;
+
+fn setup() -> (Llama<A>, Tokenizer, Vec<Seq>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    candor_model::tokenizer::write_byte_tokenizer(dir.path()).unwrap();
+    let tok = Tokenizer::load(dir.path()).unwrap();
+    let cfg = ModelConfig::preset("tiny", 259).unwrap();
+    A::seed(&Default::default(), 11);
+    let model = Llama::<A>::init(&cfg, &Default::default());
+    let data = DataConfig {
+        subtasks: vec!["+:1:1".into(), "-:3:3".into()],
+        per_subtask: 16,
+        ..Default::default()
+    };
+    let items = load_items(&data).unwrap();
+    let ex = dataset::gold_examples(&items, &tok, Style::Chat).unwrap();
+    let w = vec![1.0; ex.len()];
+    let (seqs, _, dropped) = encode(&tok, &ex, &w, Style::Chat, 256).unwrap();
+    assert_eq!((seqs.len(), dropped), (32, 0));
+    (model, tok, seqs, dir)
+}
+
+struct Ids(Vec<ParamId>);
+impl<B: Backend> ModuleVisitor<B> for Ids {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+        self.0.push(p.id);
+    }
+}
+
+fn grads_of(model: &Llama<A>, g: &GradientsParams) -> Vec<Vec<f32>> {
+    let mut ids = Ids(vec![]);
+    model.visit(&mut ids);
+    let mut out = vec![];
+    for id in ids.0 {
+        // every parameter of this model is 1-D or 2-D
+        if let Some(t) = g.get::<Flex, 2>(id) {
+            out.push(t.into_data().into_vec::<f32>().unwrap());
+        } else if let Some(t) = g.get::<Flex, 1>(id) {
+            out.push(t.into_data().into_vec::<f32>().unwrap());
+        }
+    }
+    out
+}
+
+#[test]
+fn gradient_accumulation_is_split_invariant() {
+    let (model, _tok, seqs, _d) = setup();
+    let batch: Vec<&Seq> = seqs.iter().collect();
+    let dev = Default::default();
+    let (g1, l1) = accumulate(&model, &batch, 32, 0, 0, &dev);
+    let (g4, l4) = accumulate(&model, &batch, 8, 0, 0, &dev);
+    let (g3, _) = accumulate(&model, &batch, 11, 0, 0, &dev); // uneven micro-batches
+    assert!((l1 - l4).abs() < 1e-5 * l1.abs(), "{l1} vs {l4}");
+    let (a, b, c) = (
+        grads_of(&model, &g1),
+        grads_of(&model, &g4),
+        grads_of(&model, &g3),
+    );
+    assert_eq!(a.len(), b.len());
+    assert!(a.len() > 20);
+    let scale = a.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+    for ((x, y), z) in a.iter().zip(&b).zip(&c) {
+        for ((p, q), r) in x.iter().zip(y).zip(z) {
+            assert!(
+                (p - q).abs() <= 1e-4 * scale && (p - r).abs() <= 1e-4 * scale,
+                "{p} {q} {r}"
+            );
+        }
+    }
+    // and the naive mean of per-micro-batch means (what a wrong normaliser gives) differs
+    let uneven: Vec<&Seq> = seqs.iter().take(9).collect();
+    let (_, l_split) = accumulate(&model, &uneven, 3, 0, 0, &dev);
+    let per: Vec<f64> = uneven
+        .chunks(3)
+        .map(|m| {
+            let (loss, n) = batch_loss(&model, m, &dev);
+            loss.into_scalar() as f64 / n as f64
+        })
+        .collect();
+    let naive = per.iter().sum::<f64>() / per.len() as f64;
+    let (whole, n) = batch_loss(&model, &uneven, &dev);
+    let whole = whole.into_scalar() as f64 / n as f64;
+    assert!((l_split - whole).abs() < 1e-5, "{l_split} vs {whole}");
+    assert!(
+        (naive - whole).abs() > 1e-6,
+        "the test must be able to fail: {naive} {whole}"
+    );
+}
+
+#[test]
+fn loss_covers_response_and_end_of_turn_only() {
+    let (_model, tok, seqs, _d) = setup();
+    let s = &seqs[0];
+    let resp = tok.decode(&s.ids[s.start..], false).unwrap();
+    assert!(resp.ends_with("<|im_end|>"), "{resp:?}");
+    let prompt = tok.decode(&s.ids[..s.start], false).unwrap();
+    assert!(prompt.ends_with("<|im_start|>assistant\n"), "{prompt:?}");
+    assert_eq!(resp.trim_end_matches("<|im_end|>"), prompt_answer(&prompt));
+}
+
+fn prompt_answer(prompt: &str) -> String {
+    // "What is a + b?" → the sum
+    let q = prompt
+        .split("What is ")
+        .nth(1)
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap();
+    let parts: Vec<&str> = q.split(' ').collect();
+    let (a, op, b): (i64, &str, i64) = (
+        parts[0].parse().unwrap(),
+        parts[1],
+        parts[2].parse().unwrap(),
+    );
+    if op == "+" { a + b } else { a - b }.to_string()
+}
+
+#[test]
+fn lora_forward_equals_merged_forward_and_only_adapters_train() {
+    let (model, _tok, seqs, _d) = setup();
+    let dev = Default::default();
+    let targets: Vec<String> = ["q_proj", "v_proj", "down_proj"].map(String::from).to_vec();
+    let base_model = model.valid();
+    let mut m = model.with_lora(&targets, 4, 8.0, 0.0, &dev);
+    // make B non-zero so the adapter changes the output
+    for (_, lin) in m.linears_mut() {
+        if let Some(l) = lin.lora.as_mut() {
+            let b = Tensor::<A, 2>::random(
+                l.b.dims(),
+                burn::tensor::Distribution::Normal(0.0, 0.05),
+                &dev,
+            );
+            l.b = Param::from_tensor(b);
+        }
+    }
+    let rows: Vec<Vec<u32>> = seqs.iter().take(3).map(|s| s.ids.clone()).collect();
+    let inner = m.valid();
+    let unmerged = inner.forward_logits(&rows, &dev);
+    let mut merged = inner.clone();
+    merged.merge_lora();
+    let base = base_model.forward_logits(&rows, &dev);
+    let merged_out = merged.forward_logits(&rows, &dev);
+    let diff = (unmerged.clone() - merged_out).abs().max().into_scalar();
+    let moved = (unmerged - base).abs().max().into_scalar();
+    assert!(diff < 1e-4, "merged vs unmerged {diff}");
+    assert!(moved > 1e-3, "the adapter must change the output ({moved})");
+    // gradients reach only the adapters
+    let batch: Vec<&Seq> = seqs.iter().take(4).collect();
+    let (g, _) = accumulate(&m, &batch, 4, 0, 0, &dev);
+    let n_with_grad = grads_of(&m, &g).len();
+    assert_eq!(n_with_grad, 2 * 3 * 4, "A and B of 3 targets × 4 layers");
+}
