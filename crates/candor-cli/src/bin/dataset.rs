@@ -14,7 +14,8 @@ use std::time::Instant;
 #[command(about = "Build a labelled dataset (answers, grades, teacher confidences) from a recipe")]
 struct Args {
     /// The recipe (TOML). Only [model], [data] and [labels] are used.
-    recipe: PathBuf,
+    #[arg(required_unless_present = "list_subtasks")]
+    recipe: Option<PathBuf>,
     /// Override the recipe's run folder.
     #[arg(long)]
     run_dir: Option<PathBuf>,
@@ -50,7 +51,7 @@ fn main() -> Result<()> {
         }
         return Ok(());
     }
-    let mut r = Recipe::load(&args.recipe)?;
+    let mut r = Recipe::load(args.recipe.as_deref().expect("required by clap"))?;
     if let Some(d) = args.run_dir {
         r.run_dir = Some(d);
     }
