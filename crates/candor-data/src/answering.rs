@@ -164,7 +164,8 @@ pub fn run_answers<B: Backend>(
     if path.exists() && meta_path.exists() {
         let old: AnswerSettings = serde_json::from_str(&std::fs::read_to_string(&meta_path)?)
             .with_context(|| format!("parsing {}", meta_path.display()))?;
-        if &old != s {
+        // compared as saved (batch size is not part of the result)
+        if serde_json::to_string(&old)? != serde_json::to_string(s)? {
             bail!(
                 "{} was made with other answering settings ({}); delete it (or use another run folder) to answer again",
                 path.display(),

@@ -85,7 +85,10 @@ fn answering_resumes_after_a_kill_to_the_same_result() {
     }
     assert_eq!(read_answers(&path).unwrap().len(), 6, "each question once");
 
-    // other settings on the same file are refused
+    // another batch size resumes (it does not change answers); other settings are refused
+    let mut bigger = s.clone();
+    bigger.batch_size = 5;
+    run_answers(&model, &tok, &items, &bigger, &path, &dev, &mut |_| {}).unwrap();
     let mut other = s.clone();
     other.temperature = 0.9;
     let e = run_answers(&model, &tok, &items, &other, &path, &dev, &mut |_| {}).unwrap_err();
