@@ -147,6 +147,15 @@ fn load_raw(cfg: &DataConfig) -> Result<Vec<Item>> {
                     gold: Gold::Qa(q),
                 })
                 .collect();
+            // ids must be unique (answers are stored by id): repeats get `#2`, `#3`, …
+            let mut seen = std::collections::HashMap::<String, usize>::new();
+            for it in items.iter_mut() {
+                let n = seen.entry(it.id.clone()).or_insert(0);
+                *n += 1;
+                if *n > 1 {
+                    it.id = format!("{}#{n}", it.id);
+                }
+            }
             if cfg.offset > 0 {
                 items.drain(..cfg.offset.min(items.len()));
             }

@@ -104,3 +104,29 @@ fn grading_rules() {
         assert!(!is_correct(&mc, bad, Match::Exact), "{bad}");
     }
 }
+
+#[test]
+fn repeated_ids_are_made_unique() {
+    let mut f = tempfile::Builder::new()
+        .suffix(".jsonl")
+        .tempfile()
+        .unwrap();
+    for _ in 0..3 {
+        writeln!(
+            f,
+            r#"{{"id": "bt_239", "question": "q", "answers": ["a"]}}"#
+        )
+        .unwrap();
+    }
+    let cfg = candor_data::DataConfig {
+        source: candor_data::config::Source::Jsonl,
+        path: Some(f.path().to_path_buf()),
+        ..Default::default()
+    };
+    let ids: Vec<String> = candor_data::load_items(&cfg)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(ids, vec!["bt_239", "bt_239#2", "bt_239#3"]);
+}
