@@ -94,7 +94,8 @@ pub struct Progress {
 }
 
 /// FNV-1a of (seed, id, k): a sample's RNG seed, independent of batching and resumption.
-fn row_seed(seed: u64, id: &str, k: usize) -> u64 {
+/// The sampling seed of sample `k` of question `id`: independent of batching and order.
+pub fn row_seed(seed: u64, id: &str, k: usize) -> u64 {
     let h = id.bytes().fold(0xcbf2_9ce4_8422_2325 ^ seed, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     });

@@ -137,8 +137,18 @@ fn is_heldout(id: &str, share: f64) -> bool {
 
 fn sar_sample(tok: &Tokenizer, s: &Sample) -> Result<SarSample> {
     let n = s.answer_len();
-    let toks = &s.tokens[..n];
-    let without = (0..n)
+    sar_sample_from(tok, &s.text, &s.tokens[..n], &s.logprobs[..n])
+}
+
+/// What SAR needs of one answer: its text, the text with each token left out in turn, and
+/// its token log-probs (`toks` and `logprobs` are the answer's tokens only).
+pub fn sar_sample_from(
+    tok: &Tokenizer,
+    text: &str,
+    toks: &[u32],
+    logprobs: &[f32],
+) -> Result<SarSample> {
+    let without = (0..toks.len())
         .map(|i| {
             let rest: Vec<u32> = toks
                 .iter()
@@ -150,9 +160,9 @@ fn sar_sample(tok: &Tokenizer, s: &Sample) -> Result<SarSample> {
         })
         .collect::<Result<_>>()?;
     Ok(SarSample {
-        text: s.text.clone(),
+        text: text.to_string(),
         without,
-        logprobs: s.logprobs[..n].iter().map(|&l| l as f64).collect(),
+        logprobs: logprobs.iter().map(|&l| l as f64).collect(),
     })
 }
 

@@ -13,6 +13,9 @@ use std::collections::BTreeMap;
 pub struct Scored {
     pub id: String,
     pub group: String,
+    /// CalibratedMath task (QA: the source); metrics are also reported per task.
+    #[serde(default)]
+    pub task: String,
     pub correct: bool,
     /// Readout name → confidence in [0, 1]; a readout missing here failed for this question
     /// (e.g. no parseable verbalized confidence).
@@ -42,6 +45,29 @@ pub struct SetResult {
     pub parse_examples: Vec<String>,
     pub accuracy_by_group: BTreeMap<String, (usize, f64)>,
     pub readouts: BTreeMap<String, ReadoutResult>,
+    /// The same metrics per task (no bootstrap).
+    pub by_task: BTreeMap<String, TaskResult>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub n: usize,
+    pub accuracy: f64,
+    pub readouts: BTreeMap<String, Metrics>,
+}
+
+/// Metrics of every readout over some questions: readout name → metrics over the questions
+/// that have a value for it.
+fn per_readout(scored: &[&Scored]) -> BTreeMap<String, (Vec<f64>, Vec<bool>)> {
+    let mut m: BTreeMap<String, (Vec<f64>, Vec<bool>)> = BTreeMap::new();
+    for s in scored {
+        for (k, &c) in &s.conf {
+            let e = m.entry(k.clone()).or_default();
+            e.0.push(c);
+            e.1.push(s.correct);
+        }
+    }
+    m
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -70,18 +96,9 @@ pub fn set_result(
 ) -> SetResult {
     let n = scored.len();
     let correct: Vec<bool> = scored.iter().map(|s| s.correct).collect();
-    let mut names: Vec<String> = scored.iter().flat_map(|s| s.conf.keys().cloned()).collect();
-    names.sort();
-    names.dedup();
+    let all: Vec<&Scored> = scored.iter().collect();
     let mut readouts = BTreeMap::new();
-    for name in names {
-        let (c, y): (Vec<f64>, Vec<bool>) = scored
-            .iter()
-            .filter_map(|s| s.conf.get(&name).map(|&c| (c, s.correct)))
-            .unzip();
-        if c.is_empty() {
-            continue;
-        }
+    for (name, (c, y)) in per_readout(&all) {
         readouts.insert(
             name,
             ReadoutResult {
@@ -92,6 +109,28 @@ pub fn set_result(
             },
         );
     }
+    let mut tasks: BTreeMap<&str, Vec<&Scored>> = BTreeMap::new();
+    for s in scored {
+        tasks.entry(s.task.as_str()).or_default().push(s);
+    }
+    let by_task = tasks
+        .into_iter()
+        .map(|(t, v)| {
+            let acc = v.iter().filter(|s| s.correct).count() as f64 / v.len() as f64;
+            let readouts = per_readout(&v)
+                .into_iter()
+                .map(|(k, (c, y))| (k, Metrics::compute(&c, &y)))
+                .collect();
+            (
+                t.to_string(),
+                TaskResult {
+                    n: v.len(),
+                    accuracy: acc,
+                    readouts,
+                },
+            )
+        })
+        .collect();
     let mut by_group: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for s in scored {
         let e = by_group.entry(s.group.clone()).or_default();
@@ -111,6 +150,7 @@ pub fn set_result(
             .map(|(g, (n, c))| (g, (n, c as f64 / n.max(1) as f64)))
             .collect(),
         readouts,
+        by_task,
     }
 }
 
@@ -122,6 +162,19 @@ fn f(v: f64) -> String {
     }
 }
 
+/// A set name as it appears in file names: lower-case alphanumerics, the rest `-`.
+pub fn slug(set: &str) -> String {
+    set.chars()
+        .map(|c| {
+            if c.is_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
 fn fo(v: Option<f64>) -> String {
     v.map(f).unwrap_or_else(|| "undef.".into())
 }
@@ -130,16 +183,7 @@ fn fo(v: Option<f64>) -> String {
 /// verbalized readout), a confidence histogram and a risk–coverage curve. Returns
 /// `(file name, svg)`.
 pub fn figures(set: &str, per_model: &[(&str, &[Scored])]) -> Vec<(String, String)> {
-    let slug: String = set
-        .chars()
-        .map(|c| {
-            if c.is_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
+    let slug = slug(set);
     let mut out = vec![];
     let mut overlay_data: Vec<(String, Vec<f64>, Vec<bool>)> = vec![];
     for (model, scored) in per_model {
@@ -189,6 +233,40 @@ pub fn figures(set: &str, per_model: &[(&str, &[Scored])]) -> Vec<(String, Strin
         }
     }
     out
+}
+
+/// Per-task table (only when a set has more than one task): accuracy, then ECE-10 / AUROC of
+/// each readout.
+fn task_table(rows: &[&SetResult]) -> String {
+    if rows.iter().all(|r| r.by_task.len() < 2) {
+        return String::new();
+    }
+    let mut names: Vec<&String> = rows
+        .iter()
+        .flat_map(|r| r.by_task.values().flat_map(|t| t.readouts.keys()))
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut o = String::from(
+        "\nPer task — accuracy, then ECE-10 / AUROC of each readout:\n\n| model | task | n | acc |",
+    );
+    for n in &names {
+        o += &format!(" {n} |");
+    }
+    o += &format!("\n|---|---|---|---|{}\n", "---|".repeat(names.len()));
+    for r in rows {
+        for (task, t) in &r.by_task {
+            o += &format!("| {} | {} | {} | {} |", r.model, task, t.n, f(t.accuracy));
+            for n in &names {
+                match t.readouts.get(*n) {
+                    Some(m) => o += &format!(" {} / {} |", f(m.ece_10), fo(m.auroc)),
+                    None => o += " – |",
+                }
+            }
+            o += "\n";
+        }
+    }
+    o
 }
 
 impl Report {
@@ -286,7 +364,7 @@ impl Report {
                     cell(6, m.auprc),
                 );
             }
-            o += "\nBest per column in bold (lower is better; AUROC and AUPRC higher).\n\n";
+            o += "\nBest per column in bold (lower is better; AUROC and AUPRC higher). `*_rank` readouts (DeepConf token confidence, SAR) are scores, not probabilities: they are rank-normalised to [0, 1] within the set, so only AUROC, AUPRC, AURC and the decision table say something about them; their ECE, Brier and MAD do not.\n\n";
             o += "Decision table — accuracy on the answers kept when the least confident are escalated:\n\n| model | readout | keep 25% | keep 50% | keep 75% | keep 100% |\n|---|---|---|---|---|---|\n";
             for (r, name, rr) in &all {
                 let a = rr.metrics.acc_at_coverage;
@@ -300,6 +378,7 @@ impl Report {
                     f(a[3])
                 );
             }
+            o += &task_table(&rows);
             for r in &rows {
                 if !r.parse_examples.is_empty() {
                     o += &format!(
@@ -312,16 +391,7 @@ impl Report {
                     }
                 }
             }
-            let slug: String = set
-                .chars()
-                .map(|c| {
-                    if c.is_alphanumeric() {
-                        c.to_ascii_lowercase()
-                    } else {
-                        '-'
-                    }
-                })
-                .collect();
+            let slug = slug(set);
             let figs: Vec<&String> = figure_files.iter().filter(|f| f.contains(&slug)).collect();
             if !figs.is_empty() {
                 o += "\nFigures: ";

@@ -18,6 +18,7 @@ fn scored(seed: u64) -> Vec<Scored> {
             Scored {
                 id: format!("q{i}"),
                 group: if i % 2 == 0 { "A".into() } else { "B".into() },
+                task: format!("T{}", i % 3),
                 correct,
                 conf,
             }
@@ -62,6 +63,13 @@ fn report_is_deterministic_and_marks_the_best() {
     assert!(res.readouts["p_true"].metrics.auroc.unwrap() < 0.01);
     assert!(res.readouts["verbalized"].auroc_ci.is_some());
     assert_eq!(res.readouts["constant"].metrics.auroc, Some(0.5));
+    // per-task metrics partition the set
+    assert_eq!(res.by_task.len(), 3);
+    assert_eq!(res.by_task.values().map(|t| t.n).sum::<usize>(), res.n);
+    let t0 = &res.by_task["T0"];
+    let acc0 = s_acc(&scored(7), "T0");
+    assert!((t0.accuracy - acc0).abs() < 1e-12);
+    assert!(m1.contains("| before | T1 |"), "per-task table: {m1}");
     // verbalized has the best AUROC: bold in its row
     let row = m1
         .lines()
@@ -73,4 +81,9 @@ fn report_is_deterministic_and_marks_the_best() {
             && m1.contains("missing 10")
             && m1.contains("reliability-set-one")
     );
+}
+
+fn s_acc(s: &[Scored], task: &str) -> f64 {
+    let v: Vec<&Scored> = s.iter().filter(|x| x.task == task).collect();
+    v.iter().filter(|x| x.correct).count() as f64 / v.len() as f64
 }

@@ -7,12 +7,17 @@
 use crate::recipe::EvalSection;
 use anyhow::Result;
 use burn::tensor::backend::Backend;
+use candor_confidence::sar::DEFAULT_T;
+use candor_confidence::similarity::{sar_scores, SarSample, Similarity};
 use candor_data::answering::prompt_style;
+use candor_data::answering::row_seed;
 use candor_data::calibratedmath::Grade;
 use candor_data::config::Style;
+use candor_data::dataset::sar_sample_from;
 use candor_data::{load_items, DataConfig, Item};
 use candor_eval::report::{ParseStats, Scored};
 use candor_eval::verbalized::parse_verbalized;
+use candor_model::generate::{Finish, Generation};
 use candor_model::tokenizer::Message;
 use candor_model::{generate, score, GenConfig, Llama, Tokenizer};
 use serde::{Deserialize, Serialize};
@@ -23,6 +28,9 @@ use std::collections::BTreeMap;
 pub struct EvalRecord {
     pub id: String,
     pub group: String,
+    /// CalibratedMath task (QA: the source name); filled from the items on reuse.
+    #[serde(default)]
+    pub task: String,
     pub question: String,
     pub generation: String,
     pub answer: String,
@@ -39,6 +47,16 @@ fn first_line_tokens(tok: &Tokenizer, tokens: &[u32]) -> usize {
         }
     }
     tokens.len()
+}
+
+/// Tokens of a generation's answer: its first line, without a closing stop token.
+fn answer_tokens(tok: &Tokenizer, g: &Generation) -> usize {
+    let n = first_line_tokens(tok, &g.tokens);
+    if g.finish == Finish::StopToken {
+        n.min(g.tokens.len().saturating_sub(1))
+    } else {
+        n
+    }
 }
 
 /// Rank-normalise scores to [0, 1] (average ranks for ties): for readouts that only rank.
@@ -91,15 +109,17 @@ fn ptrue_prompt(tok: &Tokenizer, style: Style, question: &str, answer: &str) -> 
 }
 
 /// Evaluate one set; `constant` is the best constant confidence (training accuracy).
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate_set<B: Backend>(
     model: &Llama<B>,
     tok: &Tokenizer,
     set: &DataConfig,
     ev: &EvalSection,
     constant: Option<f64>,
+    mut sim: Option<&mut dyn Similarity>,
     device: &B::Device,
     pb: &indicatif::ProgressBar,
-) -> Result<(Vec<EvalRecord>, ParseStats)> {
+) -> Result<Vec<EvalRecord>> {
     let items: Vec<Item> = load_items(set)?;
     let style = prompt_style(set.style);
     let how = set.matcher();
@@ -115,11 +135,6 @@ pub fn evaluate_set<B: Backend>(
         (t, f)
     };
     let mut out = vec![];
-    let mut parse = ParseStats {
-        parsed: 0,
-        failures: BTreeMap::new(),
-        examples: vec![],
-    };
     pb.set_length(items.len() as u64);
     for chunk in items.chunks(ev.batch_size.max(1)) {
         let prompts: Vec<Vec<u32>> = chunk
@@ -132,27 +147,14 @@ pub fn evaluate_set<B: Backend>(
             let text = g.text.trim().to_string();
             let first = text.lines().next().unwrap_or("").trim().to_string();
             let (answer, verbal) = match parse_verbalized(&text) {
-                Ok(v) => {
-                    parse.parsed += 1;
-                    let a = if v.answer.trim().is_empty() {
-                        first.clone()
-                    } else {
-                        v.answer.lines().next().unwrap_or("").trim().to_string()
-                    };
-                    (a, Some(v.confidence))
-                }
-                Err(e) => {
-                    *parse
-                        .failures
-                        .entry(format!("{e:?}").to_lowercase())
-                        .or_default() += 1;
-                    if parse.examples.len() < 5 {
-                        parse.examples.push(text.chars().take(160).collect());
-                    }
-                    (first.clone(), None)
-                }
+                Ok(v) if !v.answer.trim().is_empty() => (
+                    v.answer.lines().next().unwrap_or("").trim().to_string(),
+                    Some(v.confidence),
+                ),
+                Ok(v) => (first.clone(), Some(v.confidence)),
+                Err(_) => (first.clone(), None),
             };
-            let n = first_line_tokens(tok, &g.tokens);
+            let n = answer_tokens(tok, g);
             let lp: Vec<f64> = g.logprobs[..n].iter().map(|&l| l as f64).collect();
             let mut conf = BTreeMap::new();
             if let Some(v) = verbal {
@@ -178,6 +180,7 @@ pub fn evaluate_set<B: Backend>(
             out.push(EvalRecord {
                 id: it.id.clone(),
                 group: it.group.clone(),
+                task: it.task.clone(),
                 question: it.question.clone(),
                 generation: text,
                 answer,
@@ -204,10 +207,39 @@ pub fn evaluate_set<B: Backend>(
             let p = (lt - m).exp() / ((lt - m).exp() + (lf - m).exp());
             out[base + k].conf.insert("p_true".into(), p);
         }
+        // SAR over K sampled answers (negated: higher = more sure)
+        if let (Some(sim), true) = (sim.as_deref_mut(), ev.samples >= 2) {
+            let mut rows = vec![];
+            let mut seeds = vec![];
+            for (p, it) in prompts.iter().zip(chunk) {
+                for k in 0..ev.samples {
+                    rows.push(p.clone());
+                    seeds.push(row_seed(ev.seed, &it.id, k));
+                }
+            }
+            let scfg = GenConfig {
+                temperature: ev.temperature as f32,
+                row_seeds: seeds,
+                ..cfg.clone()
+            };
+            let sampled = generate(model, tok, &rows, &scfg, device)?;
+            for (q, gs) in sampled.chunks(ev.samples).enumerate() {
+                let samples: Vec<SarSample> = gs
+                    .iter()
+                    .map(|g| {
+                        let n = answer_tokens(tok, g);
+                        let text = g.text.trim().lines().next().unwrap_or("").trim();
+                        sar_sample_from(tok, text, &g.tokens[..n], &g.logprobs[..n])
+                    })
+                    .collect::<Result<_>>()?;
+                let sc = sar_scores(sim, &chunk[q].question, &samples, DEFAULT_T)?;
+                out[base + q].conf.insert("sar".into(), -sc.sar);
+            }
+        }
         pb.inc(chunk.len() as u64);
     }
-    // DeepConf is a score, not a probability: rank-normalise it within the set
-    for key in ["deepconf_mean", "deepconf_lowest"] {
+    // DeepConf and SAR are scores, not probabilities: rank-normalise them within the set
+    for key in ["deepconf_mean", "deepconf_lowest", "sar"] {
         let have: Vec<usize> = (0..out.len())
             .filter(|&i| out[i].conf.contains_key(key))
             .collect();
@@ -217,7 +249,34 @@ pub fn evaluate_set<B: Backend>(
             out[i].conf.insert(format!("{key}_rank"), r);
         }
     }
-    Ok((out, parse))
+    Ok(out)
+}
+
+/// Verbalized-confidence parse statistics of a set's generations: failures by kind and the
+/// first five unparseable generations.
+pub fn parse_stats(recs: &[EvalRecord]) -> ParseStats {
+    let mut parse = ParseStats {
+        parsed: 0,
+        failures: BTreeMap::new(),
+        examples: vec![],
+    };
+    for r in recs {
+        match parse_verbalized(&r.generation) {
+            Ok(_) => parse.parsed += 1,
+            Err(e) => {
+                *parse
+                    .failures
+                    .entry(format!("{e:?}").to_lowercase())
+                    .or_default() += 1;
+                if parse.examples.len() < 5 {
+                    parse
+                        .examples
+                        .push(r.generation.chars().take(160).collect());
+                }
+            }
+        }
+    }
+    parse
 }
 
 pub fn to_scored(recs: &[EvalRecord]) -> Vec<Scored> {
@@ -225,14 +284,79 @@ pub fn to_scored(recs: &[EvalRecord]) -> Vec<Scored> {
         .map(|r| Scored {
             id: r.id.clone(),
             group: r.group.clone(),
+            task: r.task.clone(),
             correct: r.grade == Grade::Correct,
             conf: r.conf.clone(),
         })
         .collect()
 }
 
+/// What a set's generations depend on; a `generations-*.jsonl` written under the same
+/// settings is reused instead of generating again (so a report can be re-rendered, and an
+/// interrupted evaluation keeps the sets it finished). `None` (no model file to fingerprint,
+/// e.g. a preset) disables reuse.
+fn generation_key(
+    model_path: &str,
+    set: &DataConfig,
+    ev: &EvalSection,
+    constant: Option<f64>,
+) -> Option<String> {
+    let meta =
+        std::fs::metadata(std::path::Path::new(model_path).join("model.safetensors")).ok()?;
+    let mtime = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    let key = serde_json::json!({
+        "model": model_path,
+        "model_bytes": meta.len(),
+        "model_mtime_ns": mtime.to_string(),
+        "set": set,
+        "max_new_tokens": ev.max_new_tokens,
+        "samples": ev.samples,
+        "temperature": ev.temperature,
+        "seed": ev.seed,
+        "constant": constant,
+    });
+    serde_json::to_string_pretty(&key).ok()
+}
+
+/// The records of an earlier evaluation of the same set under the same settings, if any.
+fn reuse_generations(
+    path: &std::path::Path,
+    key: &Option<String>,
+    set: &DataConfig,
+) -> Result<Option<Vec<EvalRecord>>> {
+    let Some(key) = key else { return Ok(None) };
+    let settings = path.with_extension("settings.json");
+    if std::fs::read_to_string(&settings).ok().as_deref() != Some(key.as_str()) {
+        return Ok(None);
+    }
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(None);
+    };
+    let mut recs: Vec<EvalRecord> = vec![];
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match serde_json::from_str(line) {
+            Ok(r) => recs.push(r),
+            Err(_) => return Ok(None),
+        }
+    }
+    let items = load_items(set)?;
+    if items.len() != recs.len() || items.iter().zip(&recs).any(|(i, r)| i.id != r.id) {
+        return Ok(None);
+    }
+    for (r, i) in recs.iter_mut().zip(&items) {
+        r.task = i.task.clone();
+    }
+    Ok(Some(recs))
+}
+
 /// Evaluate every model on every set and write `<out>/report.json`, `report.md`, the SVG
-/// figures and one `generations-*.jsonl` per set and model.
+/// figures and one `generations-*.jsonl` per set and model. `sim` is the similarity for the
+/// SAR readout (used when `ev.samples >= 2`).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_and_report<B: Backend>(
     models: &[(&str, &Llama<B>)],
@@ -243,6 +367,7 @@ pub fn evaluate_and_report<B: Backend>(
     constant: Option<f64>,
     recipe_hash: Option<String>,
     out: &std::path::Path,
+    mut sim: Option<&mut dyn Similarity>,
     device: &B::Device,
 ) -> Result<candor_eval::report::Report> {
     use candor_eval::report::{figures, set_result, Report};
@@ -252,36 +377,49 @@ pub fn evaluate_and_report<B: Backend>(
     let mut figure_files = vec![];
     for set in sets {
         let name = set.display_name();
-        let slug: String = name
-            .chars()
-            .map(|c| {
-                if c.is_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
-                }
-            })
-            .collect();
+        let slug = candor_eval::report::slug(&name);
         let mut per_model: Vec<(String, Vec<Scored>)> = vec![];
         for (label, model) in models {
-            let pb = crate::pipeline::bar(0, &format!("eval {name} ({label})"));
-            let (recs, parse) = evaluate_set(*model, tok, set, ev, constant, device, &pb)?;
-            pb.finish_and_clear();
-            let mut lines = String::new();
-            for r in &recs {
-                lines += &serde_json::to_string(r)?;
-                lines.push('\n');
-            }
-            write_atomic(
-                &out.join(format!("generations-{slug}-{label}.jsonl")),
-                lines.as_bytes(),
-            )?;
+            let path = out.join(format!("generations-{slug}-{label}.jsonl"));
+            let key = model_paths
+                .get(*label)
+                .and_then(|p| generation_key(p, set, ev, constant));
+            let recs = match reuse_generations(&path, &key, set)? {
+                Some(recs) => {
+                    eprintln!("eval {name} ({label}): reusing {}", path.display());
+                    recs
+                }
+                None => {
+                    let pb = crate::pipeline::bar(0, &format!("eval {name} ({label})"));
+                    let recs = evaluate_set(
+                        *model,
+                        tok,
+                        set,
+                        ev,
+                        constant,
+                        sim.as_mut().map(|s| &mut **s as &mut dyn Similarity),
+                        device,
+                        &pb,
+                    )?;
+                    pb.finish_and_clear();
+                    let mut lines = String::new();
+                    for r in &recs {
+                        lines += &serde_json::to_string(r)?;
+                        lines.push('\n');
+                    }
+                    write_atomic(&path, lines.as_bytes())?;
+                    if let Some(k) = &key {
+                        write_atomic(&path.with_extension("settings.json"), k.as_bytes())?;
+                    }
+                    recs
+                }
+            };
             let scored = to_scored(&recs);
             results.push(set_result(
                 &name,
                 label,
                 &scored,
-                parse,
+                parse_stats(&recs),
                 ev.bootstrap,
                 ev.seed,
             ));

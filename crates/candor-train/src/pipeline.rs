@@ -10,7 +10,8 @@ use candor_data::answering::{run_answers, AnswerSettings, Progress};
 use candor_data::config::{SimilarityKind, Teacher};
 use candor_data::{dataset, load_items, Example, Summary};
 use candor_model::{Llama, ModelConfig, Tokenizer};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
+use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Instant;
 
@@ -49,9 +50,17 @@ pub fn tokenizer_dir(r: &Recipe) -> std::path::PathBuf {
     }
 }
 
-/// A progress bar in the house style: `{msg} [bar] pos/len (eta)`.
+/// A progress bar in the house style: `{msg} [bar] pos/len (eta)`. When stderr is not a
+/// terminal (a log file, CI), the same line is printed at most every 30 seconds instead.
 pub fn bar(len: u64, what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len);
+    let pb = if std::io::stderr().is_terminal() {
+        ProgressBar::new(len)
+    } else {
+        ProgressBar::with_draw_target(
+            Some(len),
+            ProgressDrawTarget::term_like_with_hz(Box::new(LogLines::default()), 1),
+        )
+    };
     pb.set_style(
         ProgressStyle::with_template(&format!(
             "{what} [{{bar:30}}] {{pos}}/{{len}} {{msg}} (eta {{eta}})"
@@ -60,6 +69,48 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
         .progress_chars("=> "),
     );
     pb
+}
+
+/// indicatif's terminal, redrawn in place, becomes plain log lines: every 30 s at most.
+#[derive(Debug, Default)]
+struct LogLines {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl TermLike for LogLines {
+    fn width(&self) -> u16 {
+        120
+    }
+    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        self.write_str(s)
+    }
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        let mut last = self.last.lock().expect("not poisoned");
+        let due = last.is_none_or(|t| t.elapsed().as_secs() >= 30);
+        if due && !s.trim().is_empty() {
+            *last = Some(std::time::Instant::now());
+            eprintln!("{}", s.trim_end());
+        }
+        Ok(())
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Build (or finish building) the labelled dataset of a recipe in `<run>/data/`.
@@ -127,28 +178,37 @@ pub fn build_dataset<B: Backend>(
         );
     }
     let need_sim = r.labels.teacher == Teacher::Sar || r.labels.samples >= 2;
-    let mut minilm;
-    let mut lexical = Lexical;
-    let sim: Option<&mut dyn Similarity> = if !need_sim {
+    let mut sim = if need_sim {
+        Some(load_similarity::<B>(r, device)?)
+    } else {
         None
-    } else if r.labels.similarity == SimilarityKind::Minilm {
-        minilm = MiniLm::<B>::load(&r.labels.minilm_path, device).with_context(|| {
+    };
+    let pb = bar(answers.len() as u64, "labelling");
+    let (ex, s) = dataset::label(
+        &answers,
+        &r.data,
+        &r.labels,
+        tok,
+        sim.as_mut().map(|s| &mut **s as &mut dyn Similarity),
+        &mut |d, _| pb.set_position(d as u64),
+    )?;
+    pb.finish_and_clear();
+    dataset::write(&dir, &ex, &s)?;
+    Ok((ex, s))
+}
+
+/// The recipe's answer similarity (`labels.similarity`): MiniLM embeddings or ROUGE-L.
+pub fn load_similarity<B: Backend>(r: &Recipe, device: &B::Device) -> Result<Box<dyn Similarity>> {
+    Ok(if r.labels.similarity == SimilarityKind::Minilm {
+        Box::new(MiniLm::<B>::load(&r.labels.minilm_path, device).with_context(|| {
             format!(
                 "labels.minilm_path = {}: run scripts/fetch-minilm.sh, or set labels.similarity = \"rouge-l\"",
                 r.labels.minilm_path.display()
             )
-        })?;
-        Some(&mut minilm)
+        })?)
     } else {
-        Some(&mut lexical)
-    };
-    let pb = bar(answers.len() as u64, "labelling");
-    let (ex, s) = dataset::label(&answers, &r.data, &r.labels, tok, sim, &mut |d, _| {
-        pb.set_position(d as u64)
-    })?;
-    pb.finish_and_clear();
-    dataset::write(&dir, &ex, &s)?;
-    Ok((ex, s))
+        Box::new(Lexical)
+    })
 }
 
 /// Write `text` to `path` atomically.

@@ -316,6 +316,11 @@ pub struct EvalSection {
     /// Bootstrap resamples for the 95% intervals.
     pub bootstrap: usize,
     pub seed: u64,
+    /// Sampled answers per question for the SAR readout (0 = no SAR; otherwise at least 2).
+    pub samples: usize,
+    /// Sampling temperature of those answers.
+    #[serde(deserialize_with = "bounded::positive")]
+    pub temperature: f64,
 }
 
 impl Default for EvalSection {
@@ -328,6 +333,8 @@ impl Default for EvalSection {
             before: true,
             bootstrap: 1000,
             seed: 0,
+            samples: 0,
+            temperature: 0.5,
         }
     }
 }
@@ -397,6 +404,9 @@ impl Recipe {
                 self.train.global_batch,
                 self.train.micro_batch
             );
+        }
+        if self.eval.samples == 1 {
+            bail!("eval.samples = 1: SAR compares samples with each other; use 0 (no SAR) or at least 2");
         }
         if self.optim.min_lr > self.optim.lr {
             bail!(

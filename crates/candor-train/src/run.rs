@@ -79,6 +79,11 @@ pub fn run_recipe<B: Backend>(r: &Recipe, device: B::Device) -> Result<()> {
         names.insert("after".to_string(), final_dir.display().to_string());
         models.push(("after", &after));
         let out = run.join("report");
+        let mut sim = if r.eval.samples >= 2 {
+            Some(crate::pipeline::load_similarity::<B>(r, &device)?)
+        } else {
+            None
+        };
         let report = evaluate_and_report(
             &models,
             names,
@@ -88,6 +93,8 @@ pub fn run_recipe<B: Backend>(r: &Recipe, device: B::Device) -> Result<()> {
             constant,
             Some(recipe_hash(r)),
             &out,
+            sim.as_mut()
+                .map(|s| &mut **s as &mut dyn candor_confidence::Similarity),
             &device,
         )?;
         println!("{}", headline(&report));

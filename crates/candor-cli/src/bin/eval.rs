@@ -58,6 +58,11 @@ impl BackendTask for Task {
         }
         let out = a.out.clone().unwrap_or_else(|| r.run_dir().join("eval"));
         let t0 = std::time::Instant::now();
+        let mut sim = if r.eval.samples >= 2 {
+            Some(candor_train::pipeline::load_similarity::<B>(&r, &device)?)
+        } else {
+            None
+        };
         let rep = candor_train::evaluate::evaluate_and_report(
             &models,
             names,
@@ -67,6 +72,8 @@ impl BackendTask for Task {
             a.constant,
             Some(candor_train::run::recipe_hash(&r)),
             &out,
+            sim.as_mut()
+                .map(|s| &mut **s as &mut dyn candor_confidence::Similarity),
             &device,
         )?;
         print!("{}", candor_train::run::headline(&rep));

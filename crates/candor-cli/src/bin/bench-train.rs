@@ -1,0 +1,239 @@
+//! `bench-train`: one training step (forward, backward, AdamW update) of a model on the CPU
+//! backend, f32, beside the same step in PyTorch/transformers, on the same machine in the same
+//! run. Four workloads, each measured in its own process so that peak memory is its own:
+//!
+//! - `full-lm`:   full fine-tuning, loss on every token (a plain language-model step);
+//! - `full-sft`:  full fine-tuning, loss on the last `--response` tokens of each row only — what
+//!   calibration SFT looks like (a prompt, then `42\nConfidence: 80%<|im_end|>`);
+//! - `lora-lm`, `lora-sft`: the same with LoRA (rank 16, alpha 32, q/k/v/o projections).
+//!
+//! PyTorch computes the logits of every position and masks the loss with labels = -100 (what
+//! HF SFT code does); candor computes logits only where the loss is. Prints seconds per step,
+//! tokens/s (batch × seq / step time) and peak RSS for both, and the ratio.
+
+use anyhow::{bail, Context, Result};
+use burn::backend::{Autodiff, Flex};
+use candor_model::load_model;
+use candor_train::optim::AdamW;
+use candor_train::recipe::OptimSection;
+use candor_train::trainer::{accumulate, Seq};
+use clap::Parser;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::path::PathBuf;
+use std::time::Instant;
+
+const WORKLOADS: [&str; 4] = ["full-lm", "full-sft", "lora-lm", "lora-sft"];
+
+#[derive(Parser)]
+#[command(about = "Training-step throughput and peak memory, beside PyTorch")]
+struct Args {
+    #[arg(long, default_value = "checkpoints/smollm2-135m-instruct")]
+    model: PathBuf,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    #[arg(long, default_value_t = 64)]
+    seq: usize,
+    /// Response tokens per row for the `*-sft` workloads.
+    #[arg(long, default_value_t = 12)]
+    response: usize,
+    /// Timed steps after one warm-up step; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Python with torch + transformers; default `.venv-bench/bin/python` if present.
+    #[arg(long)]
+    python: Option<PathBuf>,
+    #[arg(long)]
+    no_pytorch: bool,
+    /// Workloads to run (default: all four).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Internal: measure one workload in this process and print a JSON line.
+    #[arg(long, hide = true)]
+    child: Option<String>,
+}
+
+fn peak_rss_mb() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// One workload in this process: warm-up step, then `steps` timed steps.
+fn child(a: &Args, workload: &str) -> Result<serde_json::Value> {
+    type B = Autodiff<Flex>;
+    let device = Default::default();
+    let mut model = load_model::<B>(&a.model, &device)?;
+    if workload.starts_with("lora") {
+        let t: Vec<String> = ["q_proj", "k_proj", "v_proj", "o_proj"]
+            .map(String::from)
+            .to_vec();
+        model = model.with_lora(&t, 16, 32.0, 0.0, &device);
+    }
+    let start = if workload.ends_with("sft") {
+        a.seq - a.response
+    } else {
+        1
+    };
+    let vocab = model.config.vocab_size as u32;
+    let mut rng = StdRng::seed_from_u64(0);
+    let seqs: Vec<Seq> = (0..a.batch)
+        .map(|_| Seq {
+            ids: (0..a.seq)
+                .map(|_| rng.random_range(100..vocab - 100))
+                .collect(),
+            start,
+            weight: 1.0,
+        })
+        .collect();
+    let refs: Vec<&Seq> = seqs.iter().collect();
+    let mut opt = AdamW::<B>::new(OptimSection::default());
+    let mut times = vec![];
+    let mut loss = 0.0;
+    for step in 0..=a.steps {
+        let t = Instant::now();
+        let (grads, l) = accumulate(&model, &refs, a.batch, 0, step, &device);
+        let (m, _) = opt.step(model, grads, 1e-5);
+        model = m;
+        loss = l;
+        if step > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let s = median(times);
+    Ok(serde_json::json!({
+        "s_per_step": s,
+        "tokens_per_s": (a.batch * a.seq) as f64 / s,
+        "peak_rss_mb": peak_rss_mb(),
+        "loss": loss,
+    }))
+}
+
+/// Run a command and parse the JSON object on its last stdout line.
+fn json_of(cmd: &mut std::process::Command, what: &str) -> Result<serde_json::Value> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!("{what} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or("");
+    serde_json::from_str(line).with_context(|| format!("parsing {what}'s output: {line:?}"))
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    if let Some(w) = &a.child {
+        println!("{}", child(&a, w)?);
+        return Ok(());
+    }
+    let workloads: Vec<String> = if a.only.is_empty() {
+        WORKLOADS.map(String::from).to_vec()
+    } else {
+        a.only.clone()
+    };
+    if let Some(w) = workloads.iter().find(|w| !WORKLOADS.contains(&w.as_str())) {
+        bail!(
+            "--only: unknown workload {w:?}; allowed: {}",
+            WORKLOADS.join(", ")
+        );
+    }
+    if a.response + 1 > a.seq {
+        bail!("--response {} must be below --seq {}", a.response, a.seq);
+    }
+    let python = a.python.clone().or_else(|| {
+        let p = PathBuf::from(".venv-bench/bin/python");
+        p.exists().then_some(p)
+    });
+    let me = std::env::current_exe()?;
+    let shape = [
+        a.batch.to_string(),
+        a.seq.to_string(),
+        a.response.to_string(),
+        a.steps.to_string(),
+    ];
+    let mut rows = vec![];
+    for w in &workloads {
+        eprintln!("{w}: candor …");
+        let ours = json_of(
+            std::process::Command::new(&me)
+                .arg("--model")
+                .arg(&a.model)
+                .args(["--batch", &shape[0], "--seq", &shape[1]])
+                .args(["--response", &shape[2], "--steps", &shape[3]])
+                .args(["--child", w]),
+            "the candor side",
+        )?;
+        let theirs = match (&python, a.no_pytorch) {
+            (Some(py), false) => {
+                eprintln!("{w}: pytorch …");
+                Some(json_of(
+                    std::process::Command::new(py)
+                        .arg("scripts/bench_train_pytorch.py")
+                        .arg(&a.model)
+                        .arg(w)
+                        .args(&shape),
+                    "scripts/bench_train_pytorch.py",
+                )?)
+            }
+            _ => None,
+        };
+        rows.push((w.clone(), ours, theirs));
+    }
+    println!(
+        "model: {}  f32 CPU, batch {}×{} tokens ({} response tokens in *-sft), {} threads available",
+        a.model.display(),
+        a.batch,
+        a.seq,
+        a.response,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    if let Some(t) = rows.iter().find_map(|r| r.2.as_ref()) {
+        println!(
+            "pytorch: torch {} ({} threads)",
+            t["torch"].as_str().unwrap_or("?"),
+            t["threads"]
+        );
+    }
+    println!(
+        "{:<10} {:>10} {:>10} {:>10} {:>10} {:>7}   {:>10} {:>10}",
+        "workload",
+        "candor s",
+        "torch s",
+        "candor t/s",
+        "torch t/s",
+        "ratio",
+        "candor MB",
+        "torch MB"
+    );
+    for (w, o, t) in &rows {
+        let g = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        let (ts, tt, tm) = t.as_ref().map_or((f64::NAN, f64::NAN, f64::NAN), |t| {
+            (
+                g(t, "s_per_step"),
+                g(t, "tokens_per_s"),
+                g(t, "peak_rss_mb"),
+            )
+        });
+        println!(
+            "{:<10} {:>10.2} {:>10.2} {:>10.1} {:>10.1} {:>6.2}×   {:>10.0} {:>10.0}",
+            w,
+            g(o, "s_per_step"),
+            ts,
+            g(o, "tokens_per_s"),
+            tt,
+            g(o, "tokens_per_s") / tt,
+            g(o, "peak_rss_mb"),
+            tm
+        );
+    }
+    Ok(())
+}
