@@ -6,6 +6,7 @@
 
 use crate::calibratedmath::Group;
 use serde::{de::Error as _, Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Range-checked numbers, so that an out-of-range value is an error at its line.
@@ -106,6 +107,10 @@ pub struct DataConfig {
     /// CalibratedMath questions per sub-task.
     #[serde(deserialize_with = "bounded::at_least_one")]
     pub per_subtask: usize,
+    /// Questions for particular sub-tasks instead of `per_subtask`, by id:
+    /// `{ "+:1:1" = 3000 }`. A sub-task named here must be in the selection.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub per_subtask_overrides: BTreeMap<String, usize>,
     /// JSONL: skip the first `offset` questions, then keep `limit` (0 = all).
     pub offset: usize,
     pub limit: usize,
@@ -133,6 +138,7 @@ impl Default for DataConfig {
             tasks: vec![],
             subtasks: vec![],
             per_subtask: 20,
+            per_subtask_overrides: BTreeMap::new(),
             offset: 0,
             limit: 0,
             seed: 0,

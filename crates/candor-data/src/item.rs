@@ -105,9 +105,23 @@ fn load_raw(cfg: &DataConfig) -> Result<Vec<Item>> {
             if chosen.is_empty() {
                 bail!("data: the selection (groups {:?}, tasks {:?}, subtasks {:?}) matches no CalibratedMath sub-task", cfg.groups, cfg.tasks, cfg.subtasks);
             }
+            if let Some(k) = cfg
+                .per_subtask_overrides
+                .keys()
+                .find(|k| !chosen.iter().any(|s| &s.id() == *k))
+            {
+                bail!("data.per_subtask_overrides: sub-task {k:?} is not in the selection (see `dataset --list-subtasks`)");
+            }
             Ok(chosen
                 .iter()
-                .flat_map(|st| calibratedmath::generate(st, cfg.per_subtask, cfg.seed))
+                .flat_map(|st| {
+                    let n = cfg
+                        .per_subtask_overrides
+                        .get(&st.id())
+                        .copied()
+                        .unwrap_or(cfg.per_subtask);
+                    calibratedmath::generate(st, n, cfg.seed)
+                })
                 .map(|q| Item {
                     id: q.id,
                     source: "calibratedmath".into(),

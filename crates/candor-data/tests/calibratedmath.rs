@@ -159,3 +159,23 @@ fn worked_answers_are_graded_after_the_last_equals_sign() {
     assert_eq!(grade(&c, "The answer is 7."), Grade::Correct);
     assert_eq!(grade(&c, "x ="), Grade::Unparseable);
 }
+
+#[test]
+fn per_subtask_overrides_change_only_the_named_counts() {
+    use candor_data::{load_items, DataConfig};
+    let mut cfg = DataConfig {
+        subtasks: vec!["+:1:1".into(), "-:2:2".into()],
+        per_subtask: 5,
+        ..Default::default()
+    };
+    cfg.per_subtask_overrides.insert("+:1:1".into(), 40);
+    let items = load_items(&cfg).unwrap();
+    let count = |st: &str| items.iter().filter(|i| i.subtask == st).count();
+    assert_eq!((count("+:1:1"), count("-:2:2")), (40, 5));
+    cfg.per_subtask_overrides.insert("*:1:1".into(), 3);
+    let err = load_items(&cfg).unwrap_err().to_string();
+    assert!(
+        err.contains("per_subtask_overrides") && err.contains("*:1:1"),
+        "{err}"
+    );
+}

@@ -248,15 +248,22 @@ pub fn aurc(conf: &[f64], correct: &[bool]) -> f64 {
     )
 }
 
-/// Accuracy on the `ceil(coverage · n)` most confident answers (the rest escalated).
+/// Accuracy on the `ceil(coverage · n)` most confident answers (the rest escalated). Answers
+/// tied with the last one kept are taken in proportion (the expected accuracy when ties are
+/// broken at random), so a constant readout scores the overall accuracy at every coverage.
 pub fn accuracy_at_coverage(conf: &[f64], correct: &[bool], coverage: f64) -> f64 {
-    let keep =
-        ((coverage * conf.len() as f64).ceil() as usize).clamp(1.min(conf.len()), conf.len());
-    mean(
-        by_confidence_desc(conf)[..keep]
-            .iter()
-            .map(|&i| correct[i] as u8 as f64),
-    )
+    let n = conf.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    let keep = ((coverage * n as f64).ceil() as usize).clamp(1, n);
+    let order = by_confidence_desc(conf);
+    let cut = conf[order[keep - 1]];
+    let above: Vec<usize> = order.iter().copied().filter(|&i| conf[i] > cut).collect();
+    let tied: Vec<usize> = order.iter().copied().filter(|&i| conf[i] == cut).collect();
+    let hits = |v: &[usize]| v.iter().filter(|&&i| correct[i]).count() as f64;
+    let from_tied = (keep - above.len()) as f64;
+    (hits(&above) + from_tied * hits(&tied) / tied.len() as f64) / keep as f64
 }
 
 /// Seeded percentile bootstrap: the 2.5% and 97.5% quantiles of `metric` over `reps` resamples

@@ -280,7 +280,7 @@ impl Report {
             o += &format!("- recipe hash: `{h}`\n");
         }
         o += &format!(
-            "- bootstrap: {} resamples, seed {}; ECE bins are equal-width, (lo, hi] with 0 in the first bin; MAD uses 20 equal-count bins; AUROC ties count ½\n\n",
+            "- bootstrap: {} resamples, seed {}; ECE bins are equal-width, (lo, hi] with 0 in the first bin; MAD uses 20 equal-count bins; AUROC ties count ½; accuracy at coverage takes answers tied at the cut in proportion\n\n",
             self.bootstrap, self.seed
         );
         let mut sets: Vec<&str> = self.results.iter().map(|r| r.set.as_str()).collect();

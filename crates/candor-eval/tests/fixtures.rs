@@ -57,6 +57,14 @@ fn coverage_and_bootstrap_behave() {
     assert_eq!(accuracy_at_coverage(&conf, &correct, 0.25), 1.0);
     assert_eq!(accuracy_at_coverage(&conf, &correct, 0.5), 0.75);
     assert_eq!(accuracy_at_coverage(&conf, &correct, 1.0), 0.5);
+    // ties at the cut are taken in proportion: a constant readout scores the overall accuracy
+    let flat = [0.3; 8];
+    for c in [0.25, 0.5, 0.75] {
+        assert!((accuracy_at_coverage(&flat, &correct, c) - 0.5).abs() < 1e-12);
+    }
+    let tied = [0.9, 0.5, 0.5, 0.5];
+    let y = [true, true, false, false];
+    assert!((accuracy_at_coverage(&tied, &y, 0.5) - (1.0 + 1.0 / 3.0) / 2.0).abs() < 1e-12);
     let a = bootstrap_ci(&conf, &correct, 500, 1, auroc).unwrap();
     let b = bootstrap_ci(&conf, &correct, 500, 1, auroc).unwrap();
     assert_eq!(a, b, "seeded bootstrap is deterministic");
