@@ -65,7 +65,13 @@ fn color(i: usize) -> RGBColor {
         RGBColor(255, 127, 14),
         RGBColor(44, 160, 44),
         RGBColor(148, 103, 189),
-    ][i % 4]
+        RGBColor(214, 39, 40),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+        RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
+    ][i % 10]
 }
 
 /// One line per series with a legend entry.

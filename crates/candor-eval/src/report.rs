@@ -226,9 +226,36 @@ pub fn figures(set: &str, per_model: &[(&str, &[Scored])]) -> Vec<(String, Strin
         {
             out.push((format!("histogram-{slug}.svg"), svg));
         }
-        if let Ok(svg) =
-            risk_coverage_svg(&format!("{set} — risk vs coverage (verbalized)"), &series)
-        {
+    }
+    // risk–coverage: every readout of every model (verbalized alone can be too sparse to read)
+    let mut rc_data: Vec<(String, Vec<f64>, Vec<bool>)> = vec![];
+    for (model, scored) in per_model {
+        let mut names: Vec<&String> = scored.iter().flat_map(|s| s.conf.keys()).collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            let (c, y): (Vec<f64>, Vec<bool>) = scored
+                .iter()
+                .filter_map(|s| s.conf.get(name).map(|&c| (c, s.correct)))
+                .unzip();
+            let label = if per_model.len() > 1 {
+                format!("{model} · {name}")
+            } else {
+                name.clone()
+            };
+            rc_data.push((label, c, y));
+        }
+    }
+    let rc: Vec<Series> = rc_data
+        .iter()
+        .map(|(m, c, y)| Series {
+            label: m,
+            confidence: c,
+            correct: y,
+        })
+        .collect();
+    if !rc.is_empty() {
+        if let Ok(svg) = risk_coverage_svg(&format!("{set} — risk vs coverage"), &rc) {
             out.push((format!("risk-coverage-{slug}.svg"), svg));
         }
     }

@@ -331,8 +331,16 @@ fn reuse_generations(
 ) -> Result<Option<Vec<EvalRecord>>> {
     let Some(key) = key else { return Ok(None) };
     let settings = path.with_extension("settings.json");
-    if std::fs::read_to_string(&settings).ok().as_deref() != Some(key.as_str()) {
-        return Ok(None);
+    match std::fs::read_to_string(&settings) {
+        Ok(old) if old == *key => {}
+        Ok(_) => {
+            eprintln!(
+                "{}: model or settings changed, generating again",
+                settings.display()
+            );
+            return Ok(None);
+        }
+        Err(_) => return Ok(None),
     }
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(None);
