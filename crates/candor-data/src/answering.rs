@@ -18,6 +18,9 @@ use std::time::Instant;
 /// What an answering run depends on; a resumed run must use the same settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AnswerSettings {
+    /// The answering model (`weights_fingerprint`, or the preset): new weights, new answers.
+    #[serde(default)]
+    pub model: String,
     pub style: Style,
     pub samples: usize,
     pub temperature: f64,
@@ -31,8 +34,9 @@ pub struct AnswerSettings {
 }
 
 impl AnswerSettings {
-    pub fn new(data: &DataConfig, labels: &LabelsConfig) -> Self {
+    pub fn new(model: &str, data: &DataConfig, labels: &LabelsConfig) -> Self {
         Self {
+            model: model.to_string(),
             style: data.style,
             samples: labels.samples,
             temperature: labels.temperature,

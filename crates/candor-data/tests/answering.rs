@@ -41,7 +41,7 @@ fn answering_resumes_after_a_kill_to_the_same_result() {
     let (model, tok, dir) = setup();
     let items = load_items(&data()).unwrap();
     assert_eq!(items.len(), 6);
-    let s = AnswerSettings::new(&data(), &labels());
+    let s = AnswerSettings::new("test model", &data(), &labels());
     let dev = Default::default();
     let full_path = dir.path().join("full/answers.jsonl");
     let full = run_answers(&model, &tok, &items, &s, &full_path, &dev, &mut |_| {}).unwrap();

@@ -425,3 +425,21 @@ pub fn copy_tokenizer_files(src: &Path, dst: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Identity of a model folder's weights for resume checks: its path, and the size and
+/// modification time of `model.safetensors` (a retrained model of the same shape has the
+/// same size, so the time is needed). `None` when there is no such file.
+pub fn weights_fingerprint(dir: &Path) -> Option<String> {
+    let meta = std::fs::metadata(dir.join("model.safetensors")).ok()?;
+    let mtime = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    Some(format!(
+        "{} ({} bytes, modified {mtime} ns)",
+        dir.display(),
+        meta.len()
+    ))
+}

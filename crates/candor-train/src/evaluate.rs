@@ -301,18 +301,9 @@ fn generation_key(
     ev: &EvalSection,
     constant: Option<f64>,
 ) -> Option<String> {
-    let meta =
-        std::fs::metadata(std::path::Path::new(model_path).join("model.safetensors")).ok()?;
-    let mtime = meta
-        .modified()
-        .ok()?
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_nanos();
+    let model = candor_model::checkpoint::weights_fingerprint(std::path::Path::new(model_path))?;
     let key = serde_json::json!({
-        "model": model_path,
-        "model_bytes": meta.len(),
-        "model_mtime_ns": mtime.to_string(),
+        "model": model,
         "set": set,
         "max_new_tokens": ev.max_new_tokens,
         "samples": ev.samples,

@@ -141,7 +141,12 @@ pub fn build_dataset<B: Backend>(
         );
         return Ok((ex, s));
     }
-    let settings = AnswerSettings::new(&r.data, &r.labels);
+    let who = match (&r.model.path, &r.model.preset) {
+        (Some(p), _) => candor_model::checkpoint::weights_fingerprint(p)
+            .unwrap_or_else(|| p.display().to_string()),
+        (None, p) => format!("preset {}", p.clone().unwrap_or_default()),
+    };
+    let settings = AnswerSettings::new(&who, &r.data, &r.labels);
     eprintln!(
         "answering {} questions ({}; greedy + {} samples at T={}) → {}",
         items.len(),

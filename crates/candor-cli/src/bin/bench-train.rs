@@ -13,10 +13,12 @@
 
 use anyhow::{bail, Context, Result};
 use burn::backend::{Autodiff, Flex};
+use burn::optim::GradientsParams;
+use burn::tensor::ElementConversion;
 use candor_model::load_model;
 use candor_train::optim::AdamW;
 use candor_train::recipe::OptimSection;
-use candor_train::trainer::{accumulate, Seq};
+use candor_train::trainer::{batch_loss, Seq};
 use clap::Parser;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::path::PathBuf;
@@ -96,23 +98,37 @@ fn child(a: &Args, workload: &str) -> Result<serde_json::Value> {
     let refs: Vec<&Seq> = seqs.iter().collect();
     let mut opt = AdamW::<B>::new(OptimSection::default());
     let mut times = vec![];
+    let mut phases = vec![];
     let mut loss = 0.0;
+    let resp: usize = refs.iter().map(|s| s.ids.len() - s.start).sum();
     for step in 0..=a.steps {
+        // the same work as `trainer::accumulate` with one micro-batch, timed per phase (the
+        // CPU backend runs eagerly, so reading the loss waits for the forward pass)
         let t = Instant::now();
-        let (grads, l) = accumulate(&model, &refs, a.batch, 0, step, &device);
+        let (l, _) = batch_loss(&model, &refs, &device);
+        let l = l / resp as f64;
+        loss = l.clone().into_scalar().elem::<f64>();
+        let t_fwd = t.elapsed().as_secs_f64();
+        let grads = GradientsParams::from_grads(l.backward(), &model);
+        let t_bwd = t.elapsed().as_secs_f64() - t_fwd;
         let (m, _) = opt.step(model, grads, 1e-5);
         model = m;
-        loss = l;
+        let total = t.elapsed().as_secs_f64();
         if step > 0 {
-            times.push(t.elapsed().as_secs_f64());
+            times.push(total);
+            phases.push([t_fwd, t_bwd, total - t_fwd - t_bwd]);
         }
     }
     let s = median(times);
+    let ph = |i: usize| median(phases.iter().map(|p| p[i]).collect());
     Ok(serde_json::json!({
         "s_per_step": s,
         "tokens_per_s": (a.batch * a.seq) as f64 / s,
         "peak_rss_mb": peak_rss_mb(),
         "loss": loss,
+        "forward_s": ph(0),
+        "backward_s": ph(1),
+        "optimizer_s": ph(2),
     }))
 }
 
@@ -233,6 +249,19 @@ fn main() -> Result<()> {
             g(o, "tokens_per_s") / tt,
             g(o, "peak_rss_mb"),
             tm
+        );
+    }
+    println!(
+        "candor time per step by phase (median): forward (incl. loss) / backward / clip + AdamW"
+    );
+    for (w, o, _) in &rows {
+        let g = |k: &str| o[k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "{:<10} {:>6.2} s / {:>6.2} s / {:>6.2} s",
+            w,
+            g("forward_s"),
+            g("backward_s"),
+            g("optimizer_s")
         );
     }
     Ok(())
