@@ -171,6 +171,7 @@ pub fn evaluate_set<B: Backend>(
                 if let Some(d) = candor_confidence::deepconf::from_top_logprobs(&tops, 8) {
                     conf.insert("deepconf_mean".into(), d.mean);
                     conf.insert("deepconf_lowest".into(), d.lowest_group);
+                    conf.insert("deepconf_tail".into(), d.tail);
                 }
             }
             if let Some(c) = constant {
@@ -239,7 +240,7 @@ pub fn evaluate_set<B: Backend>(
         pb.inc(chunk.len() as u64);
     }
     // DeepConf and SAR are scores, not probabilities: rank-normalise them within the set
-    for key in ["deepconf_mean", "deepconf_lowest", "sar"] {
+    for key in ["deepconf_mean", "deepconf_lowest", "deepconf_tail", "sar"] {
         let have: Vec<usize> = (0..out.len())
             .filter(|&i| out[i].conf.contains_key(key))
             .collect();
@@ -303,6 +304,8 @@ fn generation_key(
 ) -> Option<String> {
     let model = candor_model::checkpoint::weights_fingerprint(std::path::Path::new(model_path))?;
     let key = serde_json::json!({
+        // bump when the readouts computed from a generation change
+        "readouts_version": 2,
         "model": model,
         "set": set,
         "max_new_tokens": ev.max_new_tokens,
