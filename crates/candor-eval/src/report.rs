@@ -56,8 +56,8 @@ pub struct TaskResult {
     pub readouts: BTreeMap<String, Metrics>,
 }
 
-/// Metrics of every readout over some questions: readout name → metrics over the questions
-/// that have a value for it.
+/// Every readout's values over some questions: readout name → (confidences, correctness) of
+/// the questions that have a value for it, in question order.
 fn per_readout(scored: &[&Scored]) -> BTreeMap<String, (Vec<f64>, Vec<bool>)> {
     let mut m: BTreeMap<String, (Vec<f64>, Vec<bool>)> = BTreeMap::new();
     for s in scored {
@@ -186,17 +186,13 @@ pub fn figures(set: &str, per_model: &[(&str, &[Scored])]) -> Vec<(String, Strin
     let slug = slug(set);
     let mut out = vec![];
     let mut overlay_data: Vec<(String, Vec<f64>, Vec<bool>)> = vec![];
+    // risk–coverage: every readout of every model (verbalized alone can be too sparse to read)
+    let mut rc_data: Vec<(String, Vec<f64>, Vec<bool>)> = vec![];
     for (model, scored) in per_model {
-        let mut names: Vec<&String> = scored.iter().flat_map(|s| s.conf.keys()).collect();
-        names.sort();
-        names.dedup();
-        for name in names {
-            let (c, y): (Vec<f64>, Vec<bool>) = scored
-                .iter()
-                .filter_map(|s| s.conf.get(name).map(|&c| (c, s.correct)))
-                .unzip();
+        let all: Vec<&Scored> = scored.iter().collect();
+        for (name, (c, y)) in per_readout(&all) {
             let series = [Series {
-                label: name,
+                label: &name,
                 confidence: &c,
                 correct: &y,
             }];
@@ -204,9 +200,15 @@ pub fn figures(set: &str, per_model: &[(&str, &[Scored])]) -> Vec<(String, Strin
             {
                 out.push((format!("reliability-{slug}-{model}-{name}.svg"), svg));
             }
+            let label = if per_model.len() > 1 {
+                format!("{model} · {name}")
+            } else {
+                name.clone()
+            };
             if name == "verbalized" {
-                overlay_data.push((model.to_string(), c, y));
+                overlay_data.push((model.to_string(), c.clone(), y.clone()));
             }
+            rc_data.push((label, c, y));
         }
     }
     let series: Vec<Series> = overlay_data
@@ -225,25 +227,6 @@ pub fn figures(set: &str, per_model: &[(&str, &[Scored])]) -> Vec<(String, Strin
             confidence_histogram_svg(&format!("{set} — verbalized confidence"), &series, 10)
         {
             out.push((format!("histogram-{slug}.svg"), svg));
-        }
-    }
-    // risk–coverage: every readout of every model (verbalized alone can be too sparse to read)
-    let mut rc_data: Vec<(String, Vec<f64>, Vec<bool>)> = vec![];
-    for (model, scored) in per_model {
-        let mut names: Vec<&String> = scored.iter().flat_map(|s| s.conf.keys()).collect();
-        names.sort();
-        names.dedup();
-        for name in names {
-            let (c, y): (Vec<f64>, Vec<bool>) = scored
-                .iter()
-                .filter_map(|s| s.conf.get(name).map(|&c| (c, s.correct)))
-                .unzip();
-            let label = if per_model.len() > 1 {
-                format!("{model} · {name}")
-            } else {
-                name.clone()
-            };
-            rc_data.push((label, c, y));
         }
     }
     let rc: Vec<Series> = rc_data

@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use burn::backend::{Autodiff, Flex};
 use burn::optim::GradientsParams;
 use burn::tensor::ElementConversion;
+use candor_cli::peak_rss_mb;
 use candor_model::load_model;
 use candor_train::optim::AdamW;
 use candor_train::recipe::OptimSection;
@@ -52,15 +53,6 @@ struct Args {
     /// Internal: measure one workload in this process and print a JSON line.
     #[arg(long, hide = true)]
     child: Option<String>,
-}
-
-fn peak_rss_mb() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -4,6 +4,7 @@
 
 use anyhow::{Context, Result};
 use burn::backend::Flex;
+use candor_cli::peak_rss_mb;
 use candor_model::{generate, load_model, GenConfig, Tokenizer};
 use clap::Parser;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -41,23 +42,6 @@ fn best(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
         b = b.min(t.elapsed().as_secs_f64());
     }
     Ok(b)
-}
-
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(String::from)
-        })
-        .and_then(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
 }
 
 fn main() -> Result<()> {
