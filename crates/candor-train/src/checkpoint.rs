@@ -5,13 +5,12 @@
 //! one; the last `keep` are kept. Batches and dropout masks are functions of (seed, step), so
 //! the step is the whole data position and RNG state.
 
-use crate::optim::{moments_to_host, AdamW};
+use crate::optim::{moments_to_host, AdamW, Moments};
 use crate::recipe::Recipe;
 use anyhow::{bail, Context, Result};
 use burn::module::Module;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Tensor, TensorData};
 use candor_model::checkpoint::{
     read_safetensors_file, write_atomic, write_safetensors, HostTensor, SaveDtype,
 };
@@ -159,16 +158,17 @@ pub fn load<B: AutodiffBackend>(
     let n = t.keys().filter(|k| k.starts_with("m.")).count();
     let mut moments = vec![];
     for i in 0..n {
-        let get = |k: String| -> Result<Tensor<B::InnerBackend, 1>> {
+        let get = |k: String| -> Result<Vec<f32>> {
             let h = t
                 .get(&k)
                 .with_context(|| format!("optimizer state: `{k}` is missing"))?;
-            Ok(Tensor::from_data(
-                TensorData::new(h.data.clone(), [h.data.len()]),
-                device,
-            ))
+            Ok(h.data.clone())
         };
-        moments.push(Some((get(format!("m.{i}"))?, get(format!("v.{i}"))?)));
+        // host moments; the first step moves them to the device on GPU backends
+        moments.push(Some(Moments::Host(
+            get(format!("m.{i}"))?,
+            get(format!("v.{i}"))?,
+        )));
     }
     opt.moments = moments;
     opt.t = state.optimizer_steps;

@@ -165,3 +165,69 @@ fn lora_forward_equals_merged_forward_and_only_adapters_train() {
     let n_with_grad = grads_of(&m, &g).len();
     assert_eq!(n_with_grad, 2 * 3 * 4, "A and B of 3 targets × 4 layers");
 }
+
+/// Every parameter of the model, flattened, in visiting order.
+fn params_of(model: &Llama<A>) -> Vec<Vec<f32>> {
+    struct Values(Vec<Vec<f32>>);
+    impl<B: Backend> ModuleVisitor<B> for Values {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            let d = p.val().into_data().convert::<f32>();
+            self.0.push(d.into_vec::<f32>().unwrap());
+        }
+    }
+    let mut v = Values(vec![]);
+    model.visit(&mut v);
+    v.0
+}
+
+#[test]
+fn fused_adamw_equals_tensor_op_adamw() {
+    use candor_train::optim::{AdamW, Moments};
+    use candor_train::recipe::OptimSection;
+    let (model, _tok, seqs, _d) = setup();
+    let batch: Vec<&Seq> = seqs.iter().collect();
+    let dev = Default::default();
+    let cfg = OptimSection {
+        weight_decay: 0.1,
+        grad_clip: 0.5, // small enough that the first steps clip
+        ..Default::default()
+    };
+    let mut fused = AdamW::<A>::new(cfg.clone());
+    assert!(fused.fused_host, "the CPU backend takes the fused path");
+    let mut ops = AdamW::<A>::new(cfg);
+    ops.fused_host = false;
+    let (mut a, mut b) = (model.clone(), model);
+    let mut clipped = false;
+    for step in 0..4 {
+        let (ga, _) = accumulate(&a, &batch, 16, 0, step, &dev);
+        let (gb, _) = accumulate(&b, &batch, 16, 0, step, &dev);
+        let (na, nb);
+        (a, na) = fused.step(a, ga, 1e-3);
+        (b, nb) = ops.step(b, gb, 1e-3);
+        clipped |= na > 0.5;
+        assert!((na - nb).abs() <= 1e-6 * na, "grad norm {na} vs {nb}");
+    }
+    assert!(clipped, "the test must exercise clipping");
+    assert!(matches!(fused.moments[0], Some(Moments::Host(..))));
+    assert!(matches!(ops.moments[0], Some(Moments::Device(..))));
+    let (pa, pb) = (params_of(&a), params_of(&b));
+    let mut worst = 0f32;
+    for (x, y) in pa.iter().zip(&pb) {
+        for (p, q) in x.iter().zip(y) {
+            worst = worst.max((p - q).abs() / p.abs().max(1e-3));
+        }
+    }
+    assert!(
+        worst <= 1e-5,
+        "fused and tensor-op AdamW differ by {worst} (relative)"
+    );
+    // and the steps moved the weights (the comparison is not between two untouched models)
+    let p0 = params_of(&setup().0);
+    let moved = p0
+        .iter()
+        .flatten()
+        .zip(pa.iter().flatten())
+        .filter(|(x, y)| x != y)
+        .count();
+    assert!(moved > 1000, "{moved}");
+}
