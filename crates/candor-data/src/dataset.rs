@@ -387,6 +387,12 @@ impl Summary {
             "set {}: {} questions, teacher {}\n",
             self.set, self.questions, self.teacher
         );
+        if self.teacher == "gold" {
+            // no answering run: the reference answers are the targets; there is no accuracy to
+            // report and nothing to label, filter or rank
+            o += "labels: none (teacher gold trains on the reference answers)\n";
+            return o;
+        }
         o += &format!(
             "accuracy {}; unparseable answers {}\n",
             pct(&self.overall),

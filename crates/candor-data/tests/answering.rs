@@ -154,3 +154,19 @@ fn answering_resumes_after_a_kill_to_the_same_result() {
     assert!(out.join("confidence_map.json").exists());
     assert!(sum.render().contains("AUROC"));
 }
+
+#[test]
+fn gold_teacher_summary_says_there_are_no_labels() {
+    let s = candor_data::dataset::Summary {
+        set: "CalibratedMath".into(),
+        teacher: "gold".into(),
+        questions: 3,
+        ..Default::default()
+    };
+    let text = s.render();
+    assert!(text.contains("labels: none"), "{text}");
+    assert!(
+        !text.contains("AUROC") && !text.contains("histogram") && !text.contains("accuracy"),
+        "{text}"
+    );
+}

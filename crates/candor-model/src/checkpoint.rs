@@ -270,7 +270,13 @@ pub fn model_to_tensors<B: Backend>(m: &Llama<B>) -> BTreeMap<String, HostTensor
     let mut out = BTreeMap::new();
     out.insert("model.embed_tokens.weight".into(), host(&m.embed_tokens));
     let lin = |out: &mut BTreeMap<String, HostTensor>, p: String, l: &Linear<B>| {
-        out.insert(format!("{p}.weight"), host(&l.weight));
+        // `Linear` holds `[in, out]`; HF's `weight` is `[out, in]`
+        let w = l.weight.val().transpose();
+        let weight = HostTensor {
+            shape: w.dims().to_vec(),
+            data: w.into_data().iter::<f32>().collect(),
+        };
+        out.insert(format!("{p}.weight"), weight);
         if let Some(b) = &l.bias {
             out.insert(format!("{p}.bias"), host(b));
         }

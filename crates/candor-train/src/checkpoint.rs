@@ -25,7 +25,14 @@ pub struct TrainState {
     pub optimizer_steps: usize,
     /// The training-relevant part of the recipe; a resume with other settings is refused.
     pub fingerprint: String,
+    /// Layout of the saved module ([`FORMAT`]); absent in checkpoints older than the field.
+    #[serde(default)]
+    pub format: u32,
 }
+
+/// Checkpoint layout version. 1: `Linear` weights are held `[in, out]` (before, `[out, in]`;
+/// such checkpoints are refused, since square weights would load transposed without an error).
+pub const FORMAT: u32 = 1;
 
 /// What must not change between a run and its resumption.
 pub fn fingerprint(r: &Recipe) -> String {
@@ -37,6 +44,13 @@ pub fn fingerprint(r: &Recipe) -> String {
 }
 
 pub fn check_compatible(s: &TrainState, r: &Recipe) -> Result<()> {
+    if s.format != FORMAT {
+        bail!(
+            "the run folder {} holds checkpoints in layout {} but this build reads layout {FORMAT} (an older candor wrote them); start the run afresh: move the folder away or set checkpoint.resume = false",
+            r.run_dir().display(),
+            s.format
+        );
+    }
     if s.fingerprint != fingerprint(r) {
         bail!(
             "the run folder {} holds checkpoints of a run with other [model]/[train]/[optim]/[lora]/[curriculum]/[weighting] settings; use another run_dir or set checkpoint.resume = false",
@@ -122,6 +136,7 @@ pub fn save<B: AutodiffBackend>(
         step,
         optimizer_steps: opt.t,
         fingerprint: fingerprint(r),
+        format: FORMAT,
     };
     write_atomic(
         &tmp.join("state.json"),
@@ -173,4 +188,34 @@ pub fn load<B: AutodiffBackend>(
     opt.moments = moments;
     opt.t = state.optimizer_steps;
     Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_of_another_layout_are_refused() {
+        let r = Recipe::parse("[model]\npreset = \"tiny\"\ntokenizer = \"byte\"\n").unwrap();
+        let mut s = TrainState {
+            step: 5,
+            optimizer_steps: 5,
+            fingerprint: fingerprint(&r),
+            format: FORMAT,
+        };
+        assert!(check_compatible(&s, &r).is_ok());
+        // a state.json from before the field existed
+        let old: TrainState = serde_json::from_str(&format!(
+            "{{\"step\":5,\"optimizer_steps\":5,\"fingerprint\":{}}}",
+            serde_json::to_string(&s.fingerprint).unwrap()
+        ))
+        .unwrap();
+        let err = check_compatible(&old, &r).unwrap_err().to_string();
+        assert!(
+            err.contains("layout 0") && err.contains("resume = false"),
+            "{err}"
+        );
+        s.fingerprint.push('x');
+        assert!(check_compatible(&s, &r).is_err());
+    }
 }
