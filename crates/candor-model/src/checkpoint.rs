@@ -258,7 +258,10 @@ pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>
 }
 
 fn host<B: Backend, const D: usize>(p: &Param<Tensor<B, D>>) -> HostTensor {
-    let t = p.val();
+    host_tensor(p.val())
+}
+
+fn host_tensor<B: Backend, const D: usize>(t: Tensor<B, D>) -> HostTensor {
     HostTensor {
         shape: t.dims().to_vec(),
         data: t.into_data().iter::<f32>().collect(),
@@ -271,12 +274,10 @@ pub fn model_to_tensors<B: Backend>(m: &Llama<B>) -> BTreeMap<String, HostTensor
     out.insert("model.embed_tokens.weight".into(), host(&m.embed_tokens));
     let lin = |out: &mut BTreeMap<String, HostTensor>, p: String, l: &Linear<B>| {
         // `Linear` holds `[in, out]`; HF's `weight` is `[out, in]`
-        let w = l.weight.val().transpose();
-        let weight = HostTensor {
-            shape: w.dims().to_vec(),
-            data: w.into_data().iter::<f32>().collect(),
-        };
-        out.insert(format!("{p}.weight"), weight);
+        out.insert(
+            format!("{p}.weight"),
+            host_tensor(l.weight.val().transpose()),
+        );
         if let Some(b) = &l.bias {
             out.insert(format!("{p}.bias"), host(b));
         }

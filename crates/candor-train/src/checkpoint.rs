@@ -169,15 +169,15 @@ pub fn load<B: AutodiffBackend>(
         .map_err(|e| anyhow::anyhow!("loading {}: {e}", dir.join("model.mpk").display()))?;
     let state: TrainState =
         serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)?;
-    let t = read_safetensors_file(&dir.join("optimizer.safetensors"))?;
+    let mut t = read_safetensors_file(&dir.join("optimizer.safetensors"))?;
     let n = t.keys().filter(|k| k.starts_with("m.")).count();
     let mut moments = vec![];
     for i in 0..n {
-        let get = |k: String| -> Result<Vec<f32>> {
+        let mut get = |k: String| -> Result<Vec<f32>> {
             let h = t
-                .get(&k)
+                .remove(&k)
                 .with_context(|| format!("optimizer state: `{k}` is missing"))?;
-            Ok(h.data.clone())
+            Ok(h.data)
         };
         // host moments; the first step moves them to the device on GPU backends
         moments.push(Some(Moments::Host(
