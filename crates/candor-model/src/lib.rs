@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod device;
+pub mod fused;
 pub mod generate;
 pub mod gguf;
 pub mod model;

@@ -6,8 +6,8 @@
 //! load and export sites.
 
 use crate::config::ModelConfig;
+use crate::fused;
 use burn::module::{Module, Param};
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -132,9 +132,7 @@ impl<B: Backend> RmsNorm<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let var = x.clone().square().mean_dim(2);
-        let x = x * (var + self.eps).sqrt().recip();
-        x * self.weight.val().unsqueeze_dims(&[0, 1])
+        fused::rms_norm(x, self.weight.val(), self.eps)
     }
 }
 
@@ -155,8 +153,8 @@ pub struct Mlp<B: Backend> {
 
 impl<B: Backend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.down_proj
-            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+        let gate = fused::swiglu(self.gate_proj.forward(x.clone()), self.up_proj.forward(x));
+        self.down_proj.forward(gate)
     }
 }
 
@@ -211,13 +209,9 @@ impl<B: Backend> KvCache<B> {
 /// Per-call inputs that describe where the new tokens sit: their RoPE angles and which key
 /// positions each may attend to (causal + padding).
 pub struct Positions<B: Backend> {
-    /// `[batch, new, heads, head_dim]` cosines and sines for the queries, and the same with
-    /// `kv_heads` for the keys. Materialised per head so that RoPE runs on contiguous tensors
-    /// (broadcasting elementwise ops take a slow strided path on the CPU backend).
-    pub cos_q: Tensor<B, 4>,
-    pub sin_q: Tensor<B, 4>,
-    pub cos_k: Tensor<B, 4>,
-    pub sin_k: Tensor<B, 4>,
+    /// `[batch·new, head_dim]` RoPE cosines and sines, one row per new position.
+    pub cos: Tensor<B, 2>,
+    pub sin: Tensor<B, 2>,
     /// `[head_dim, head_dim]` signed permutation with `x · rot = rotate_half(x)`.
     pub rot: Tensor<B, 2>,
     /// `[batch, 1, group * new, past + new]`, true = masked out; rows repeat per query head of a
@@ -275,25 +269,14 @@ impl<B: Backend> Positions<B> {
                 }
             }
         }
-        let per_head = |t: &[f32], heads: usize| -> Tensor<B, 4> {
-            let mut out = Vec::with_capacity(t.len() * heads);
-            for row in t.chunks(hd) {
-                for _ in 0..heads {
-                    out.extend_from_slice(row);
-                }
-            }
-            Tensor::from_data(TensorData::new(out, [batch, n_new, heads, hd]), device)
-        };
         let mut rot = vec![0f32; hd * hd];
         for i in 0..half {
             rot[(i + half) * hd + i] = -1.0; // out[i] = -x[i + half]
             rot[i * hd + i + half] = 1.0; // out[i + half] = x[i]
         }
         Self {
-            cos_q: per_head(&cos, h),
-            sin_q: per_head(&sin, h),
-            cos_k: per_head(&cos, kv),
-            sin_k: per_head(&sin, kv),
+            cos: Tensor::from_data(TensorData::new(cos, [batch * n_new, hd]), device),
+            sin: Tensor::from_data(TensorData::new(sin, [batch * n_new, hd]), device),
             rot: Tensor::from_data(TensorData::new(rot, [hd, hd]), device),
             mask: Tensor::from_data(
                 TensorData::new(mask, [batch, 1, group * n_new, total]),
@@ -301,23 +284,6 @@ impl<B: Backend> Positions<B> {
             ),
         }
     }
-}
-
-/// Rotate-half RoPE (HF layout) on `[batch, seq, heads, head_dim]`:
-/// `x·cos + rotate_half(x)·sin`, with `rotate_half` as a matmul by a signed permutation.
-fn apply_rope<B: Backend>(
-    x: Tensor<B, 4>,
-    cos: &Tensor<B, 4>,
-    sin: &Tensor<B, 4>,
-    rot: &Tensor<B, 2>,
-) -> Tensor<B, 4> {
-    let dims = x.dims();
-    let rotated = x
-        .clone()
-        .reshape([dims[0] * dims[1] * dims[2], dims[3]])
-        .matmul(rot.clone())
-        .reshape(dims);
-    x * cos.clone() + rotated * sin.clone()
 }
 
 impl<B: Backend> Attention<B> {
@@ -339,13 +305,13 @@ impl<B: Backend> Attention<B> {
         );
         let q = self.q_proj.forward(x.clone()).reshape([b, t, h, hd]);
         let k = self.k_proj.forward(x.clone()).reshape([b, t, kv, hd]);
+        let q = fused::rope(q, &pos.cos, &pos.sin, &pos.rot);
+        let k = fused::rope(k, &pos.cos, &pos.sin, &pos.rot);
         let v = self
             .v_proj
             .forward(x)
             .reshape([b, t, kv, hd])
             .swap_dims(1, 2);
-        let q = apply_rope(q, &pos.cos_q, &pos.sin_q, &pos.rot).swap_dims(1, 2);
-        let k = apply_rope(k, &pos.cos_k, &pos.sin_k, &pos.rot).swap_dims(1, 2);
         let (k, v) = match cache.take() {
             Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
             None => (k, v),

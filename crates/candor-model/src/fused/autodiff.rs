@@ -1,0 +1,200 @@
+//! The fused ops on the CPU backend, with and without autodiff: forward and backward each one
+//! [`kernels`] pass. Burn's own custom-op API (`Backward`, `OpsKind`), as in its
+//! custom-kernel example: the op records its inputs and its backward step on the graph.
+
+use super::kernels;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Shape, Tensor, TensorData, TensorPrimitive};
+use burn_flex::FlexTensor;
+
+/// The CPU backend, and the same with autodiff (what training on the CPU runs).
+pub type Cpu = Flex;
+pub type CpuAd = Autodiff<Flex>;
+type AdPrimitive = FloatTensor<CpuAd>;
+
+/// A contiguous `f32` view of a tensor (copied only when it is a strided view).
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    match t.as_slice::<f32>() {
+        Some(_) => t,
+        None => t.to_contiguous(),
+    }
+}
+
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>()
+        .expect("fused ops run on contiguous f32 tensors")
+}
+
+fn flex(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape.into()))
+}
+
+fn plain<const D: usize>(t: Tensor<Cpu, D>) -> FlexTensor {
+    contiguous(t.into_primitive().tensor())
+}
+
+fn from_plain<const D: usize>(t: FlexTensor) -> Tensor<Cpu, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+fn tracked<const D: usize>(t: Tensor<CpuAd, D>) -> AdPrimitive {
+    let mut p = t.into_primitive().tensor();
+    p.primitive = contiguous(p.primitive);
+    p
+}
+
+fn from_tracked<const D: usize>(t: AdPrimitive) -> Tensor<CpuAd, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// The host values of a table that takes no gradient (RoPE's), on either CPU backend.
+pub fn table(t: Tensor<Cpu, 2>) -> FlexTensor {
+    plain(t)
+}
+
+pub fn table_ad(t: Tensor<CpuAd, 2>) -> FlexTensor {
+    contiguous(t.into_primitive().tensor().primitive)
+}
+
+// ---- RMSNorm ----
+
+pub fn rms_norm(x: Tensor<Cpu, 3>, w: Tensor<Cpu, 1>, eps: f64) -> Tensor<Cpu, 3> {
+    let shape = x.shape();
+    let (x, w) = (plain(x), plain(w));
+    let (y, _) = kernels::rms_norm(slice(&x), slice(&w), eps as f32);
+    from_plain(flex(y, shape))
+}
+
+#[derive(Debug)]
+struct RmsNormBackward;
+
+impl Backward<Cpu, 2> for RmsNormBackward {
+    /// `x`, `w`, and `r = 1/√(mean(x²) + eps)` per row.
+    type State = (FlexTensor, FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w] = ops.parents;
+        let g = contiguous(grads.consume::<Cpu>(&ops.node));
+        let (x, w, r) = ops.state;
+        let (dx, dw) = kernels::rms_norm_backward(slice(&x), slice(&w), slice(&r), slice(&g));
+        if let Some(node) = node_x {
+            grads.register::<Cpu>(node.id, flex(dx, x.layout().shape().clone()));
+        }
+        if let Some(node) = node_w {
+            grads.register::<Cpu>(node.id, flex(dw, w.layout().shape().clone()));
+        }
+    }
+}
+
+pub fn rms_norm_ad(x: Tensor<CpuAd, 3>, w: Tensor<CpuAd, 1>, eps: f64) -> Tensor<CpuAd, 3> {
+    let shape = x.shape();
+    let rows = shape.num_elements() / w.dims()[0];
+    let (x, w) = (tracked(x), tracked(w));
+    let (y, r) = kernels::rms_norm(slice(&x.primitive), slice(&w.primitive), eps as f32);
+    let y = flex(y, shape);
+    let out = match RmsNormBackward
+        .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((x.primitive, w.primitive, flex(r, [rows])), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    from_tracked(out)
+}
+
+// ---- SwiGLU ----
+
+pub fn swiglu(gate: Tensor<Cpu, 3>, up: Tensor<Cpu, 3>) -> Tensor<Cpu, 3> {
+    let shape = gate.shape();
+    let (g, u) = (plain(gate), plain(up));
+    from_plain(flex(kernels::swiglu(slice(&g), slice(&u)), shape))
+}
+
+#[derive(Debug)]
+struct SwigluBackward;
+
+impl Backward<Cpu, 2> for SwigluBackward {
+    /// The gate and up projections.
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_g, node_u] = ops.parents;
+        let d = contiguous(grads.consume::<Cpu>(&ops.node));
+        let (g, u) = ops.state;
+        let (dg, du) = kernels::swiglu_backward(slice(&g), slice(&u), slice(&d));
+        let shape = g.layout().shape().clone();
+        if let Some(node) = node_g {
+            grads.register::<Cpu>(node.id, flex(dg, shape.clone()));
+        }
+        if let Some(node) = node_u {
+            grads.register::<Cpu>(node.id, flex(du, shape));
+        }
+    }
+}
+
+pub fn swiglu_ad(gate: Tensor<CpuAd, 3>, up: Tensor<CpuAd, 3>) -> Tensor<CpuAd, 3> {
+    let shape = gate.shape();
+    let (g, u) = (tracked(gate), tracked(up));
+    let y = flex(
+        kernels::swiglu(slice(&g.primitive), slice(&u.primitive)),
+        shape,
+    );
+    let out = match SwigluBackward
+        .prepare::<NoCheckpointing>([g.node.clone(), u.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((g.primitive, u.primitive), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    from_tracked(out)
+}
+
+// ---- RoPE (with the head axis moved in front of the sequence axis) ----
+
+pub fn rope(x: Tensor<Cpu, 4>, cos: FlexTensor, sin: FlexTensor) -> Tensor<Cpu, 4> {
+    let [b, t, h, d] = x.dims();
+    let x = plain(x);
+    let y = kernels::rope(slice(&x), slice(&cos), slice(&sin), [b, t, h, d]);
+    from_plain(flex(y, [b, h, t, d]))
+}
+
+#[derive(Debug)]
+struct RopeBackward;
+
+impl Backward<Cpu, 1> for RopeBackward {
+    /// The cosine and sine tables, and the input's `[b, t, h, d]`.
+    type State = (FlexTensor, FlexTensor, [usize; 4]);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let dy = contiguous(grads.consume::<Cpu>(&ops.node));
+        let (cos, sin, dims) = ops.state;
+        if let Some(node) = node_x {
+            let dx = kernels::rope_backward(slice(&dy), slice(&cos), slice(&sin), dims);
+            grads.register::<Cpu>(node.id, flex(dx, dims));
+        }
+    }
+}
+
+pub fn rope_ad(x: Tensor<CpuAd, 4>, cos: FlexTensor, sin: FlexTensor) -> Tensor<CpuAd, 4> {
+    let [b, t, h, d] = x.dims();
+    let x = tracked(x);
+    let y = kernels::rope(slice(&x.primitive), slice(&cos), slice(&sin), [b, t, h, d]);
+    let y = flex(y, [b, h, t, d]);
+    let out = match RopeBackward
+        .prepare::<NoCheckpointing>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((cos, sin, [b, t, h, d]), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    from_tracked(out)
+}

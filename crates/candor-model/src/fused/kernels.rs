@@ -1,0 +1,151 @@
+//! The loops behind the fused ops, on contiguous row-major `f32` slices, parallel over rows
+//! (rayon). Each is one pass over its inputs; the matching tensor-op versions are in
+//! [`super::reference`] and the tests check one against the other.
+
+use rayon::prelude::*;
+
+/// Rows per rayon task: enough elements that a task outweighs its scheduling.
+fn rows_per_task(row_len: usize) -> usize {
+    (16 * 1024 / row_len.max(1)).max(1)
+}
+
+/// RMSNorm forward over rows of `w.len()`: `y = x · r · w` with `r = 1/√(mean(x²) + eps)`.
+/// Returns `y` and `r` per row (kept for the backward pass).
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let h = w.len();
+    let rows = x.len() / h;
+    let mut y = vec![0f32; x.len()];
+    let mut r = vec![0f32; rows];
+    let per = rows_per_task(h);
+    y.par_chunks_mut(per * h)
+        .zip(r.par_chunks_mut(per))
+        .zip(x.par_chunks(per * h))
+        .for_each(|((y, r), x)| {
+            for ((y, r), x) in y.chunks_mut(h).zip(r.iter_mut()).zip(x.chunks(h)) {
+                let ms = x.iter().map(|v| v * v).sum::<f32>() / h as f32;
+                *r = 1.0 / (ms + eps).sqrt();
+                for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+                    *y = x * *r * w;
+                }
+            }
+        });
+    (y, r)
+}
+
+/// RMSNorm backward: with `x̂ = x·r` and `d = g·w`, `dx = r·(d − x̂·mean(d·x̂))` and
+/// `dw = Σ_rows g·x̂`.
+pub fn rms_norm_backward(x: &[f32], w: &[f32], r: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let h = w.len();
+    let mut dx = vec![0f32; x.len()];
+    let per = rows_per_task(h);
+    let dw = dx
+        .par_chunks_mut(per * h)
+        .zip(x.par_chunks(per * h))
+        .zip(g.par_chunks(per * h))
+        .zip(r.par_chunks(per))
+        .map(|(((dx, x), g), r)| {
+            let mut dw = vec![0f32; h];
+            for (((dx, x), g), &r) in dx.chunks_mut(h).zip(x.chunks(h)).zip(g.chunks(h)).zip(r) {
+                let mut dot = 0f32;
+                for (((&x, &g), &w), dw) in x.iter().zip(g).zip(w).zip(dw.iter_mut()) {
+                    let xh = x * r;
+                    *dw += g * xh;
+                    dot += g * w * xh;
+                }
+                let mean = dot / h as f32;
+                for (((dx, &x), &g), &w) in dx.iter_mut().zip(x).zip(g).zip(w) {
+                    *dx = r * (g * w - x * r * mean);
+                }
+            }
+            dw
+        })
+        .reduce(
+            || vec![0f32; h],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            },
+        );
+    (dx, dw)
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// SwiGLU's gate: `silu(g) · u`.
+pub fn swiglu(g: &[f32], u: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; g.len()];
+    out.par_chunks_mut(16 * 1024)
+        .zip(g.par_chunks(16 * 1024))
+        .zip(u.par_chunks(16 * 1024))
+        .for_each(|((o, g), u)| {
+            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                *o = g * sigmoid(g) * u;
+            }
+        });
+    out
+}
+
+/// SwiGLU backward: `du = d·silu(g)`, `dg = d·u·σ(g)·(1 + g·(1 − σ(g)))`.
+pub fn swiglu_backward(g: &[f32], u: &[f32], d: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let mut dg = vec![0f32; g.len()];
+    let mut du = vec![0f32; g.len()];
+    dg.par_chunks_mut(16 * 1024)
+        .zip(du.par_chunks_mut(16 * 1024))
+        .zip(g.par_chunks(16 * 1024))
+        .zip(u.par_chunks(16 * 1024).zip(d.par_chunks(16 * 1024)))
+        .for_each(|(((dg, du), g), (u, d))| {
+            for ((((dg, du), &g), &u), &d) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(d)
+            {
+                let s = sigmoid(g);
+                *du = d * g * s;
+                *dg = d * u * s * (1.0 + g * (1.0 - s));
+            }
+        });
+    (dg, du)
+}
+
+/// Rotate-half RoPE with the head axis moved in front of the sequence axis:
+/// `x` `[b, t, h, d]` → `[b, h, t, d]`, `y = x·cos + rotate_half(x)·sin` where
+/// `rotate_half(x) = [−x₂, x₁]` over the two halves of `d`. `cos`/`sin` are `[b·t, d]`.
+pub fn rope(x: &[f32], cos: &[f32], sin: &[f32], [b, t, h, d]: [usize; 4]) -> Vec<f32> {
+    let half = d / 2;
+    let mut y = vec![0f32; x.len()];
+    // one task per (batch row, head): its `[t, d]` block of the output is contiguous
+    y.par_chunks_mut(t * d).enumerate().for_each(|(bh, out)| {
+        let (bi, hi) = (bh / h, bh % h);
+        for (ti, out) in out.chunks_mut(d).enumerate() {
+            let p = bi * t + ti;
+            let src = &x[(p * h + hi) * d..][..d];
+            let (c, s) = (&cos[p * d..][..d], &sin[p * d..][..d]);
+            for i in 0..half {
+                out[i] = src[i] * c[i] - src[i + half] * s[i];
+                out[i + half] = src[i + half] * c[i + half] + src[i] * s[i + half];
+            }
+        }
+    });
+    debug_assert_eq!(y.len(), b * h * t * d);
+    y
+}
+
+/// RoPE backward (the transpose of [`rope`]): `dy` `[b, h, t, d]` → `dx` `[b, t, h, d]`,
+/// `dx = dy·cos − rotate_half(dy·sin)`.
+pub fn rope_backward(dy: &[f32], cos: &[f32], sin: &[f32], [b, t, h, d]: [usize; 4]) -> Vec<f32> {
+    let half = d / 2;
+    let mut dx = vec![0f32; dy.len()];
+    // one task per position: its `[h, d]` block of the input gradient is contiguous
+    dx.par_chunks_mut(h * d).enumerate().for_each(|(p, out)| {
+        let (bi, ti) = (p / t, p % t);
+        let (c, s) = (&cos[p * d..][..d], &sin[p * d..][..d]);
+        for (hi, out) in out.chunks_mut(d).enumerate() {
+            let g = &dy[((bi * h + hi) * t + ti) * d..][..d];
+            for i in 0..half {
+                out[i] = g[i] * c[i] + g[i + half] * s[i + half];
+                out[i + half] = g[i + half] * c[i + half] - g[i] * s[i];
+            }
+        }
+    });
+    debug_assert_eq!(dx.len(), b * t * h * d);
+    dx
+}

@@ -1,0 +1,135 @@
+//! Fused elementwise ops: RMSNorm, SwiGLU's gate and RoPE, each one op for any backend.
+//!
+//! Written as tensor ops ([`reference`]), each of these is a chain of 4–6 elementwise passes
+//! forward and about twice that backward. On the CPU backend (Flex) every pass is a separate
+//! single-threaded loop over memory, and a strided or broadcast operand sends some of them down
+//! a slow element-by-element path; at SmolLM2's training shapes that was most of a step. So on
+//! the CPU backend, with or without autodiff, each op is one rayon-parallel pass forward and one
+//! backward ([`kernels`]), hooked into Burn's autodiff as a custom op ([`autodiff`]). Other
+//! backends (CUDA, WGPU) run [`reference`], where the ops are fused or cheap anyway.
+//!
+//! Rust has no specialisation, so the choice is made at run time by the backend's type:
+//! [`cast`] moves a value to the CPU backend's own type when `B` is that type (a `TypeId`
+//! check through `Any`, no `unsafe`). This keeps every model signature generic over
+//! `B: Backend`.
+
+mod autodiff;
+mod kernels;
+
+use autodiff::{Cpu, CpuAd};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
+use std::any::Any;
+
+/// `a` as a `T` when `A` and `T` are the same type; `a` back otherwise.
+fn cast<A: 'static, T: 'static>(a: A) -> Result<T, A> {
+    let mut slot = Some(a);
+    if let Some(t) = (&mut slot as &mut dyn Any).downcast_mut::<Option<T>>() {
+        return Ok(t.take().expect("filled above"));
+    }
+    Err(slot.expect("not taken"))
+}
+
+/// [`cast`] where the types are known to match (the result of an op run on the cast inputs).
+fn same<A: 'static, T: 'static>(a: A) -> T {
+    cast(a).unwrap_or_else(|_| unreachable!("the CPU backend's result has the caller's type"))
+}
+
+/// Whether the fused CPU path applies: `f32` values (other dtypes take the reference path).
+fn fusable<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
+    x.dtype() == DType::F32
+}
+
+/// RMSNorm over the last axis: `x / √(mean(x²) + eps) · w`.
+pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
+    if !fusable(&x) {
+        return reference::rms_norm(x, w, eps);
+    }
+    let (x, w) = match cast::<_, (Tensor<CpuAd, 3>, Tensor<CpuAd, 1>)>((x, w)) {
+        Ok((x, w)) => return same(autodiff::rms_norm_ad(x, w, eps)),
+        Err(v) => v,
+    };
+    match cast::<_, (Tensor<Cpu, 3>, Tensor<Cpu, 1>)>((x, w)) {
+        Ok((x, w)) => same(autodiff::rms_norm(x, w, eps)),
+        Err((x, w)) => reference::rms_norm(x, w, eps),
+    }
+}
+
+/// SwiGLU's gate, `silu(gate) · up`.
+pub fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
+    if !fusable(&gate) {
+        return reference::swiglu(gate, up);
+    }
+    let (g, u) = match cast::<_, (Tensor<CpuAd, 3>, Tensor<CpuAd, 3>)>((gate, up)) {
+        Ok((g, u)) => return same(autodiff::swiglu_ad(g, u)),
+        Err(v) => v,
+    };
+    match cast::<_, (Tensor<Cpu, 3>, Tensor<Cpu, 3>)>((g, u)) {
+        Ok((g, u)) => same(autodiff::swiglu(g, u)),
+        Err((g, u)) => reference::swiglu(g, u),
+    }
+}
+
+/// Rotate-half RoPE (HF's layout) on `x` `[batch, seq, heads, head_dim]`, returned with the
+/// head axis first, `[batch, heads, seq, head_dim]` (what attention takes). `cos`/`sin` are
+/// `[batch·seq, head_dim]`; `rot` is the signed permutation with `x · rot = rotate_half(x)`
+/// (used by the reference path only).
+pub fn rope<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 2>,
+    sin: &Tensor<B, 2>,
+    rot: &Tensor<B, 2>,
+) -> Tensor<B, 4> {
+    if !fusable(&x) || !fusable(cos) {
+        return reference::rope(x, cos, sin, rot);
+    }
+    let x = match cast::<_, Tensor<CpuAd, 4>>(x) {
+        Ok(x) => {
+            let table = |t: &Tensor<B, 2>| autodiff::table_ad(same(t.clone()));
+            return same(autodiff::rope_ad(x, table(cos), table(sin)));
+        }
+        Err(x) => x,
+    };
+    match cast::<_, Tensor<Cpu, 4>>(x) {
+        Ok(x) => {
+            let table = |t: &Tensor<B, 2>| autodiff::table(same(t.clone()));
+            same(autodiff::rope(x, table(cos), table(sin)))
+        }
+        Err(x) => reference::rope(x, cos, sin, rot),
+    }
+}
+
+/// The same ops as chains of tensor ops: what non-CPU backends run, and what the tests hold
+/// the fused versions to.
+pub mod reference {
+    use burn::tensor::activation::silu;
+    use burn::tensor::backend::Backend;
+    use burn::tensor::Tensor;
+
+    pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
+        let var = x.clone().square().mean_dim(2);
+        let x = x * (var + eps).sqrt().recip();
+        x * w.unsqueeze_dims(&[0, 1])
+    }
+
+    pub fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
+        silu(gate) * up
+    }
+
+    pub fn rope<B: Backend>(
+        x: Tensor<B, 4>,
+        cos: &Tensor<B, 2>,
+        sin: &Tensor<B, 2>,
+        rot: &Tensor<B, 2>,
+    ) -> Tensor<B, 4> {
+        let [b, t, h, d] = x.dims();
+        // per-position tables broadcast over the heads
+        let table = |c: &Tensor<B, 2>| c.clone().reshape([b, t, 1, d]);
+        let rotated = x
+            .clone()
+            .reshape([b * t * h, d])
+            .matmul(rot.clone())
+            .reshape([b, t, h, d]);
+        (x * table(cos) + rotated * table(sin)).swap_dims(1, 2)
+    }
+}

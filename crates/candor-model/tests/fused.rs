@@ -1,0 +1,149 @@
+//! The fused CPU ops (`candor_model::fused`) against the same ops written as tensor ops
+//! (`fused::reference`): forward values on the plain CPU backend and on autodiff, and the
+//! gradients of every input, at shapes that are not multiples of the kernels' chunk sizes.
+
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::{Tensor, TensorData};
+use candor_model::fused::{self, reference};
+
+type Ad = Autodiff<Flex>;
+
+fn rand<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<Flex, D> {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0..2.0)).collect();
+    Tensor::from_data(TensorData::new(v, shape), &Default::default())
+}
+
+fn close<const D: usize>(what: &str, a: Tensor<Flex, D>, b: Tensor<Flex, D>, tol: f32) {
+    assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+    let (a, b) = (
+        a.into_data().to_vec::<f32>().unwrap(),
+        b.into_data().to_vec::<f32>().unwrap(),
+    );
+    let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst <= tol * scale,
+        "{what}: largest difference {worst} (scale {scale})"
+    );
+    assert!(
+        b.iter().any(|v| *v != 0.0),
+        "{what}: reference is all zeros"
+    );
+}
+
+/// `sum(out · probe)` for a fixed random probe, so each output element gets its own gradient.
+fn probe_loss<const D: usize>(out: Tensor<Ad, D>, seed: u64) -> Tensor<Ad, 1> {
+    let p = Tensor::<Ad, D>::from_inner(rand(out.dims(), seed));
+    (out * p).sum()
+}
+
+fn leaf<const D: usize>(t: &Tensor<Flex, D>) -> Tensor<Ad, D> {
+    Tensor::from_inner(t.clone()).require_grad()
+}
+
+#[test]
+fn rms_norm_matches_tensor_ops() {
+    let x = rand([3, 37, 200], 1);
+    let w = rand([200], 2);
+    close(
+        "forward",
+        fused::rms_norm(x.clone(), w.clone(), 1e-5),
+        reference::rms_norm(x.clone(), w.clone(), 1e-5),
+        1e-5,
+    );
+    let grads = |fused: bool| {
+        let (xa, wa) = (leaf(&x), leaf(&w));
+        let y = if fused {
+            fused::rms_norm(xa.clone(), wa.clone(), 1e-5)
+        } else {
+            reference::rms_norm(xa.clone(), wa.clone(), 1e-5)
+        };
+        let g = probe_loss(y, 3).backward();
+        (xa.grad(&g).unwrap(), wa.grad(&g).unwrap())
+    };
+    let ((fx, fw), (rx, rw)) = (grads(true), grads(false));
+    close("d x", fx, rx, 1e-4);
+    close("d weight", fw, rw, 1e-4);
+}
+
+#[test]
+fn swiglu_matches_tensor_ops() {
+    let g = rand([2, 41, 700], 4);
+    let u = rand([2, 41, 700], 5);
+    close(
+        "forward",
+        fused::swiglu(g.clone(), u.clone()),
+        reference::swiglu(g.clone(), u.clone()),
+        1e-5,
+    );
+    let grads = |fused: bool| {
+        let (ga, ua) = (leaf(&g), leaf(&u));
+        let y = if fused {
+            fused::swiglu(ga.clone(), ua.clone())
+        } else {
+            reference::swiglu(ga.clone(), ua.clone())
+        };
+        let gr = probe_loss(y, 6).backward();
+        (ga.grad(&gr).unwrap(), ua.grad(&gr).unwrap())
+    };
+    let ((fg, fu), (rg, ru)) = (grads(true), grads(false));
+    close("d gate", fg, rg, 1e-5);
+    close("d up", fu, ru, 1e-5);
+}
+
+/// The signed permutation `rotate_half` as a matrix (what `Positions` builds).
+fn rot(d: usize) -> Tensor<Flex, 2> {
+    let half = d / 2;
+    let mut r = vec![0f32; d * d];
+    for i in 0..half {
+        r[(i + half) * d + i] = -1.0;
+        r[i * d + i + half] = 1.0;
+    }
+    Tensor::from_data(TensorData::new(r, [d, d]), &Default::default())
+}
+
+#[test]
+fn rope_matches_tensor_ops() {
+    let [b, t, h, d] = [2, 13, 3, 16];
+    let x = rand([b, t, h, d], 7);
+    let (cos, sin, r) = (rand([b * t, d], 8), rand([b * t, d], 9), rot(d));
+    let out = fused::rope(x.clone(), &cos, &sin, &r);
+    assert_eq!(out.dims(), [b, h, t, d]);
+    close(
+        "forward",
+        out,
+        reference::rope(x.clone(), &cos, &sin, &r),
+        1e-5,
+    );
+    let grads = |fused: bool| {
+        let xa = leaf(&x);
+        let tables = [&cos, &sin, &r].map(|t| Tensor::<Ad, 2>::from_inner(t.clone()));
+        let y = if fused {
+            fused::rope(xa.clone(), &tables[0], &tables[1], &tables[2])
+        } else {
+            reference::rope(xa.clone(), &tables[0], &tables[1], &tables[2])
+        };
+        xa.grad(&probe_loss(y, 10).backward()).unwrap()
+    };
+    close("d x", grads(true), grads(false), 1e-5);
+}
+
+/// A strided (transposed) input takes the same values through the fused path.
+#[test]
+fn fused_ops_accept_strided_inputs() {
+    let x = rand([3, 200, 37], 11).swap_dims(1, 2);
+    let w = rand([200], 12);
+    close(
+        "rms_norm of a transposed input",
+        fused::rms_norm(x.clone(), w.clone(), 1e-6),
+        reference::rms_norm(x, w, 1e-6),
+        1e-5,
+    );
+}
