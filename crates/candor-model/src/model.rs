@@ -9,8 +9,6 @@ use crate::config::ModelConfig;
 use crate::fused;
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Distribution, Int, Tensor, TensorData};
 
 /// `y = x Wᵀ + b` (`W` is HF's `[out, in]` weight), plus an optional LoRA adapter.
@@ -319,14 +317,7 @@ impl<B: Backend> Attention<B> {
         *cache = Some((k.clone(), v.clone()));
         let group = h / kv;
         let q = q.reshape([b, kv, group * t, hd]);
-        let [_, _, nq, total] = pos.mask.dims();
-        let mask = pos.mask.clone().expand([b, kv, nq, total]);
-        let opts = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: false,
-        };
-        let out = attention(q, k, v, Some(mask), None, opts); // [b, kv, group·t, d]
+        let out = fused::attention(q, k, v, &pos.mask); // [b, kv, group·t, d]
         let out = out
             .reshape([b, h, t, hd])
             .swap_dims(1, 2)

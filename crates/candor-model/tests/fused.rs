@@ -147,3 +147,51 @@ fn fused_ops_accept_strided_inputs() {
         1e-5,
     );
 }
+
+#[test]
+fn attention_matches_tensor_ops() {
+    use burn::tensor::Bool;
+    let [b, kv, nq, t, d] = [2, 3, 10, 5, 8];
+    let (q, k, v) = (
+        rand([b, kv, nq, d], 13),
+        rand([b, kv, t, d], 14),
+        rand([b, kv, t, d], 15),
+    );
+    // causal over the keys of each query (queries repeat per head of a group), plus one
+    // left-padded key in batch row 1
+    let m: Vec<bool> = (0..b * nq * t)
+        .map(|i| {
+            let (row, qi, j) = (i / (nq * t), (i / t) % nq, i % t);
+            j > qi % t || (row == 1 && j == 0 && qi % t != 0)
+        })
+        .collect();
+    let mask = |dev: &_| {
+        Tensor::<Flex, 4, Bool>::from_data(TensorData::new(m.clone(), [b, 1, nq, t]), dev)
+    };
+    let dev = Default::default();
+    close(
+        "forward",
+        fused::attention(q.clone(), k.clone(), v.clone(), &mask(&dev)),
+        reference::attention(q.clone(), k.clone(), v.clone(), &mask(&dev)),
+        1e-5,
+    );
+    let grads = |fused: bool| {
+        let (qa, ka, va) = (leaf(&q), leaf(&k), leaf(&v));
+        let ma = Tensor::<Ad, 4, Bool>::from_inner(mask(&dev));
+        let y = if fused {
+            fused::attention(qa.clone(), ka.clone(), va.clone(), &ma)
+        } else {
+            reference::attention(qa.clone(), ka.clone(), va.clone(), &ma)
+        };
+        let g = probe_loss(y, 16).backward();
+        [
+            qa.grad(&g).unwrap(),
+            ka.grad(&g).unwrap(),
+            va.grad(&g).unwrap(),
+        ]
+    };
+    let (f, r) = (grads(true), grads(false));
+    for ((name, f), r) in ["d q", "d k", "d v"].into_iter().zip(f).zip(r) {
+        close(name, f, r, 1e-4);
+    }
+}

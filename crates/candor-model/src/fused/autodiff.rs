@@ -8,7 +8,7 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::{Shape, Tensor, TensorData, TensorPrimitive};
 use burn_flex::FlexTensor;
 
@@ -195,6 +195,111 @@ pub fn rope_ad(x: Tensor<CpuAd, 4>, cos: FlexTensor, sin: FlexTensor) -> Tensor<
     {
         OpsKind::Tracked(prep) => prep.finish((cos, sin, [b, t, h, d]), y),
         OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    from_tracked(out)
+}
+
+// ---- attention ----
+
+/// A tensor's values as one mutable contiguous slice, copying only if it is shared or strided.
+fn owned(t: FlexTensor) -> FlexTensor {
+    let n = t.layout().num_elements();
+    match t.layout().contiguous_offsets() {
+        Some((0, end)) if end == n && t.is_unique() && t.bytes().len() == 4 * n => t,
+        _ => t.to_contiguous(),
+    }
+}
+
+/// The attention mask's bytes (non-zero = masked out), `[b, 1, nq, t]` contiguous.
+fn mask_bytes(mask: &FlexTensor) -> Vec<u8> {
+    let m = mask.to_contiguous();
+    let (start, end) = m.layout().contiguous_offsets().expect("contiguous");
+    m.storage::<u8>()[start..end].to_vec()
+}
+
+fn swap_last(t: &FlexTensor) -> FlexTensor {
+    Cpu::float_swap_dims(t.clone(), 2, 3)
+}
+
+/// `P = softmax(scale · q kᵀ)` over the unmasked keys and `out = P v`, for `q` `[b, kv, nq, d]`
+/// and `k`, `v` `[b, kv, t, d]`. Returns `out` and `P`.
+fn attention_forward(
+    q: &FlexTensor,
+    k: &FlexTensor,
+    v: &FlexTensor,
+    masked: &[u8],
+    scale: f32,
+) -> (FlexTensor, FlexTensor) {
+    let [b, kv, nq, _] = q.layout().shape().dims::<4>();
+    let t = k.layout().shape().dims::<4>()[2];
+    let mut p = owned(Cpu::float_matmul(q.clone(), swap_last(k)));
+    kernels::masked_softmax(p.storage_mut::<f32>(), masked, scale, [b, kv, nq, t]);
+    (Cpu::float_matmul(p.clone(), v.clone()), p)
+}
+
+pub fn attention(
+    q: Tensor<Cpu, 4>,
+    k: Tensor<Cpu, 4>,
+    v: Tensor<Cpu, 4>,
+    mask: FlexTensor,
+    scale: f32,
+) -> Tensor<Cpu, 4> {
+    let (q, k, v) = (plain(q), plain(k), plain(v));
+    let (out, _) = attention_forward(&q, &k, &v, &mask_bytes(&mask), scale);
+    from_plain(out)
+}
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+impl Backward<Cpu, 3> for AttentionBackward {
+    /// `q`, `k`, `v`, the probabilities `P` and the scale.
+    type State = (FlexTensor, FlexTensor, FlexTensor, FlexTensor, f32);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_q, node_k, node_v] = ops.parents;
+        let d_out = grads.consume::<Cpu>(&ops.node);
+        let (q, k, v, p, scale) = ops.state;
+        let t = k.layout().shape().dims::<4>()[2];
+        if let Some(node) = node_v {
+            grads.register::<Cpu>(node.id, Cpu::float_matmul(swap_last(&p), d_out.clone()));
+        }
+        // ∂L/∂P = dOut vᵀ, then ∂L/∂s (scale folded in) in place
+        let mut ds = owned(Cpu::float_matmul(d_out, swap_last(&v)));
+        kernels::softmax_backward(ds.storage_mut::<f32>(), slice(&p), scale, t);
+        if let Some(node) = node_q {
+            grads.register::<Cpu>(node.id, Cpu::float_matmul(ds.clone(), k));
+        }
+        if let Some(node) = node_k {
+            grads.register::<Cpu>(node.id, Cpu::float_matmul(swap_last(&ds), q));
+        }
+    }
+}
+
+pub fn attention_ad(
+    q: Tensor<CpuAd, 4>,
+    k: Tensor<CpuAd, 4>,
+    v: Tensor<CpuAd, 4>,
+    mask: FlexTensor,
+    scale: f32,
+) -> Tensor<CpuAd, 4> {
+    let (q, k, v) = (tracked(q), tracked(k), tracked(v));
+    let (out, p) = attention_forward(
+        &q.primitive,
+        &k.primitive,
+        &v.primitive,
+        &mask_bytes(&mask),
+        scale,
+    );
+    let out = match AttentionBackward
+        .prepare::<NoCheckpointing>([q.node.clone(), k.node.clone(), v.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            prep.finish((q.primitive, k.primitive, v.primitive, p, scale), out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(out),
     };
     from_tracked(out)
 }

@@ -149,3 +149,54 @@ pub fn rope_backward(dy: &[f32], cos: &[f32], sin: &[f32], [b, t, h, d]: [usize;
     debug_assert_eq!(dx.len(), b * t * h * d);
     dx
 }
+
+/// Attention probabilities in place: each row of `scores` (`t` keys) becomes
+/// `softmax(scale · s)` over the keys that `masked` leaves in. Rows of `s`
+/// are `[b, kv, nq]`; `masked` is `[b, nq, t]` (non-zero = masked out), shared by the `kv`
+/// heads of a batch row.
+pub fn masked_softmax(s: &mut [f32], masked: &[u8], scale: f32, [b, kv, nq, t]: [usize; 4]) {
+    debug_assert_eq!(s.len(), b * kv * nq * t);
+    s.par_chunks_mut(nq * t)
+        .enumerate()
+        .for_each(|(bk, block)| {
+            let m = &masked[(bk / kv) * nq * t..][..nq * t];
+            for (row, m) in block.chunks_mut(t).zip(m.chunks(t)) {
+                let mut max = f32::NEG_INFINITY;
+                for (v, &m) in row.iter_mut().zip(m) {
+                    *v = if m != 0 {
+                        f32::NEG_INFINITY
+                    } else {
+                        *v * scale
+                    };
+                    max = max.max(*v);
+                }
+                if max == f32::NEG_INFINITY {
+                    row.fill(0.0); // every key masked: attend to nothing
+                    continue;
+                }
+                let mut sum = 0f32;
+                for v in row.iter_mut() {
+                    *v = (*v - max).exp();
+                    sum += *v;
+                }
+                let inv = 1.0 / sum;
+                row.iter_mut().for_each(|v| *v *= inv);
+            }
+        });
+}
+
+/// Softmax backward in place, scale included: `dp` (`∂L/∂P`) becomes
+/// `∂L/∂s = scale · P ⊙ (dP − Σ_keys dP ⊙ P)`, row by row.
+pub fn softmax_backward(dp: &mut [f32], p: &[f32], scale: f32, t: usize) {
+    let per = rows_per_task(t);
+    dp.par_chunks_mut(per * t)
+        .zip(p.par_chunks(per * t))
+        .for_each(|(dp, p)| {
+            for (dp, p) in dp.chunks_mut(t).zip(p.chunks(t)) {
+                let dot: f32 = dp.iter().zip(p).map(|(a, b)| a * b).sum();
+                for (d, &p) in dp.iter_mut().zip(p) {
+                    *d = scale * p * (*d - dot);
+                }
+            }
+        });
+}

@@ -1,4 +1,4 @@
-//! Fused elementwise ops: RMSNorm, SwiGLU's gate and RoPE, each one op for any backend.
+//! Fused ops: RMSNorm, SwiGLU's gate, RoPE and attention, each one op for any backend.
 //!
 //! Written as tensor ops ([`reference`]), each of these is a chain of 4–6 elementwise passes
 //! forward and about twice that backward. On the CPU backend (Flex) every pass is a separate
@@ -18,7 +18,7 @@ mod kernels;
 
 use autodiff::{Cpu, CpuAd};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{Bool, DType, Tensor};
 use std::any::Any;
 
 /// `a` as a `T` when `A` and `T` are the same type; `a` back otherwise.
@@ -99,12 +99,61 @@ pub fn rope<B: Backend>(
     }
 }
 
+/// Scaled dot-product attention, `softmax(q kᵀ / √d) v` over the keys `mask` leaves in, for
+/// `q` `[b, kv, nq, d]`, `k` and `v` `[b, kv, t, d]`, and `mask` `[b, 1, nq, t]` (true = masked
+/// out, shared by the `kv` heads). On the CPU backend the matmuls are Flex's and the
+/// scale-mask-softmax (and its backward) is one pass.
+pub fn attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: &Tensor<B, 4, Bool>,
+) -> Tensor<B, 4> {
+    if !fusable(&q) {
+        return reference::attention(q, k, v, mask);
+    }
+    let scale = 1.0 / (q.dims()[3] as f32).sqrt();
+    let qkv = match cast::<_, [Tensor<CpuAd, 4>; 3]>([q, k, v]) {
+        Ok([q, k, v]) => {
+            let m = same::<_, Tensor<CpuAd, 4, Bool>>(mask.clone()).into_primitive();
+            return same(autodiff::attention_ad(q, k, v, m, scale));
+        }
+        Err(v) => v,
+    };
+    match cast::<_, [Tensor<Cpu, 4>; 3]>(qkv) {
+        Ok([q, k, v]) => {
+            let m = same::<_, Tensor<Cpu, 4, Bool>>(mask.clone()).into_primitive();
+            same(autodiff::attention(q, k, v, m, scale))
+        }
+        Err([q, k, v]) => reference::attention(q, k, v, mask),
+    }
+}
+
 /// The same ops as chains of tensor ops: what non-CPU backends run, and what the tests hold
 /// the fused versions to.
 pub mod reference {
     use burn::tensor::activation::silu;
     use burn::tensor::backend::Backend;
-    use burn::tensor::Tensor;
+    use burn::tensor::module::attention as sdpa;
+    use burn::tensor::ops::AttentionModuleOptions;
+    use burn::tensor::{Bool, Tensor};
+
+    pub fn attention<B: Backend>(
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        mask: &Tensor<B, 4, Bool>,
+    ) -> Tensor<B, 4> {
+        let [b, kv, nq, _] = q.dims();
+        let t = k.dims()[2];
+        let mask = mask.clone().expand([b, kv, nq, t]);
+        let opts = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: false,
+        };
+        sdpa(q, k, v, Some(mask), None, opts)
+    }
 
     pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
         let var = x.clone().square().mean_dim(2);
