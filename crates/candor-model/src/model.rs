@@ -447,6 +447,31 @@ impl<B: Backend> Llama<B> {
         }
     }
 
+    /// `Σ_i weights_i · −log p(targets_i | hidden_i)` for hidden states `[n, hidden]`: the output
+    /// layer and the loss as one op ([`fused::nll`]), so that no `[n, vocab]` log-softmax is
+    /// materialised as a tensor. A one-element tensor.
+    pub fn nll(&self, hidden: Tensor<B, 2>, targets: &[u32], weights: &[f32]) -> Tensor<B, 1> {
+        use fused::HeadLayout;
+        match &self.lm_head {
+            None => fused::nll(
+                hidden,
+                self.embed_tokens.val(),
+                HeadLayout::VocabFirst,
+                targets,
+                weights,
+            ),
+            Some(head) if head.bias.is_none() && head.lora.is_none() => fused::nll(
+                hidden,
+                head.weight.val(),
+                HeadLayout::VocabLast,
+                targets,
+                weights,
+            ),
+            // a head with a bias or an adapter: its own forward, then the loss
+            Some(head) => fused::reference::nll_of_logits(head.forward(hidden), targets, weights),
+        }
+    }
+
     /// Full-sequence logits `[batch, seq, vocab]` for unpadded (or left-padded, with `valid`)
     /// token rows. Convenience for tests and scoring.
     pub fn forward_logits(&self, rows: &[Vec<u32>], device: &B::Device) -> Tensor<B, 3> {

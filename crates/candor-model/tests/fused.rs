@@ -195,3 +195,37 @@ fn attention_matches_tensor_ops() {
         close(name, f, r, 1e-4);
     }
 }
+
+#[test]
+fn nll_matches_tensor_ops_in_both_head_layouts() {
+    use candor_model::fused::HeadLayout;
+    let (n, d, v) = (7, 24, 301);
+    let h = rand([n, d], 17);
+    let targets: Vec<u32> = (0..n as u32).map(|i| (i * 97 + 5) % v as u32).collect();
+    let weights: Vec<f32> = (0..n).map(|i| 0.5 + i as f32 / 4.0).collect();
+    for (layout, shape) in [
+        (HeadLayout::VocabFirst, [v, d]),
+        (HeadLayout::VocabLast, [d, v]),
+    ] {
+        let w = rand(shape, 18);
+        close(
+            &format!("{layout:?} forward"),
+            fused::nll(h.clone(), w.clone(), layout, &targets, &weights),
+            reference::nll(h.clone(), w.clone(), layout, &targets, &weights),
+            1e-5,
+        );
+        let grads = |fused: bool| {
+            let (ha, wa) = (leaf(&h), leaf(&w));
+            let loss = if fused {
+                fused::nll(ha.clone(), wa.clone(), layout, &targets, &weights)
+            } else {
+                reference::nll(ha.clone(), wa.clone(), layout, &targets, &weights)
+            };
+            let g = (loss * 3.0).backward();
+            (ha.grad(&g).unwrap(), wa.grad(&g).unwrap())
+        };
+        let ((fh, fw), (rh, rw)) = (grads(true), grads(false));
+        close(&format!("{layout:?} d hidden"), fh, rh, 1e-4);
+        close(&format!("{layout:?} d weight"), fw, rw, 1e-4);
+    }
+}

@@ -102,7 +102,7 @@ pub fn batch_loss<B: Backend>(
     for (i, s) in seqs.iter().enumerate() {
         for p in s.start..s.ids.len() {
             at.push((i * t + p - 1) as i64);
-            targets.push(s.ids[p] as i64);
+            targets.push(s.ids[p]);
             w.push(s.weight);
         }
     }
@@ -111,15 +111,7 @@ pub fn batch_loss<B: Backend>(
         0,
         Tensor::<B, 1, Int>::from_data(TensorData::new(at, [n]), device),
     );
-    let logp = burn::tensor::activation::log_softmax(model.logits(h), 1);
-    let picked = logp
-        .gather(
-            1,
-            Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, 1]), device),
-        )
-        .reshape([n]);
-    let w = Tensor::<B, 1>::from_data(TensorData::new(w, [n]), device);
-    (-(picked * w).sum(), n)
+    (model.nll(h, &targets, &w), n)
 }
 
 /// Gradients of one optimizer step over `batch`, in micro-batches of `micro`: each micro-batch

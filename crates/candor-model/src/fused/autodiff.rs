@@ -2,7 +2,7 @@
 //! [`kernels`] pass. Burn's own custom-op API (`Backward`, `OpsKind`), as in its
 //! custom-kernel example: the op records its inputs and its backward step on the graph.
 
-use super::kernels;
+use super::{kernels, HeadLayout};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -300,6 +300,113 @@ pub fn attention_ad(
             prep.finish((q.primitive, k.primitive, v.primitive, p, scale), out)
         }
         OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    from_tracked(out)
+}
+
+// ---- output layer + negative log-likelihood ----
+
+fn head_logits(h: &FlexTensor, w: &FlexTensor, layout: HeadLayout) -> FlexTensor {
+    match layout {
+        HeadLayout::VocabFirst => Cpu::float_matmul(h.clone(), Cpu::float_transpose(w.clone())),
+        HeadLayout::VocabLast => Cpu::float_matmul(h.clone(), w.clone()),
+    }
+}
+
+fn scalar(x: f64) -> FlexTensor {
+    flex(vec![x as f32], [1])
+}
+
+pub fn nll(
+    h: Tensor<Cpu, 2>,
+    w: Tensor<Cpu, 2>,
+    layout: HeadLayout,
+    targets: &[u32],
+    weights: &[f32],
+) -> Tensor<Cpu, 1> {
+    let (h, w) = (plain(h), plain(w));
+    let logits = contiguous(head_logits(&h, &w, layout));
+    let v = logits.layout().shape().dims::<2>()[1];
+    let (_, loss) = kernels::nll(slice(&logits), v, targets, weights);
+    from_plain(scalar(loss))
+}
+
+#[derive(Debug)]
+struct NllBackward;
+
+/// The backward state of [`nll_ad`].
+#[derive(Clone, Debug)]
+struct NllState {
+    h: FlexTensor,
+    w: FlexTensor,
+    layout: HeadLayout,
+    logits: FlexTensor,
+    lse: Vec<f32>,
+    targets: Vec<u32>,
+    weights: Vec<f32>,
+}
+
+impl Backward<Cpu, 2> for NllBackward {
+    type State = NllState;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_h, node_w] = ops.parents;
+        let g = slice(&contiguous(grads.consume::<Cpu>(&ops.node)))[0];
+        let s = ops.state;
+        let mut d = owned(s.logits);
+        let v = d.layout().shape().dims::<2>()[1];
+        kernels::nll_backward(d.storage_mut::<f32>(), v, &s.lse, &s.targets, &s.weights, g);
+        let vocab_first = s.layout == HeadLayout::VocabFirst;
+        if let Some(node) = node_h {
+            let w = if vocab_first {
+                s.w.clone()
+            } else {
+                Cpu::float_transpose(s.w.clone())
+            };
+            grads.register::<Cpu>(node.id, Cpu::float_matmul(d.clone(), w));
+        }
+        if let Some(node) = node_w {
+            // written in the weight's own layout, so it adds to the embedding gradient
+            // (tied weights) without a strided pass
+            let dw = if vocab_first {
+                Cpu::float_matmul(Cpu::float_transpose(d), s.h)
+            } else {
+                Cpu::float_matmul(Cpu::float_transpose(s.h), d)
+            };
+            grads.register::<Cpu>(node.id, dw);
+        }
+    }
+}
+
+pub fn nll_ad(
+    h: Tensor<CpuAd, 2>,
+    w: Tensor<CpuAd, 2>,
+    layout: HeadLayout,
+    targets: &[u32],
+    weights: &[f32],
+) -> Tensor<CpuAd, 1> {
+    let (h, w) = (tracked(h), tracked(w));
+    let logits = contiguous(head_logits(&h.primitive, &w.primitive, layout));
+    let v = logits.layout().shape().dims::<2>()[1];
+    let (lse, loss) = kernels::nll(slice(&logits), v, targets, weights);
+    let out = match NllBackward
+        .prepare::<NoCheckpointing>([h.node.clone(), w.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let state = NllState {
+                h: h.primitive,
+                w: w.primitive,
+                layout,
+                logits,
+                lse,
+                targets: targets.to_vec(),
+                weights: weights.to_vec(),
+            };
+            prep.finish(state, scalar(loss))
+        }
+        OpsKind::UnTracked(prep) => prep.finish(scalar(loss)),
     };
     from_tracked(out)
 }

@@ -200,3 +200,42 @@ pub fn softmax_backward(dp: &mut [f32], p: &[f32], scale: f32, t: usize) {
             }
         });
 }
+
+/// Log-sum-exp of each row of `logits` (`v` columns), and `Σ_i w_i · (lse_i − logits[i, t_i])`,
+/// the weighted negative log-likelihood of the targets.
+pub fn nll(logits: &[f32], v: usize, targets: &[u32], weights: &[f32]) -> (Vec<f32>, f64) {
+    let lse: Vec<f32> = logits
+        .par_chunks(v)
+        .map(|row| {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            max + row.iter().map(|x| (x - max).exp()).sum::<f32>().ln()
+        })
+        .collect();
+    let loss = logits
+        .chunks(v)
+        .zip(&lse)
+        .zip(targets.iter().zip(weights))
+        .map(|((row, &lse), (&t, &w))| w as f64 * (lse - row[t as usize]) as f64)
+        .sum();
+    (lse, loss)
+}
+
+/// NLL backward in place: `logits` becomes `∂L/∂logits = g · w_i · (softmax_i − onehot(t_i))`.
+pub fn nll_backward(
+    logits: &mut [f32],
+    v: usize,
+    lse: &[f32],
+    targets: &[u32],
+    weights: &[f32],
+    g: f32,
+) {
+    logits
+        .par_chunks_mut(v)
+        .zip(lse.par_iter())
+        .zip(targets.par_iter().zip(weights.par_iter()))
+        .for_each(|((row, &lse), (&t, &w))| {
+            let s = g * w;
+            row.iter_mut().for_each(|x| *x = s * (*x - lse).exp());
+            row[t as usize] -= s;
+        });
+}

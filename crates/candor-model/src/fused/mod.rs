@@ -129,14 +129,57 @@ pub fn attention<B: Backend>(
     }
 }
 
+/// How an output layer's weight is laid out: `[vocab, hidden]` (tied to the embeddings,
+/// `logits = h Wᵀ`) or `[hidden, vocab]` (`Linear`'s `[in, out]`, `logits = h W`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadLayout {
+    VocabFirst,
+    VocabLast,
+}
+
+/// The output layer and the loss in one op: `Σ_i weights_i · −log softmax(logits_i)[targets_i]`
+/// for hidden states `h` `[n, hidden]`, with `logits = h Wᵀ` or `h W` (see [`HeadLayout`]).
+/// Returns a one-element tensor. On the CPU backend the logits are made once, never
+/// log-softmaxed as a tensor, and the weight's gradient comes out in its own layout.
+pub fn nll<B: Backend>(
+    h: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    layout: HeadLayout,
+    targets: &[u32],
+    weights: &[f32],
+) -> Tensor<B, 1> {
+    assert_eq!(targets.len(), h.dims()[0], "one target per hidden state");
+    assert_eq!(weights.len(), targets.len(), "one weight per target");
+    let vocab = w.dims()[if layout == HeadLayout::VocabFirst {
+        0
+    } else {
+        1
+    }];
+    if let Some(t) = targets.iter().find(|&&t| t as usize >= vocab) {
+        panic!("target token {t} is outside the vocabulary ({vocab} tokens)");
+    }
+    if !fusable(&h) {
+        return reference::nll(h, w, layout, targets, weights);
+    }
+    let (h, w) = match cast::<_, (Tensor<CpuAd, 2>, Tensor<CpuAd, 2>)>((h, w)) {
+        Ok((h, w)) => return same(autodiff::nll_ad(h, w, layout, targets, weights)),
+        Err(v) => v,
+    };
+    match cast::<_, (Tensor<Cpu, 2>, Tensor<Cpu, 2>)>((h, w)) {
+        Ok((h, w)) => same(autodiff::nll(h, w, layout, targets, weights)),
+        Err((h, w)) => reference::nll(h, w, layout, targets, weights),
+    }
+}
+
 /// The same ops as chains of tensor ops: what non-CPU backends run, and what the tests hold
 /// the fused versions to.
 pub mod reference {
-    use burn::tensor::activation::silu;
+    use super::HeadLayout;
+    use burn::tensor::activation::{log_softmax, silu};
     use burn::tensor::backend::Backend;
     use burn::tensor::module::attention as sdpa;
     use burn::tensor::ops::AttentionModuleOptions;
-    use burn::tensor::{Bool, Tensor};
+    use burn::tensor::{Bool, Int, Tensor, TensorData};
 
     pub fn attention<B: Backend>(
         q: Tensor<B, 4>,
@@ -153,6 +196,34 @@ pub mod reference {
             is_causal: false,
         };
         sdpa(q, k, v, Some(mask), None, opts)
+    }
+
+    pub fn nll<B: Backend>(
+        h: Tensor<B, 2>,
+        w: Tensor<B, 2>,
+        layout: HeadLayout,
+        targets: &[u32],
+        weights: &[f32],
+    ) -> Tensor<B, 1> {
+        let logits = match layout {
+            HeadLayout::VocabFirst => h.matmul(w.transpose()),
+            HeadLayout::VocabLast => h.matmul(w),
+        };
+        nll_of_logits(logits, targets, weights)
+    }
+
+    /// The weighted NLL of `targets` under `logits` `[n, vocab]`.
+    pub fn nll_of_logits<B: Backend>(
+        logits: Tensor<B, 2>,
+        targets: &[u32],
+        weights: &[f32],
+    ) -> Tensor<B, 1> {
+        let (n, device) = (targets.len(), logits.device());
+        let targets: Vec<i64> = targets.iter().map(|&t| t as i64).collect();
+        let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, 1]), &device);
+        let picked = log_softmax(logits, 1).gather(1, targets).reshape([n]);
+        let weights = Tensor::<B, 1>::from_data(TensorData::new(weights.to_vec(), [n]), &device);
+        -(picked * weights).sum()
     }
 
     pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
