@@ -15,6 +15,7 @@ use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
+use candor_model::fused::update_on_host;
 use rayon::prelude::*;
 use std::any::TypeId;
 
@@ -155,17 +156,25 @@ impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
         let n: usize = dims.iter().product();
         let p = tensor.inner();
         let p = if self.opt.fused_host {
-            let device = p.device();
-            let g = to_host(g);
-            let mut p = to_host(p);
             let (mut m, mut v) = match self.opt.moments[i].take() {
                 Some(Moments::Host(m, v)) => (m, v),
                 Some(Moments::Device(m, v)) => (to_host(m), to_host(v)),
                 None => (vec![0.0; n], vec![0.0; n]),
             };
-            adamw_update(&mut p, &g, &mut m, &mut v, k);
+            // in place in the parameter's own storage on the CPU backend, through host
+            // vectors elsewhere
+            let update = |p: &mut [f32], g: &[f32]| adamw_update(p, g, &mut m, &mut v, k);
+            let p = match update_on_host(p, g, update) {
+                Ok(p) => p,
+                Err((p, g)) => {
+                    let device = p.device();
+                    let (mut p, g) = (to_host(p), to_host(g));
+                    adamw_update(&mut p, &g, &mut m, &mut v, k);
+                    Tensor::from_data(TensorData::new(p, dims), &device)
+                }
+            };
             self.opt.moments[i] = Some(Moments::Host(m, v));
-            Tensor::from_data(TensorData::new(p, dims), &device)
+            p
         } else {
             let g = g.reshape([n]) * k.clip;
             let (m, v) = match self.opt.moments[i].take() {

@@ -199,6 +199,19 @@ pub fn rope_ad(x: Tensor<CpuAd, 4>, cos: FlexTensor, sin: FlexTensor) -> Tensor<
     from_tracked(out)
 }
 
+// ---- in-place host update ----
+
+pub fn update_on_host<const D: usize>(
+    t: Tensor<Cpu, D>,
+    other: Tensor<Cpu, D>,
+    f: impl FnOnce(&mut [f32], &[f32]),
+) -> Tensor<Cpu, D> {
+    let mut t = owned(t.into_primitive().tensor());
+    let other = plain(other);
+    f(t.storage_mut::<f32>(), slice(&other));
+    from_plain(t)
+}
+
 // ---- attention ----
 
 /// A tensor's values as one mutable contiguous slice, copying only if it is shared or strided.

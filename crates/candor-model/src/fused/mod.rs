@@ -129,6 +129,25 @@ pub fn attention<B: Backend>(
     }
 }
 
+/// `f(values of t, values of other)` with `t`'s values updated in place, when `B` is the CPU
+/// backend and both are `f32`: no copy out of or back into the tensor (a copy only if `t` is
+/// shared or strided). Hands both tensors back untouched otherwise. The fused AdamW update
+/// runs through this.
+#[allow(clippy::type_complexity)]
+pub fn update_on_host<B: Backend, const D: usize>(
+    t: Tensor<B, D>,
+    other: Tensor<B, D>,
+    f: impl FnOnce(&mut [f32], &[f32]),
+) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
+    if !fusable(&t) || !fusable(&other) {
+        return Err((t, other));
+    }
+    match cast::<_, (Tensor<Cpu, D>, Tensor<Cpu, D>)>((t, other)) {
+        Ok((t, other)) => Ok(same(autodiff::update_on_host(t, other, f))),
+        Err(v) => Err(v),
+    }
+}
+
 /// How an output layer's weight is laid out: `[vocab, hidden]` (tied to the embeddings,
 /// `logits = h Wᵀ`) or `[hidden, vocab]` (`Linear`'s `[in, out]`, `logits = h W`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
