@@ -90,7 +90,7 @@ impl<B: Backend> Linear<B> {
         let w = self.weight.val();
         let d_out = w.dims()[1];
         let x = x.reshape([rows, d_in]);
-        let mut y = x.clone().matmul(w);
+        let mut y = fused::matmul(x.clone(), w);
         if let Some(b) = &self.bias {
             y = y + b.val().unsqueeze_dim(0);
         }
@@ -102,9 +102,10 @@ impl<B: Backend> Linear<B> {
             } else {
                 x
             };
-            let low = x
-                .matmul(l.a.val().transpose())
-                .matmul(l.b.val().transpose());
+            let low = fused::matmul(
+                fused::matmul(x, l.a.val().transpose()),
+                l.b.val().transpose(),
+            );
             y = y + low * l.scale;
         }
         let mut out = dims;
@@ -437,9 +438,10 @@ impl<B: Backend> Llama<B> {
                 let dims = hidden.dims();
                 let d = dims[D - 1];
                 let rows = hidden.shape().num_elements() / d;
-                let y = hidden
-                    .reshape([rows, d])
-                    .matmul(self.embed_tokens.val().transpose());
+                let y = fused::matmul(
+                    hidden.reshape([rows, d]),
+                    self.embed_tokens.val().transpose(),
+                );
                 let mut out = dims;
                 out[D - 1] = self.config.vocab_size;
                 y.reshape(out)

@@ -229,3 +229,28 @@ fn nll_matches_tensor_ops_in_both_head_layouts() {
         close(&format!("{layout:?} d weight"), fw, rw, 1e-4);
     }
 }
+
+#[test]
+fn matmul_matches_tensor_ops_for_strided_operands() {
+    let a = rand([300, 70], 19);
+    let b = rand([90, 70], 20).transpose(); // [70, 90], a transposed view
+    close(
+        "forward",
+        fused::matmul(a.clone(), b.clone()),
+        a.clone().matmul(b.clone()),
+        1e-5,
+    );
+    let grads = |fused: bool| {
+        let (aa, ba) = (leaf(&a), leaf(&b));
+        let y = if fused {
+            fused::matmul(aa.clone(), ba.clone())
+        } else {
+            aa.clone().matmul(ba.clone())
+        };
+        let g = probe_loss(y, 21).backward();
+        (aa.grad(&g).unwrap(), ba.grad(&g).unwrap())
+    };
+    let ((fa, fb), (ra, rb)) = (grads(true), grads(false));
+    close("d a", fa, ra, 1e-5);
+    close("d b", fb, rb, 1e-5);
+}

@@ -15,7 +15,7 @@ use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
-use candor_model::fused::update_on_host;
+use candor_model::fused::{sum_of_squares, update_on_host};
 use rayon::prelude::*;
 use std::any::TypeId;
 
@@ -109,8 +109,7 @@ struct NormVisitor<'a, B: AutodiffBackend> {
 impl<B: AutodiffBackend> ModuleVisitor<B> for NormVisitor<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-            let s: f32 = g.square().sum().into_scalar().elem();
-            self.sum_sq += s as f64;
+            self.sum_sq += sum_of_squares(g);
         }
     }
 }
@@ -136,8 +135,6 @@ struct StepMapper<'a, B: AutodiffBackend> {
     clip: f64,
     index: usize,
 }
-
-use burn::tensor::ElementConversion;
 
 impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {

@@ -2,6 +2,7 @@
 //! [`kernels`] pass. Burn's own custom-op API (`Backward`, `OpsKind`), as in its
 //! custom-kernel example: the op records its inputs and its backward step on the graph.
 
+use super::gemm::matmul;
 use super::{kernels, HeadLayout};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -199,6 +200,47 @@ pub fn rope_ad(x: Tensor<CpuAd, 4>, cos: FlexTensor, sin: FlexTensor) -> Tensor<
     from_tracked(out)
 }
 
+// ---- matrix product ----
+
+pub fn matmul_plain(a: Tensor<Cpu, 2>, b: Tensor<Cpu, 2>) -> Tensor<Cpu, 2> {
+    let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
+    from_plain(matmul(a, b))
+}
+
+#[derive(Debug)]
+struct MatmulBackward;
+
+impl Backward<Cpu, 2> for MatmulBackward {
+    /// Both operands, as they came (strided views included).
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_a, node_b] = ops.parents;
+        let d = grads.consume::<Cpu>(&ops.node);
+        let (a, b) = ops.state;
+        if let Some(node) = node_a {
+            grads.register::<Cpu>(node.id, matmul(d.clone(), Cpu::float_transpose(b)));
+        }
+        if let Some(node) = node_b {
+            grads.register::<Cpu>(node.id, matmul(Cpu::float_transpose(a), d));
+        }
+    }
+}
+
+pub fn matmul_ad(a: Tensor<CpuAd, 2>, b: Tensor<CpuAd, 2>) -> Tensor<CpuAd, 2> {
+    let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
+    let out = matmul(a.primitive.clone(), b.primitive.clone());
+    let out = match MatmulBackward
+        .prepare::<NoCheckpointing>([a.node.clone(), b.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((a.primitive, b.primitive), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    from_tracked(out)
+}
+
 // ---- in-place host update ----
 
 pub fn update_on_host<const D: usize>(
@@ -210,6 +252,10 @@ pub fn update_on_host<const D: usize>(
     let other = plain(other);
     f(t.storage_mut::<f32>(), slice(&other));
     from_plain(t)
+}
+
+pub fn sum_of_squares<const D: usize>(t: Tensor<Cpu, D>) -> f64 {
+    kernels::sum_of_squares(slice(&plain(t)))
 }
 
 // ---- attention ----
@@ -245,9 +291,9 @@ fn attention_forward(
 ) -> (FlexTensor, FlexTensor) {
     let [b, kv, nq, _] = q.layout().shape().dims::<4>();
     let t = k.layout().shape().dims::<4>()[2];
-    let mut p = owned(Cpu::float_matmul(q.clone(), swap_last(k)));
+    let mut p = owned(matmul(q.clone(), swap_last(k)));
     kernels::masked_softmax(p.storage_mut::<f32>(), masked, scale, [b, kv, nq, t]);
-    (Cpu::float_matmul(p.clone(), v.clone()), p)
+    (matmul(p.clone(), v.clone()), p)
 }
 
 pub fn attention(
@@ -275,16 +321,16 @@ impl Backward<Cpu, 3> for AttentionBackward {
         let (q, k, v, p, scale) = ops.state;
         let t = k.layout().shape().dims::<4>()[2];
         if let Some(node) = node_v {
-            grads.register::<Cpu>(node.id, Cpu::float_matmul(swap_last(&p), d_out.clone()));
+            grads.register::<Cpu>(node.id, matmul(swap_last(&p), d_out.clone()));
         }
         // ∂L/∂P = dOut vᵀ, then ∂L/∂s (scale folded in) in place
-        let mut ds = owned(Cpu::float_matmul(d_out, swap_last(&v)));
+        let mut ds = owned(matmul(d_out, swap_last(&v)));
         kernels::softmax_backward(ds.storage_mut::<f32>(), slice(&p), scale, t);
         if let Some(node) = node_q {
-            grads.register::<Cpu>(node.id, Cpu::float_matmul(ds.clone(), k));
+            grads.register::<Cpu>(node.id, matmul(ds.clone(), k));
         }
         if let Some(node) = node_k {
-            grads.register::<Cpu>(node.id, Cpu::float_matmul(swap_last(&ds), q));
+            grads.register::<Cpu>(node.id, matmul(swap_last(&ds), q));
         }
     }
 }
@@ -321,8 +367,8 @@ pub fn attention_ad(
 
 fn head_logits(h: &FlexTensor, w: &FlexTensor, layout: HeadLayout) -> FlexTensor {
     match layout {
-        HeadLayout::VocabFirst => Cpu::float_matmul(h.clone(), Cpu::float_transpose(w.clone())),
-        HeadLayout::VocabLast => Cpu::float_matmul(h.clone(), w.clone()),
+        HeadLayout::VocabFirst => matmul(h.clone(), Cpu::float_transpose(w.clone())),
+        HeadLayout::VocabLast => matmul(h.clone(), w.clone()),
     }
 }
 
@@ -376,15 +422,15 @@ impl Backward<Cpu, 2> for NllBackward {
             } else {
                 Cpu::float_transpose(s.w.clone())
             };
-            grads.register::<Cpu>(node.id, Cpu::float_matmul(d.clone(), w));
+            grads.register::<Cpu>(node.id, matmul(d.clone(), w));
         }
         if let Some(node) = node_w {
             // written in the weight's own layout, so it adds to the embedding gradient
             // (tied weights) without a strided pass
             let dw = if vocab_first {
-                Cpu::float_matmul(Cpu::float_transpose(d), s.h)
+                matmul(Cpu::float_transpose(d), s.h)
             } else {
-                Cpu::float_matmul(Cpu::float_transpose(s.h), d)
+                matmul(Cpu::float_transpose(s.h), d)
             };
             grads.register::<Cpu>(node.id, dw);
         }

@@ -239,3 +239,10 @@ pub fn nll_backward(
             row[t as usize] -= s;
         });
 }
+
+/// `Σ x²`, accumulated in f64 per chunk.
+pub fn sum_of_squares(x: &[f32]) -> f64 {
+    x.par_chunks(16 * 1024)
+        .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
+        .sum()
+}

@@ -14,6 +14,7 @@
 //! `B: Backend`.
 
 mod autodiff;
+mod gemm;
 mod kernels;
 
 use autodiff::{Cpu, CpuAd};
@@ -38,6 +39,22 @@ fn same<A: 'static, T: 'static>(a: A) -> T {
 /// Whether the fused CPU path applies: `f32` values (other dtypes take the reference path).
 fn fusable<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
     x.dtype() == DType::F32
+}
+
+/// `a · b` for `[m, k]` and `[k, n]` (transposed views included). On the CPU backend, the
+/// product and both gradient products go straight to the `gemm` crate ([`gemm`]).
+pub fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+    if !fusable(&a) {
+        return a.matmul(b);
+    }
+    let (a, b) = match cast::<_, (Tensor<CpuAd, 2>, Tensor<CpuAd, 2>)>((a, b)) {
+        Ok((a, b)) => return same(autodiff::matmul_ad(a, b)),
+        Err(v) => v,
+    };
+    match cast::<_, (Tensor<Cpu, 2>, Tensor<Cpu, 2>)>((a, b)) {
+        Ok((a, b)) => same(autodiff::matmul_plain(a, b)),
+        Err((a, b)) => a.matmul(b),
+    }
 }
 
 /// RMSNorm over the last axis: `x / √(mean(x²) + eps) · w`.
@@ -146,6 +163,18 @@ pub fn update_on_host<B: Backend, const D: usize>(
         Ok((t, other)) => Ok(same(autodiff::update_on_host(t, other, f))),
         Err(v) => Err(v),
     }
+}
+
+/// `Σ x²` over a tensor, in f64: one parallel pass over host memory on the CPU backend (the
+/// global gradient norm), a tensor op elsewhere.
+pub fn sum_of_squares<B: Backend, const D: usize>(t: Tensor<B, D>) -> f64 {
+    use burn::tensor::ElementConversion;
+    if fusable(&t) {
+        if let Ok(t) = cast::<_, Tensor<Cpu, D>>(t.clone()) {
+            return autodiff::sum_of_squares(t);
+        }
+    }
+    t.square().sum().into_scalar().elem::<f64>()
 }
 
 /// How an output layer's weight is laid out: `[vocab, hidden]` (tied to the embeddings,

@@ -1,0 +1,131 @@
+//! Matrix products on the CPU backend's tensors through the `gemm` crate, into a fresh output
+//! that is written once.
+//!
+//! Why not Flex's own `float_matmul` (which calls the same crate): it allocates its output with
+//! `FlexTensor::empty`, which zero-fills a `Vec<u8>` and then, in `Bytes::from_bytes_vec`,
+//! copies it into a second allocation to raise the alignment. On a SmolLM2 training step that
+//! zero-fill, copy and the page faults of both buffers were a third of the main thread's work,
+//! all of it single-threaded while the gemm itself runs on every core.
+
+use burn::tensor::ops::FloatTensorOps;
+use burn::tensor::{DType, TensorData};
+use burn_flex::{Flex, FlexTensor};
+use rayon::prelude::*;
+
+/// Below this many multiply-adds one matrix product runs on one thread (as Flex does).
+const PARALLEL_MACS: usize = 192 * 192 * 192;
+
+/// A strided matrix operand: element `(i, j)` of batch `b` is `data[base(b) + i·rs + j·cs]`.
+struct Operand<'a> {
+    data: &'a [f32],
+    bases: Vec<usize>,
+    rs: isize,
+    cs: isize,
+}
+
+/// `t`'s batch offsets and matrix strides, or `None` if a stride is negative or the view
+/// would read outside its storage (left to Flex's matmul).
+fn operand<'a>(t: &'a FlexTensor, batch: &[usize]) -> Option<Operand<'a>> {
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    let layout = t.layout();
+    let (dims, strides) = (layout.shape().as_slice(), layout.strides());
+    if strides.iter().any(|&s| s < 0) {
+        return None;
+    }
+    let data: &[f32] = t.storage();
+    let nd = dims.len();
+    let last = layout.start_offset()
+        + dims
+            .iter()
+            .zip(strides)
+            .map(|(&d, &s)| d.saturating_sub(1) * s as usize)
+            .sum::<usize>();
+    if dims.contains(&0) || last >= data.len() {
+        return None;
+    }
+    let mut bases = vec![layout.start_offset()];
+    for (d, &size) in batch.iter().enumerate() {
+        let stride = strides[d] as usize;
+        bases = bases
+            .iter()
+            .flat_map(|&b| (0..size).map(move |i| b + i * stride))
+            .collect();
+    }
+    Some(Operand {
+        data,
+        bases,
+        rs: strides[nd - 2],
+        cs: strides[nd - 1],
+    })
+}
+
+/// `a · b` for f32 tensors `[..., m, k]` and `[..., k, n]` with the same batch dimensions and
+/// any non-negative strides (transposed views included); the result is contiguous.
+pub fn matmul(a: FlexTensor, b: FlexTensor) -> FlexTensor {
+    let (da, db) = (a.layout().shape().to_vec(), b.layout().shape().to_vec());
+    let nd = da.len();
+    let fallback = |a: &FlexTensor, b: &FlexTensor| Flex::float_matmul(a.clone(), b.clone());
+    if nd < 2 || db.len() != nd || da[..nd - 2] != db[..nd - 2] || da[nd - 1] != db[nd - 2] {
+        return fallback(&a, &b);
+    }
+    let batch = da[..nd - 2].to_vec();
+    let (m, k, n) = (da[nd - 2], da[nd - 1], db[nd - 1]);
+    let (Some(lhs), Some(rhs)) = (operand(&a, &batch), operand(&b, &batch)) else {
+        return fallback(&a, &b);
+    };
+    let count = lhs.bases.len();
+    let mut shape = da.clone();
+    shape[nd - 1] = n;
+    let mut out: Vec<f32> = Vec::with_capacity(count * m * n);
+    let one = |dst: *mut f32, i: usize, par: gemm::Parallelism| {
+        // SAFETY: `operand` checked that every element of both views lies inside its
+        // storage; `dst` points at `m·n` writable f32s (row-major) that nothing else touches,
+        // and with `read_dst = false` gemm only writes them.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst,
+                1,
+                n as isize,
+                false,
+                lhs.data.as_ptr().add(lhs.bases[i]),
+                lhs.cs,
+                lhs.rs,
+                rhs.data.as_ptr().add(rhs.bases[i]),
+                rhs.cs,
+                rhs.rs,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                par,
+            )
+        }
+    };
+    let macs = m * n * k;
+    let spare = &mut out.spare_capacity_mut()[..count * m * n];
+    if count > 1 && macs < PARALLEL_MACS {
+        // many small products (attention): one per task
+        spare
+            .par_chunks_mut(m * n)
+            .enumerate()
+            .for_each(|(i, c)| one(c.as_mut_ptr().cast(), i, gemm::Parallelism::None));
+    } else {
+        let par = if macs >= PARALLEL_MACS {
+            gemm::Parallelism::Rayon(0)
+        } else {
+            gemm::Parallelism::None
+        };
+        for (i, c) in spare.chunks_mut(m * n).enumerate() {
+            one(c.as_mut_ptr().cast(), i, par);
+        }
+    }
+    // SAFETY: every one of the `count·m·n` elements was written by gemm above.
+    unsafe { out.set_len(count * m * n) };
+    FlexTensor::from_data(TensorData::new(out, shape))
+}
