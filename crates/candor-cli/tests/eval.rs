@@ -6,7 +6,11 @@ use std::path::Path;
 use std::process::Command;
 
 fn eval(recipe: &Path, out: &Path) -> std::process::Output {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // the crate folder as cargo reports it when running the test (not when it was built: a test
+    // binary reused from another checkout's build must still read this checkout's files)
+    let crate_dir: String =
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let root = Path::new(&crate_dir).join("../..");
     Command::new(env!("CARGO_BIN_EXE_eval"))
         .current_dir(&root)
         .arg(recipe)

@@ -7,7 +7,12 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn model_dir() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // the crate folder as cargo reports it when running the test (not when it was built: a test
+    // binary reused from another checkout's build must still read this checkout's files)
+    let root = PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../..");
     let out = Command::new("bash")
         .arg(root.join("scripts/fetch-minilm.sh"))
         .output()

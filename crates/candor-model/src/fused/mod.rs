@@ -1,4 +1,5 @@
-//! Fused ops: RMSNorm, SwiGLU's gate, RoPE and attention, each one op for any backend.
+//! Fused ops: matmul, RMSNorm, SwiGLU's gate, RoPE, attention and the output layer + NLL, each
+//! one op for any backend.
 //!
 //! Written as tensor ops ([`reference`]), each of these is a chain of 4–6 elementwise passes
 //! forward and about twice that backward. On the CPU backend (Flex) every pass is a separate
@@ -6,7 +7,10 @@
 //! a slow element-by-element path; at SmolLM2's training shapes that was most of a step. So on
 //! the CPU backend, with or without autodiff, each op is one rayon-parallel pass forward and one
 //! backward ([`kernels`]), hooked into Burn's autodiff as a custom op ([`autodiff`]). Other
-//! backends (CUDA, WGPU) run [`reference`], where the ops are fused or cheap anyway.
+//! backends (CUDA, WGPU) run [`reference`], where the ops are fused or cheap anyway. The
+//! matmuls on the CPU backend call the `gemm` crate directly ([`gemm`] says why).
+//!
+//! Also here: [`update_on_host`] and [`sum_of_squares`], the host passes of the fused AdamW.
 //!
 //! Rust has no specialisation, so the choice is made at run time by the backend's type:
 //! [`cast`] moves a value to the CPU backend's own type when `B` is that type (a `TypeId`
