@@ -211,8 +211,6 @@ pub struct Positions<B: Backend> {
     /// `[batch·new, head_dim]` RoPE cosines and sines, one row per new position.
     pub cos: Tensor<B, 2>,
     pub sin: Tensor<B, 2>,
-    /// `[head_dim, head_dim]` signed permutation with `x · rot = rotate_half(x)`.
-    pub rot: Tensor<B, 2>,
     /// `[batch, 1, group * new, past + new]`, true = masked out; rows repeat per query head of a
     /// KV group (see `Attention::forward`).
     pub mask: Tensor<B, 4, Bool>,
@@ -268,15 +266,9 @@ impl<B: Backend> Positions<B> {
                 }
             }
         }
-        let mut rot = vec![0f32; hd * hd];
-        for i in 0..half {
-            rot[(i + half) * hd + i] = -1.0; // out[i] = -x[i + half]
-            rot[i * hd + i + half] = 1.0; // out[i + half] = x[i]
-        }
         Self {
             cos: Tensor::from_data(TensorData::new(cos, [batch * n_new, hd]), device),
             sin: Tensor::from_data(TensorData::new(sin, [batch * n_new, hd]), device),
-            rot: Tensor::from_data(TensorData::new(rot, [hd, hd]), device),
             mask: Tensor::from_data(
                 TensorData::new(mask, [batch, 1, group * n_new, total]),
                 device,
@@ -304,8 +296,8 @@ impl<B: Backend> Attention<B> {
         );
         let q = self.q_proj.forward(x.clone()).reshape([b, t, h, hd]);
         let k = self.k_proj.forward(x.clone()).reshape([b, t, kv, hd]);
-        let q = fused::rope(q, &pos.cos, &pos.sin, &pos.rot);
-        let k = fused::rope(k, &pos.cos, &pos.sin, &pos.rot);
+        let q = fused::rope(q, &pos.cos, &pos.sin);
+        let k = fused::rope(k, &pos.cos, &pos.sin);
         let v = self
             .v_proj
             .forward(x)

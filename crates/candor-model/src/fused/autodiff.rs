@@ -53,6 +53,26 @@ fn from_tracked<const D: usize>(t: AdPrimitive) -> Tensor<CpuAd, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
+/// Put `out` on the autodiff graph as the result of `op` on `parents`. `state` (what `op`'s
+/// backward needs) is built only when a parent takes a gradient.
+fn record<Op: Backward<Cpu, N>, const N: usize, const D: usize>(
+    op: Op,
+    parents: [&AdPrimitive; N],
+    state: impl FnOnce() -> Op::State,
+    out: FlexTensor,
+) -> Tensor<CpuAd, D> {
+    let nodes = parents.map(|p| p.node.clone());
+    let out = match op
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state(), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    from_tracked(out)
+}
+
 /// The host values of a table that takes no gradient (RoPE's), on either CPU backend.
 pub fn table(t: Tensor<Cpu, 2>) -> FlexTensor {
     plain(t)
@@ -97,16 +117,8 @@ pub fn rms_norm_ad(x: Tensor<CpuAd, 3>, w: Tensor<CpuAd, 1>, eps: f64) -> Tensor
     let rows = shape.num_elements() / w.dims()[0];
     let (x, w) = (tracked(x), tracked(w));
     let (y, r) = kernels::rms_norm(slice(&x.primitive), slice(&w.primitive), eps as f32);
-    let y = flex(y, shape);
-    let out = match RmsNormBackward
-        .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish((x.primitive, w.primitive, flex(r, [rows])), y),
-        OpsKind::UnTracked(prep) => prep.finish(y),
-    };
-    from_tracked(out)
+    let state = || (x.primitive.clone(), w.primitive.clone(), flex(r, [rows]));
+    record(RmsNormBackward, [&x, &w], state, flex(y, shape))
 }
 
 // ---- SwiGLU ----
@@ -146,15 +158,8 @@ pub fn swiglu_ad(gate: Tensor<CpuAd, 3>, up: Tensor<CpuAd, 3>) -> Tensor<CpuAd, 
         kernels::swiglu(slice(&g.primitive), slice(&u.primitive)),
         shape,
     );
-    let out = match SwigluBackward
-        .prepare::<NoCheckpointing>([g.node.clone(), u.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish((g.primitive, u.primitive), y),
-        OpsKind::UnTracked(prep) => prep.finish(y),
-    };
-    from_tracked(out)
+    let state = || (g.primitive.clone(), u.primitive.clone());
+    record(SwigluBackward, [&g, &u], state, y)
 }
 
 // ---- RoPE (with the head axis moved in front of the sequence axis) ----
@@ -188,16 +193,8 @@ pub fn rope_ad(x: Tensor<CpuAd, 4>, cos: FlexTensor, sin: FlexTensor) -> Tensor<
     let [b, t, h, d] = x.dims();
     let x = tracked(x);
     let y = kernels::rope(slice(&x.primitive), slice(&cos), slice(&sin), [b, t, h, d]);
-    let y = flex(y, [b, h, t, d]);
-    let out = match RopeBackward
-        .prepare::<NoCheckpointing>([x.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish((cos, sin, [b, t, h, d]), y),
-        OpsKind::UnTracked(prep) => prep.finish(y),
-    };
-    from_tracked(out)
+    let state = || (cos, sin, [b, t, h, d]);
+    record(RopeBackward, [&x], state, flex(y, [b, h, t, d]))
 }
 
 // ---- matrix product ----
@@ -230,15 +227,8 @@ impl Backward<Cpu, 2> for MatmulBackward {
 pub fn matmul_ad(a: Tensor<CpuAd, 2>, b: Tensor<CpuAd, 2>) -> Tensor<CpuAd, 2> {
     let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
     let out = matmul(a.primitive.clone(), b.primitive.clone());
-    let out = match MatmulBackward
-        .prepare::<NoCheckpointing>([a.node.clone(), b.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish((a.primitive, b.primitive), out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
-    from_tracked(out)
+    let state = || (a.primitive.clone(), b.primitive.clone());
+    record(MatmulBackward, [&a, &b], state, out)
 }
 
 // ---- in-place host update ----
@@ -350,17 +340,15 @@ pub fn attention_ad(
         &mask_bytes(&mask),
         scale,
     );
-    let out = match AttentionBackward
-        .prepare::<NoCheckpointing>([q.node.clone(), k.node.clone(), v.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            prep.finish((q.primitive, k.primitive, v.primitive, p, scale), out)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(out),
+    let state = || {
+        let (pq, pk, pv) = (
+            q.primitive.clone(),
+            k.primitive.clone(),
+            v.primitive.clone(),
+        );
+        (pq, pk, pv, p, scale)
     };
-    from_tracked(out)
+    record(AttentionBackward, [&q, &k, &v], state, out)
 }
 
 // ---- output layer + negative log-likelihood ----
@@ -448,24 +436,14 @@ pub fn nll_ad(
     let logits = contiguous(head_logits(&h.primitive, &w.primitive, layout));
     let v = logits.layout().shape().dims::<2>()[1];
     let (lse, loss) = kernels::nll(slice(&logits), v, targets, weights);
-    let out = match NllBackward
-        .prepare::<NoCheckpointing>([h.node.clone(), w.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let state = NllState {
-                h: h.primitive,
-                w: w.primitive,
-                layout,
-                logits,
-                lse,
-                targets: targets.to_vec(),
-                weights: weights.to_vec(),
-            };
-            prep.finish(state, scalar(loss))
-        }
-        OpsKind::UnTracked(prep) => prep.finish(scalar(loss)),
+    let state = || NllState {
+        h: h.primitive.clone(),
+        w: w.primitive.clone(),
+        layout,
+        logits,
+        lse,
+        targets: targets.to_vec(),
+        weights: weights.to_vec(),
     };
-    from_tracked(out)
+    record(NllBackward, [&h, &w], state, scalar(loss))
 }

@@ -93,16 +93,10 @@ pub fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> 
 
 /// Rotate-half RoPE (HF's layout) on `x` `[batch, seq, heads, head_dim]`, returned with the
 /// head axis first, `[batch, heads, seq, head_dim]` (what attention takes). `cos`/`sin` are
-/// `[batch·seq, head_dim]`; `rot` is the signed permutation with `x · rot = rotate_half(x)`
-/// (used by the reference path only).
-pub fn rope<B: Backend>(
-    x: Tensor<B, 4>,
-    cos: &Tensor<B, 2>,
-    sin: &Tensor<B, 2>,
-    rot: &Tensor<B, 2>,
-) -> Tensor<B, 4> {
+/// `[batch·seq, head_dim]`.
+pub fn rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 4> {
     if !fusable(&x) || !fusable(cos) {
-        return reference::rope(x, cos, sin, rot);
+        return reference::rope(x, cos, sin);
     }
     let x = match cast::<_, Tensor<CpuAd, 4>>(x) {
         Ok(x) => {
@@ -116,7 +110,7 @@ pub fn rope<B: Backend>(
             let table = |t: &Tensor<B, 2>| autodiff::table(same(t.clone()));
             same(autodiff::rope(x, table(cos), table(sin)))
         }
-        Err(x) => reference::rope(x, cos, sin, rot),
+        Err(x) => reference::rope(x, cos, sin),
     }
 }
 
@@ -292,16 +286,19 @@ pub mod reference {
         x: Tensor<B, 4>,
         cos: &Tensor<B, 2>,
         sin: &Tensor<B, 2>,
-        rot: &Tensor<B, 2>,
     ) -> Tensor<B, 4> {
-        let [b, t, h, d] = x.dims();
+        let [b, t, _, d] = x.dims();
         // per-position tables broadcast over the heads
         let table = |c: &Tensor<B, 2>| c.clone().reshape([b, t, 1, d]);
-        let rotated = x
-            .clone()
-            .reshape([b * t * h, d])
-            .matmul(rot.clone())
-            .reshape([b, t, h, d]);
+        // rotate_half(x) = [−x₂, x₁] over the two halves of the head dimension
+        let half = d / 2;
+        let rotated = Tensor::cat(
+            vec![
+                -x.clone().narrow(3, half, half),
+                x.clone().narrow(3, 0, half),
+            ],
+            3,
+        );
         (x * table(cos) + rotated * table(sin)).swap_dims(1, 2)
     }
 }
