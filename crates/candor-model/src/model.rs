@@ -177,7 +177,9 @@ pub struct Llama<B: Backend> {
     pub config: ModelConfig,
 }
 
-/// Keys and values of the positions already seen, per layer: `[batch, kv_heads, seq, head_dim]`.
+/// Keys and values of the positions already seen, per layer: keys `[batch, kv_heads, seq,
+/// head_dim]` (RoPE's output layout), values `[batch, seq, kv_heads, head_dim]` (the
+/// projection's), each as attention reads it.
 #[derive(Clone, Debug)]
 pub struct KvCache<B: Backend> {
     pub layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
@@ -278,9 +280,8 @@ impl<B: Backend> Positions<B> {
 }
 
 impl<B: Backend> Attention<B> {
-    /// Grouped-query attention without copying keys/values per query head: the `group` query
-    /// heads that share a KV head are stacked along the sequence axis,
-    /// `[b, h, t, d]` → `[b, kv, group·t, d]`, which is a free reshape of HF's head order.
+    /// Grouped-query attention without copying keys/values per query head (see
+    /// [`fused::attention`]).
     fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -298,24 +299,15 @@ impl<B: Backend> Attention<B> {
         let k = self.k_proj.forward(x.clone()).reshape([b, t, kv, hd]);
         let q = fused::rope(q, &pos.cos, &pos.sin);
         let k = fused::rope(k, &pos.cos, &pos.sin);
-        let v = self
-            .v_proj
-            .forward(x)
-            .reshape([b, t, kv, hd])
-            .swap_dims(1, 2);
+        let v = self.v_proj.forward(x).reshape([b, t, kv, hd]);
+        // the cache holds keys `[b, kv, past, d]` and values `[b, past, kv, d]`
         let (k, v) = match cache.take() {
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 1)),
             None => (k, v),
         };
         *cache = Some((k.clone(), v.clone()));
-        let group = h / kv;
-        let q = q.reshape([b, kv, group * t, hd]);
-        let out = fused::attention(q, k, v, &pos.mask); // [b, kv, group·t, d]
-        let out = out
-            .reshape([b, h, t, hd])
-            .swap_dims(1, 2)
-            .reshape([b, t, h * hd]);
-        self.o_proj.forward(out)
+        let out = fused::attention(q, k, v, &pos.mask); // [b, t, h, d]
+        self.o_proj.forward(out.reshape([b, t, h * hd]))
     }
 }
 

@@ -135,18 +135,22 @@ fn fused_ops_accept_strided_inputs() {
 #[test]
 fn attention_matches_tensor_ops() {
     use burn::tensor::Bool;
-    let [b, kv, nq, t, d] = [2, 3, 10, 5, 8];
+    // 6 query heads over 3 KV heads, 5 new queries after 5 cached keys (t = 10 keys); `v` a
+    // strided view, as the model's cache concatenation can leave it
+    let [b, h, kv, tq, t, d] = [2, 6, 3, 5, 10, 8];
+    let nq = h / kv * tq;
     let (q, k, v) = (
-        rand([b, kv, nq, d], 13),
+        rand([b, h, tq, d], 13),
         rand([b, kv, t, d], 14),
-        rand([b, kv, t, d], 15),
+        rand([b, kv, t, d], 15).swap_dims(1, 2),
     );
     // causal over the keys of each query (queries repeat per head of a group), plus one
     // left-padded key in batch row 1
     let m: Vec<bool> = (0..b * nq * t)
         .map(|i| {
             let (row, qi, j) = (i / (nq * t), (i / t) % nq, i % t);
-            j > qi % t || (row == 1 && j == 0 && qi % t != 0)
+            let at = t - tq + qi % tq; // the query's own position among the keys
+            j > at || (row == 1 && j == 0)
         })
         .collect();
     let mask = |dev: &_| {

@@ -270,8 +270,17 @@ fn swap_last(t: &FlexTensor) -> FlexTensor {
     Cpu::float_swap_dims(t.clone(), 2, 3)
 }
 
-/// `P = softmax(scale · q kᵀ)` over the unmasked keys and `out = P v`, for `q` `[b, kv, nq, d]`
-/// and `k`, `v` `[b, kv, t, d]`. Returns `out` and `P`.
+/// `[b, a, c, d]` → `[b, c, a, d]` for a contiguous `t` (one parallel pass).
+fn swap_axes_1_2(t: &FlexTensor) -> FlexTensor {
+    let [b, a, c, d] = t.layout().shape().dims::<4>();
+    flex(kernels::swap_axes_1_2(slice(t), [b, a, c, d]), [b, c, a, d])
+}
+
+/// `P = softmax(scale · q kᵀ)` over the unmasked keys and `out = P v`, for `q` `[b, h, t, d]`
+/// (contiguous), `k` `[b, kv, T, d]` (contiguous) and `v` `[b, T, kv, d]` (any strides).
+/// The `h / kv` query heads of a KV head are one `[(h/kv)·t, d]` block of `q`, so each
+/// product runs per KV head without copying keys or values. Returns `out` `[b, t, h, d]` and `P`
+/// `[b, kv, (h/kv)·t, T]`.
 fn attention_forward(
     q: &FlexTensor,
     k: &FlexTensor,
@@ -279,11 +288,15 @@ fn attention_forward(
     masked: &[u8],
     scale: f32,
 ) -> (FlexTensor, FlexTensor) {
-    let [b, kv, nq, _] = q.layout().shape().dims::<4>();
-    let t = k.layout().shape().dims::<4>()[2];
-    let mut p = owned(matmul(q.clone(), swap_last(k)));
-    kernels::masked_softmax(p.storage_mut::<f32>(), masked, scale, [b, kv, nq, t]);
-    (matmul(p.clone(), v.clone()), p)
+    let [b, h, t, d] = q.layout().shape().dims::<4>();
+    let [_, kv, tk, _] = k.layout().shape().dims::<4>();
+    let nq = h / kv * t;
+    let q = Cpu::float_reshape(q.clone(), Shape::new([b, kv, nq, d]));
+    let mut p = owned(matmul(q, swap_last(k)));
+    kernels::masked_softmax(p.storage_mut::<f32>(), masked, scale, [b, kv, nq, tk]);
+    let out = matmul(p.clone(), Cpu::float_swap_dims(v.clone(), 1, 2)); // [b, kv, nq, d]
+    let out = Cpu::float_reshape(out, Shape::new([b, h, t, d]));
+    (swap_axes_1_2(&out), p)
 }
 
 pub fn attention(
@@ -293,7 +306,7 @@ pub fn attention(
     mask: FlexTensor,
     scale: f32,
 ) -> Tensor<Cpu, 4> {
-    let (q, k, v) = (plain(q), plain(k), plain(v));
+    let (q, k, v) = (plain(q), plain(k), v.into_primitive().tensor());
     let (out, _) = attention_forward(&q, &k, &v, &mask_bytes(&mask), scale);
     from_plain(out)
 }
@@ -307,19 +320,30 @@ impl Backward<Cpu, 3> for AttentionBackward {
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_q, node_k, node_v] = ops.parents;
-        let d_out = grads.consume::<Cpu>(&ops.node);
         let (q, k, v, p, scale) = ops.state;
-        let t = k.layout().shape().dims::<4>()[2];
+        let [b, h, t, d] = q.layout().shape().dims::<4>();
+        let [_, kv, tk, _] = k.layout().shape().dims::<4>();
+        let nq = h / kv * t;
+        // ∂L/∂out `[b, t, h, d]` → `[b, h, t, d]` = `[b, kv, nq, d]`, the layout of `P v`
+        let d_out = swap_axes_1_2(&contiguous(grads.consume::<Cpu>(&ops.node)));
+        let d_out = Cpu::float_reshape(d_out, Shape::new([b, kv, nq, d]));
         if let Some(node) = node_v {
-            grads.register::<Cpu>(node.id, matmul(swap_last(&p), d_out.clone()));
+            // `[b, kv, T, d]` → `v`'s own `[b, T, kv, d]`
+            grads.register::<Cpu>(
+                node.id,
+                swap_axes_1_2(&matmul(swap_last(&p), d_out.clone())),
+            );
         }
         // ∂L/∂P = dOut vᵀ, then ∂L/∂s (scale folded in) in place
-        let mut ds = owned(matmul(d_out, swap_last(&v)));
-        kernels::softmax_backward(ds.storage_mut::<f32>(), slice(&p), scale, t);
+        let v_heads = Cpu::float_swap_dims(v, 1, 2);
+        let mut ds = owned(matmul(d_out, swap_last(&v_heads)));
+        kernels::softmax_backward(ds.storage_mut::<f32>(), slice(&p), scale, tk);
         if let Some(node) = node_q {
-            grads.register::<Cpu>(node.id, matmul(ds.clone(), k));
+            let dq = Cpu::float_reshape(matmul(ds.clone(), k), Shape::new([b, h, t, d]));
+            grads.register::<Cpu>(node.id, dq);
         }
         if let Some(node) = node_k {
+            let q = Cpu::float_reshape(q, Shape::new([b, kv, nq, d]));
             grads.register::<Cpu>(node.id, matmul(swap_last(&ds), q));
         }
     }
@@ -332,7 +356,8 @@ pub fn attention_ad(
     mask: FlexTensor,
     scale: f32,
 ) -> Tensor<CpuAd, 4> {
-    let (q, k, v) = (tracked(q), tracked(k), tracked(v));
+    // `v` is read through its strides (no copy); `q` and `k` are contiguous
+    let (q, k, v) = (tracked(q), tracked(k), v.into_primitive().tensor());
     let (out, p) = attention_forward(
         &q.primitive,
         &k.primitive,

@@ -150,6 +150,21 @@ pub fn rope_backward(dy: &[f32], cos: &[f32], sin: &[f32], [b, t, h, d]: [usize;
     dx
 }
 
+/// `x` `[b, a, c, d]` → `[b, c, a, d]` (axes 1 and 2 swapped), one task per output
+/// `[a, d]` block. Attention's layout changes: heads-first for its products, the projections'
+/// `[b, t, heads, d]` outside.
+pub fn swap_axes_1_2(x: &[f32], [b, a, c, d]: [usize; 4]) -> Vec<f32> {
+    debug_assert_eq!(x.len(), b * a * c * d);
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(a * d).enumerate().for_each(|(bc, out)| {
+        let (bi, ci) = (bc / c, bc % c);
+        for (ai, out) in out.chunks_mut(d).enumerate() {
+            out.copy_from_slice(&x[((bi * a + ai) * c + ci) * d..][..d]);
+        }
+    });
+    y
+}
+
 /// Attention probabilities in place: each row of `scores` (`t` keys) becomes
 /// `softmax(scale · s)` over the keys that `masked` leaves in. Rows of `s`
 /// are `[b, kv, nq]`; `masked` is `[b, nq, t]` (non-zero = masked out), shared by the `kv`

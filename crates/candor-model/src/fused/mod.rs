@@ -114,10 +114,14 @@ pub fn rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>)
     }
 }
 
-/// Scaled dot-product attention, `softmax(q kᵀ / √d) v` over the keys `mask` leaves in, for
-/// `q` `[b, kv, nq, d]`, `k` and `v` `[b, kv, t, d]`, and `mask` `[b, 1, nq, t]` (true = masked
-/// out, shared by the `kv` heads). On the CPU backend the matmuls are Flex's and the
-/// scale-mask-softmax (and its backward) is one pass.
+/// Scaled dot-product attention with grouped-query heads, `softmax(q kᵀ / √d) v` over the keys
+/// `mask` leaves in, for `q` `[b, h, t, d]` (RoPE's output), `k` `[b, kv, T, d]` and `v`
+/// `[b, T, kv, d]` (the projection's own layout), `h` a multiple of `kv`. `mask` is
+/// `[b, 1, (h/kv)·t, T]` (true = masked out): the `h/kv` query heads of a KV head are stacked
+/// along the query axis, `[b, h, t, d]` → `[b, kv, (h/kv)·t, d]` (a free reshape of HF's head
+/// order), and share the mask across the `kv` heads. Returns `[b, t, h, d]`, the layout the
+/// output projection reads. On the CPU backend the products go to gemm per KV head, `v` is
+/// read through its strides, and the scale-mask-softmax (and its backward) is one pass.
 pub fn attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -233,15 +237,19 @@ pub mod reference {
         v: Tensor<B, 4>,
         mask: &Tensor<B, 4, Bool>,
     ) -> Tensor<B, 4> {
-        let [b, kv, nq, _] = q.dims();
-        let t = k.dims()[2];
-        let mask = mask.clone().expand([b, kv, nq, t]);
+        let [b, h, t, d] = q.dims();
+        let [_, kv, tk, _] = k.dims();
+        let nq = h / kv * t;
+        let mask = mask.clone().expand([b, kv, nq, tk]);
         let opts = AttentionModuleOptions {
             scale: None,
             softcap: None,
             is_causal: false,
         };
-        sdpa(q, k, v, Some(mask), None, opts)
+        let q = q.reshape([b, kv, nq, d]);
+        sdpa(q, k, v.swap_dims(1, 2), Some(mask), None, opts)
+            .reshape([b, h, t, d])
+            .swap_dims(1, 2)
     }
 
     pub fn nll<B: Backend>(
