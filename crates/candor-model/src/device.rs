@@ -54,7 +54,10 @@ pub trait BackendTask {
 
 pub fn run_on<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output> {
     match spec {
-        DeviceSpec::Cpu => task.run::<burn::backend::Flex>(Default::default()),
+        DeviceSpec::Cpu => {
+            keep_freed_memory();
+            task.run::<burn::backend::Flex>(Default::default())
+        }
         #[cfg(feature = "wgpu")]
         DeviceSpec::Wgpu(i) => {
             use burn::backend::wgpu::WgpuDevice;
@@ -75,5 +78,23 @@ pub fn run_on<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output> {
         DeviceSpec::Cuda(_) => {
             bail!("this binary was built without the CUDA backend: rebuild with `--features cuda`")
         }
+    }
+}
+
+/// Make the C allocator keep freed memory for reuse instead of returning it to the kernel (glibc
+/// on Linux; a no-op elsewhere). Call it before heavy work on the CPU backend.
+///
+/// Why: every activation and gradient of a CPU training step is a fresh multi-megabyte buffer.
+/// By default glibc serves those with `mmap` and unmaps them on `free`, so the next step's
+/// buffers page-fault all over again: ≈ 140K page faults (≈ 0.35 s of kernel time) per SmolLM2
+/// step at batch 8×64. With `mmap` off and trimming raised, freed buffers stay mapped and are
+/// reused. The cost is that the process keeps its peak footprint until it exits.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only changes allocator parameters; it is thread-safe and takes effect
+    // for later allocations (memory already handed out is unaffected).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
 }

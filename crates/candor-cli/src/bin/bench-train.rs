@@ -63,6 +63,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// One workload in this process: warm-up step, then `steps` timed steps.
 fn child(a: &Args, workload: &str) -> Result<serde_json::Value> {
     type B = Autodiff<Flex>;
+    candor_model::device::keep_freed_memory(); // as `train` does on the CPU
     let device = Default::default();
     let mut model = load_model::<B>(&a.model, &device)?;
     if workload.starts_with("lora") {

@@ -46,6 +46,7 @@ fn best(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 
 fn main() -> Result<()> {
     let a = Args::parse();
+    candor_model::device::keep_freed_memory(); // as `generate` does on the CPU
     let device = Default::default();
     let model = load_model::<Flex>(&a.model, &device)?;
     let tok = Tokenizer::load(&a.model)?;
