@@ -102,11 +102,12 @@ impl<B: Backend> Linear<B> {
             } else {
                 x
             };
+            // the scale goes on the small `[r, out]` factor, not on the `[rows, out]` product
             let low = fused::matmul(
                 fused::matmul(x, l.a.val().transpose()),
-                l.b.val().transpose(),
+                l.b.val().transpose() * l.scale,
             );
-            y = y + low * l.scale;
+            y = y + low;
         }
         let mut out = dims;
         out[D - 1] = d_out;

@@ -242,3 +242,19 @@ fn matmul_matches_tensor_ops_for_strided_operands() {
     close("d a", fa, ra, 1e-5);
     close("d b", fb, rb, 1e-5);
 }
+
+/// A long inner dimension with a small output is split across threads and the partial products
+/// summed (`fused/gemm.rs`, `split_k`): the same values as Flex's own matmul.
+#[test]
+fn matmul_with_a_long_inner_dimension_matches_tensor_ops() {
+    let a = rand([9, 60_000], 22);
+    let b = rand([20, 60_000], 23).transpose(); // [60000, 20], read through its strides
+                                                // sums of 60,000 products: the summation order differs between the two; a dropped or
+                                                // doubled partial would be off by a large share of the largest value
+    close(
+        "forward",
+        fused::matmul(a.clone(), b.clone()),
+        a.matmul(b),
+        1e-4,
+    );
+}

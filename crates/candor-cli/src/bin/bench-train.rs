@@ -42,6 +42,11 @@ struct Args {
     /// Timed steps after one warm-up step; the median is reported.
     #[arg(long, default_value_t = 3)]
     steps: usize,
+    /// Rounds of (candor, PyTorch) per workload, run alternately; the table shows the median of
+    /// each column over the rounds and the median of the per-round ratios. On a shared or noisy
+    /// machine, use 3 or more.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Python with torch + transformers; default `.venv-bench/bin/python` if present.
     #[arg(long)]
     python: Option<PathBuf>,
@@ -167,33 +172,41 @@ fn main() -> Result<()> {
         a.response.to_string(),
         a.steps.to_string(),
     ];
-    let mut rows = vec![];
+    if a.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    // per workload, one (candor, PyTorch) pair per round
+    let mut rows: Vec<(String, Vec<(serde_json::Value, Option<serde_json::Value>)>)> = vec![];
     for w in &workloads {
-        eprintln!("{w}: candor …");
-        let ours = json_of(
-            std::process::Command::new(&me)
-                .arg("--model")
-                .arg(&a.model)
-                .args(["--batch", &shape[0], "--seq", &shape[1]])
-                .args(["--response", &shape[2], "--steps", &shape[3]])
-                .args(["--child", w]),
-            "the candor side",
-        )?;
-        let theirs = match (&python, a.no_pytorch) {
-            (Some(py), false) => {
-                eprintln!("{w}: pytorch …");
-                Some(json_of(
-                    std::process::Command::new(py)
-                        .arg("scripts/bench_train_pytorch.py")
-                        .arg(&a.model)
-                        .arg(w)
-                        .args(&shape),
-                    "scripts/bench_train_pytorch.py",
-                )?)
-            }
-            _ => None,
-        };
-        rows.push((w.clone(), ours, theirs));
+        let mut rounds = vec![];
+        for r in 1..=a.rounds {
+            eprintln!("{w}: candor … (round {r}/{})", a.rounds);
+            let ours = json_of(
+                std::process::Command::new(&me)
+                    .arg("--model")
+                    .arg(&a.model)
+                    .args(["--batch", &shape[0], "--seq", &shape[1]])
+                    .args(["--response", &shape[2], "--steps", &shape[3]])
+                    .args(["--child", w]),
+                "the candor side",
+            )?;
+            let theirs = match (&python, a.no_pytorch) {
+                (Some(py), false) => {
+                    eprintln!("{w}: pytorch … (round {r}/{})", a.rounds);
+                    Some(json_of(
+                        std::process::Command::new(py)
+                            .arg("scripts/bench_train_pytorch.py")
+                            .arg(&a.model)
+                            .arg(w)
+                            .args(&shape),
+                        "scripts/bench_train_pytorch.py",
+                    )?)
+                }
+                _ => None,
+            };
+            rounds.push((ours, theirs));
+        }
+        rows.push((w.clone(), rounds));
     }
     println!(
         "model: {}  f32 CPU, batch {}×{} tokens ({} response tokens in *-sft), {} threads available",
@@ -205,12 +218,15 @@ fn main() -> Result<()> {
             .map(|n| n.get())
             .unwrap_or(1)
     );
-    if let Some(t) = rows.iter().find_map(|r| r.2.as_ref()) {
+    if let Some(t) = rows.iter().flat_map(|r| &r.1).find_map(|r| r.1.as_ref()) {
         println!(
             "pytorch: torch {} ({} threads)",
             t["torch"].as_str().unwrap_or("?"),
             t["threads"]
         );
+    }
+    if a.rounds > 1 {
+        println!("median over {} alternating rounds", a.rounds);
     }
     println!(
         "{:<10} {:>10} {:>10} {:>10} {:>10} {:>7}   {:>10} {:>10}",
@@ -223,38 +239,50 @@ fn main() -> Result<()> {
         "candor MB",
         "torch MB"
     );
-    for (w, o, t) in &rows {
-        let g = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-        let (ts, tt, tm) = t.as_ref().map_or((f64::NAN, f64::NAN, f64::NAN), |t| {
-            (
-                g(t, "s_per_step"),
-                g(t, "tokens_per_s"),
-                g(t, "peak_rss_mb"),
-            )
-        });
+    let g = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    // the median over rounds of one figure of one side (NaN where PyTorch did not run)
+    let med = |rounds: &[(serde_json::Value, Option<serde_json::Value>)],
+               f: &dyn Fn(&serde_json::Value, Option<&serde_json::Value>) -> f64| {
+        median(rounds.iter().map(|(o, t)| f(o, t.as_ref())).collect())
+    };
+    for (w, rounds) in &rows {
+        let ratio = |o: &serde_json::Value, t: Option<&serde_json::Value>| {
+            t.map_or(f64::NAN, |t| g(o, "tokens_per_s") / g(t, "tokens_per_s"))
+        };
+        let theirs = |k: &'static str| {
+            move |_: &serde_json::Value, t: Option<&serde_json::Value>| {
+                t.map_or(f64::NAN, |t| g(t, k))
+            }
+        };
         println!(
             "{:<10} {:>10.2} {:>10.2} {:>10.1} {:>10.1} {:>6.2}×   {:>10.0} {:>10.0}",
             w,
-            g(o, "s_per_step"),
-            ts,
-            g(o, "tokens_per_s"),
-            tt,
-            g(o, "tokens_per_s") / tt,
-            g(o, "peak_rss_mb"),
-            tm
+            med(rounds, &|o, _| g(o, "s_per_step")),
+            med(rounds, &theirs("s_per_step")),
+            med(rounds, &|o, _| g(o, "tokens_per_s")),
+            med(rounds, &theirs("tokens_per_s")),
+            med(rounds, &ratio),
+            med(rounds, &|o, _| g(o, "peak_rss_mb")),
+            med(rounds, &theirs("peak_rss_mb")),
         );
+        if a.rounds > 1 {
+            let each: Vec<String> = rounds
+                .iter()
+                .map(|(o, t)| format!("{:.2}×", ratio(o, t.as_ref())))
+                .collect();
+            println!("{:<10} ratio per round: {}", "", each.join(" "));
+        }
     }
     println!(
         "candor time per step by phase (median): forward (incl. loss) / backward / clip + AdamW"
     );
-    for (w, o, _) in &rows {
-        let g = |k: &str| o[k].as_f64().unwrap_or(f64::NAN);
+    for (w, rounds) in &rows {
         println!(
             "{:<10} {:>6.2} s / {:>6.2} s / {:>6.2} s",
             w,
-            g("forward_s"),
-            g("backward_s"),
-            g("optimizer_s")
+            med(rounds, &|o, _| g(o, "forward_s")),
+            med(rounds, &|o, _| g(o, "backward_s")),
+            med(rounds, &|o, _| g(o, "optimizer_s")),
         );
     }
     Ok(())
