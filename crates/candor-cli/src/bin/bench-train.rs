@@ -60,6 +60,9 @@ struct Args {
     child: Option<String>,
 }
 
+/// One round of a workload: candor's JSON line and PyTorch's (if it ran).
+type Round = (serde_json::Value, Option<serde_json::Value>);
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -176,7 +179,7 @@ fn main() -> Result<()> {
         bail!("--rounds must be at least 1");
     }
     // per workload, one (candor, PyTorch) pair per round
-    let mut rows: Vec<(String, Vec<(serde_json::Value, Option<serde_json::Value>)>)> = vec![];
+    let mut rows: Vec<(String, Vec<Round>)> = vec![];
     for w in &workloads {
         let mut rounds = vec![];
         for r in 1..=a.rounds {
@@ -241,7 +244,7 @@ fn main() -> Result<()> {
     );
     let g = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     // the median over rounds of one figure of one side (NaN where PyTorch did not run)
-    let med = |rounds: &[(serde_json::Value, Option<serde_json::Value>)],
+    let med = |rounds: &[Round],
                f: &dyn Fn(&serde_json::Value, Option<&serde_json::Value>) -> f64| {
         median(rounds.iter().map(|(o, t)| f(o, t.as_ref())).collect())
     };

@@ -69,8 +69,62 @@ pub fn rms_norm_backward(x: &[f32], w: &[f32], r: &[f32], g: &[f32]) -> (Vec<f32
     (dx, dw)
 }
 
+/// `eˣ` in f32 without a libm call, so that the loops below vectorise (libm's `expf` is one
+/// scalar call per element: 3–5% of a SmolLM2 training step's CPU time went there). Cephes'
+/// `expf`: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, a degree-6 polynomial for `eʳ`, and `2ⁿ` built
+/// in the exponent bits; relative error within 2·10⁻⁷ (checked against `f32::exp` in the
+/// tests below). Below −87.3 it returns 0 (masked scores are −∞), above 88.7 infinity; NaN
+/// stays NaN.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // round to nearest with the 1.5·2²³ trick (baseline x86-64 has no vector `round`)
+    const SHIFT: f32 = 12_582_912.0;
+    let c = x.clamp(-87.0, 88.0);
+    let n = (c * std::f32::consts::LOG2_E + SHIFT) - SHIFT;
+    let r = c - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let y = (p * r * r + r + 1.0) * f32::from_bits(((n as i32 + 127) << 23) as u32);
+    if x < -87.3 {
+        0.0
+    } else if x > 88.7 {
+        f32::INFINITY
+    } else {
+        y
+    }
+}
+
+/// `Σ f(x)` over a row with eight partial sums, so that the loop vectorises (one running f32
+/// sum is a serial dependency the compiler may not reorder).
+fn sum_of(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = row.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f(x);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn sum(row: &[f32]) -> f32 {
+    sum_of(row, |x| x)
+}
+
+/// `Σ exp(x − max)` over a row.
+fn sum_exp(row: &[f32], max: f32) -> f32 {
+    sum_of(row, |x| exp(x - max))
+}
+
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + exp(-x))
 }
 
 /// SwiGLU's gate: `silu(g) · u`.
@@ -189,12 +243,8 @@ pub fn masked_softmax(s: &mut [f32], masked: &[u8], scale: f32, [b, kv, nq, t]: 
                     row.fill(0.0); // every key masked: attend to nothing
                     continue;
                 }
-                let mut sum = 0f32;
-                for v in row.iter_mut() {
-                    *v = (*v - max).exp();
-                    sum += *v;
-                }
-                let inv = 1.0 / sum;
+                row.iter_mut().for_each(|v| *v = exp(*v - max));
+                let inv = 1.0 / sum(row);
                 row.iter_mut().for_each(|v| *v *= inv);
             }
         });
@@ -223,7 +273,7 @@ pub fn nll(logits: &[f32], v: usize, targets: &[u32], weights: &[f32]) -> (Vec<f
         .par_chunks(v)
         .map(|row| {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            max + row.iter().map(|x| (x - max).exp()).sum::<f32>().ln()
+            max + sum_exp(row, max).ln()
         })
         .collect();
     let loss = logits
@@ -250,7 +300,7 @@ pub fn nll_backward(
         .zip(targets.par_iter().zip(weights.par_iter()))
         .for_each(|((row, &lse), (&t, &w))| {
             let s = g * w;
-            row.iter_mut().for_each(|x| *x = s * (*x - lse).exp());
+            row.iter_mut().for_each(|x| *x = s * exp(*x - lse));
             row[t as usize] -= s;
         });
 }
@@ -260,4 +310,23 @@ pub fn sum_of_squares(x: &[f32]) -> f64 {
     x.par_chunks(16 * 1024)
         .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exp_is_f32_exp_within_two_tenths_of_a_millionth() {
+        let mut worst = 0f64;
+        for i in 0..=2_000_000 {
+            let x = -87.0 + 175.0 * i as f32 / 2_000_000.0;
+            let (got, want) = (super::exp(x) as f64, (x as f64).exp());
+            worst = worst.max((got - want).abs() / want);
+        }
+        assert!(worst < 2e-7, "largest relative error {worst}");
+        assert_eq!(super::exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(super::exp(-100.0), 0.0);
+        assert_eq!(super::exp(0.0), 1.0);
+        assert_eq!(super::exp(f32::INFINITY), f32::INFINITY);
+        assert!(super::exp(f32::NAN).is_nan());
+    }
 }
