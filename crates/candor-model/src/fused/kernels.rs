@@ -72,17 +72,29 @@ pub fn rms_norm_backward(x: &[f32], w: &[f32], r: &[f32], g: &[f32]) -> (Vec<f32
 /// `eˣ` in f32 without a libm call, so that the loops below vectorise (libm's `expf` is one
 /// scalar call per element: 3–5% of a SmolLM2 training step's CPU time went there). Cephes'
 /// `expf`: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, a degree-6 polynomial for `eʳ`, and `2ⁿ` built
-/// in the exponent bits; relative error within 2·10⁻⁷ (checked against `f32::exp` in the
+/// in the exponent bits; relative error within 2·10⁻⁷ (checked against `f64::exp` in the
 /// tests below). Below −87.3 it returns 0 (masked scores are −∞), above 88.7 infinity; NaN
-/// stays NaN.
+/// stays NaN. Written with selects and integer bit operations only (no `clamp`, `round` or
+/// float-to-int cast, which keep the compiler from vectorising on baseline x86-64): a row sum
+/// of `exp` over SmolLM2's vocabulary runs 1.8× faster than with libm (2 threads, dev VM).
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    // round to nearest with the 1.5·2²³ trick (baseline x86-64 has no vector `round`)
+    // adding 1.5·2²³ rounds to an integer, which then sits in the low mantissa bits
     const SHIFT: f32 = 12_582_912.0;
-    let c = x.clamp(-87.0, 88.0);
-    let n = (c * std::f32::consts::LOG2_E + SHIFT) - SHIFT;
+    // not `clamp`: its NaN handling and assertion keep the loop scalar
+    #[allow(clippy::manual_clamp)]
+    let c = if x < -87.0 {
+        -87.0
+    } else if x > 88.0 {
+        88.0
+    } else {
+        x
+    };
+    let t = c * std::f32::consts::LOG2_E + SHIFT;
+    let n = t - SHIFT;
+    let n_int = (t.to_bits() as i32).wrapping_sub(SHIFT.to_bits() as i32);
     let r = c - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -90,11 +102,13 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
-    let y = (p * r * r + r + 1.0) * f32::from_bits(((n as i32 + 127) << 23) as u32);
+    let y = (p * r * r + r + 1.0) * f32::from_bits((n_int.wrapping_add(127) << 23) as u32);
     if x < -87.3 {
         0.0
     } else if x > 88.7 {
         f32::INFINITY
+    } else if x.is_nan() {
+        x
     } else {
         y
     }
@@ -315,7 +329,7 @@ pub fn sum_of_squares(x: &[f32]) -> f64 {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn exp_is_f32_exp_within_two_tenths_of_a_millionth() {
+    fn exp_is_within_two_tenths_of_a_millionth_of_the_true_value() {
         let mut worst = 0f64;
         for i in 0..=2_000_000 {
             let x = -87.0 + 175.0 * i as f32 / 2_000_000.0;
