@@ -242,37 +242,28 @@ fn main() -> Result<()> {
         "candor MB",
         "torch MB"
     );
-    let g = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-    // the median over rounds of one figure of one side (NaN where PyTorch did not run)
-    let med = |rounds: &[Round],
-               f: &dyn Fn(&serde_json::Value, Option<&serde_json::Value>) -> f64| {
-        median(rounds.iter().map(|(o, t)| f(o, t.as_ref())).collect())
-    };
+    // one figure of one side's JSON (NaN where PyTorch did not run)
+    let g =
+        |v: Option<&serde_json::Value>, k: &str| v.and_then(|v| v[k].as_f64()).unwrap_or(f64::NAN);
+    let ratio = |(o, t): &Round| g(Some(o), "tokens_per_s") / g(t.as_ref(), "tokens_per_s");
+    let ours =
+        |rounds: &[Round], k: &str| median(rounds.iter().map(|(o, _)| g(Some(o), k)).collect());
+    let theirs =
+        |rounds: &[Round], k: &str| median(rounds.iter().map(|(_, t)| g(t.as_ref(), k)).collect());
     for (w, rounds) in &rows {
-        let ratio = |o: &serde_json::Value, t: Option<&serde_json::Value>| {
-            t.map_or(f64::NAN, |t| g(o, "tokens_per_s") / g(t, "tokens_per_s"))
-        };
-        let theirs = |k: &'static str| {
-            move |_: &serde_json::Value, t: Option<&serde_json::Value>| {
-                t.map_or(f64::NAN, |t| g(t, k))
-            }
-        };
         println!(
             "{:<10} {:>10.2} {:>10.2} {:>10.1} {:>10.1} {:>6.2}×   {:>10.0} {:>10.0}",
             w,
-            med(rounds, &|o, _| g(o, "s_per_step")),
-            med(rounds, &theirs("s_per_step")),
-            med(rounds, &|o, _| g(o, "tokens_per_s")),
-            med(rounds, &theirs("tokens_per_s")),
-            med(rounds, &ratio),
-            med(rounds, &|o, _| g(o, "peak_rss_mb")),
-            med(rounds, &theirs("peak_rss_mb")),
+            ours(rounds, "s_per_step"),
+            theirs(rounds, "s_per_step"),
+            ours(rounds, "tokens_per_s"),
+            theirs(rounds, "tokens_per_s"),
+            median(rounds.iter().map(ratio).collect()),
+            ours(rounds, "peak_rss_mb"),
+            theirs(rounds, "peak_rss_mb"),
         );
         if a.rounds > 1 {
-            let each: Vec<String> = rounds
-                .iter()
-                .map(|(o, t)| format!("{:.2}×", ratio(o, t.as_ref())))
-                .collect();
+            let each: Vec<String> = rounds.iter().map(|r| format!("{:.2}×", ratio(r))).collect();
             println!("{:<10} ratio per round: {}", "", each.join(" "));
         }
     }
@@ -283,9 +274,9 @@ fn main() -> Result<()> {
         println!(
             "{:<10} {:>6.2} s / {:>6.2} s / {:>6.2} s",
             w,
-            med(rounds, &|o, _| g(o, "forward_s")),
-            med(rounds, &|o, _| g(o, "backward_s")),
-            med(rounds, &|o, _| g(o, "optimizer_s")),
+            ours(rounds, "forward_s"),
+            ours(rounds, "backward_s"),
+            ours(rounds, "optimizer_s"),
         );
     }
     Ok(())

@@ -276,6 +276,13 @@ fn swap_axes_1_2(t: &FlexTensor) -> FlexTensor {
     flex(kernels::swap_axes_1_2(slice(t), [b, a, c, d]), [b, c, a, d])
 }
 
+/// `[b, h, t, d]` → `[b, kv, (h/kv)·t, d]` for a contiguous `t`: the query heads that share a
+/// KV head become one block of rows (a free reshape of HF's head order).
+fn group_heads(t: FlexTensor, kv: usize) -> FlexTensor {
+    let [b, h, s, d] = t.layout().shape().dims::<4>();
+    Cpu::float_reshape(t, Shape::new([b, kv, h / kv * s, d]))
+}
+
 /// `P = softmax(scale · q kᵀ)` over the unmasked keys and `out = P v`, for `q` `[b, h, t, d]`
 /// (contiguous), `k` `[b, kv, T, d]` (contiguous) and `v` `[b, T, kv, d]` (any strides).
 /// The `h / kv` query heads of a KV head are one `[(h/kv)·t, d]` block of `q`, so each
@@ -288,14 +295,12 @@ fn attention_forward(
     masked: &[u8],
     scale: f32,
 ) -> (FlexTensor, FlexTensor) {
-    let [b, h, t, d] = q.layout().shape().dims::<4>();
-    let [_, kv, tk, _] = k.layout().shape().dims::<4>();
-    let nq = h / kv * t;
-    let q = Cpu::float_reshape(q.clone(), Shape::new([b, kv, nq, d]));
-    let mut p = owned(matmul(q, swap_last(k)));
+    let kv = k.layout().shape().dims::<4>()[1];
+    let mut p = owned(matmul(group_heads(q.clone(), kv), swap_last(k)));
+    let [b, _, nq, tk] = p.layout().shape().dims::<4>();
     kernels::masked_softmax(p.storage_mut::<f32>(), masked, scale, [b, kv, nq, tk]);
     let out = matmul(p.clone(), Cpu::float_swap_dims(v.clone(), 1, 2)); // [b, kv, nq, d]
-    let out = Cpu::float_reshape(out, Shape::new([b, h, t, d]));
+    let out = Cpu::float_reshape(out, q.layout().shape().clone());
     (swap_axes_1_2(&out), p)
 }
 
@@ -321,12 +326,10 @@ impl Backward<Cpu, 3> for AttentionBackward {
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_q, node_k, node_v] = ops.parents;
         let (q, k, v, p, scale) = ops.state;
-        let [b, h, t, d] = q.layout().shape().dims::<4>();
         let [_, kv, tk, _] = k.layout().shape().dims::<4>();
-        let nq = h / kv * t;
-        // ∂L/∂out `[b, t, h, d]` → `[b, h, t, d]` = `[b, kv, nq, d]`, the layout of `P v`
+        // ∂L/∂out `[b, t, h, d]` → `[b, h, t, d]` → `[b, kv, nq, d]`, the layout of `P v`
         let d_out = swap_axes_1_2(&contiguous(grads.consume::<Cpu>(&ops.node)));
-        let d_out = Cpu::float_reshape(d_out, Shape::new([b, kv, nq, d]));
+        let d_out = group_heads(d_out, kv);
         if let Some(node) = node_v {
             // `[b, kv, T, d]` → `v`'s own `[b, T, kv, d]`
             grads.register::<Cpu>(
@@ -339,12 +342,11 @@ impl Backward<Cpu, 3> for AttentionBackward {
         let mut ds = owned(matmul(d_out, swap_last(&v_heads)));
         kernels::softmax_backward(ds.storage_mut::<f32>(), slice(&p), scale, tk);
         if let Some(node) = node_q {
-            let dq = Cpu::float_reshape(matmul(ds.clone(), k), Shape::new([b, h, t, d]));
+            let dq = Cpu::float_reshape(matmul(ds.clone(), k), q.layout().shape().clone());
             grads.register::<Cpu>(node.id, dq);
         }
         if let Some(node) = node_k {
-            let q = Cpu::float_reshape(q, Shape::new([b, kv, nq, d]));
-            grads.register::<Cpu>(node.id, matmul(swap_last(&ds), q));
+            grads.register::<Cpu>(node.id, matmul(swap_last(&ds), group_heads(q, kv)));
         }
     }
 }

@@ -78,35 +78,6 @@ pub fn matmul(a: FlexTensor, b: FlexTensor) -> FlexTensor {
     let count = lhs.bases.len();
     let mut shape = da.clone();
     shape[nd - 1] = n;
-    let mut out: Vec<f32> = Vec::with_capacity(count * m * n);
-    let one = |dst: *mut f32, i: usize, par: gemm::Parallelism| {
-        // SAFETY: `operand` checked that every element of both views lies inside its
-        // storage; `dst` points at `m·n` writable f32s (row-major) that nothing else touches,
-        // and with `read_dst = false` gemm only writes them.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst,
-                1,
-                n as isize,
-                false,
-                lhs.data.as_ptr().add(lhs.bases[i]),
-                lhs.cs,
-                lhs.rs,
-                rhs.data.as_ptr().add(rhs.bases[i]),
-                rhs.cs,
-                rhs.rs,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                par,
-            )
-        }
-    };
     let macs = m * n * k;
     let threads = rayon::current_num_threads();
     if count == 1 && macs >= PARALLEL_MACS && k >= 8 * m.max(n) && threads > 1 {
@@ -115,6 +86,12 @@ pub fn matmul(a: FlexTensor, b: FlexTensor) -> FlexTensor {
             shape,
         ));
     }
+    let mut out: Vec<f32> = Vec::with_capacity(count * m * n);
+    // SAFETY (both calls below): `dst` is a chunk of `m·n` f32s of `out`'s spare capacity that
+    // no other task touches.
+    let one = |dst: *mut f32, i: usize, par: gemm::Parallelism| unsafe {
+        product(dst, &lhs, &rhs, i, [m, n], (0, k), par)
+    };
     let spare = &mut out.spare_capacity_mut()[..count * m * n];
     if count > 1 && macs < PARALLEL_MACS {
         // many small products (attention): one per task
@@ -144,40 +121,20 @@ pub fn matmul(a: FlexTensor, b: FlexTensor) -> FlexTensor {
 /// on 2 threads, 124 split this way (a loop of `gemm::gemm` calls on the 2-core dev VM).
 fn split_k(lhs: &Operand, rhs: &Operand, m: usize, k: usize, n: usize, parts: usize) -> Vec<f32> {
     let chunk = k.div_ceil(parts);
-    let partials: Vec<Vec<f32>> = (0..k.div_ceil(chunk))
+    let mut partials: Vec<Vec<f32>> = (0..k.div_ceil(chunk))
         .into_par_iter()
         .map(|p| {
             let (k0, len) = (p * chunk, chunk.min(k - p * chunk));
             let mut part: Vec<f32> = Vec::with_capacity(m * n);
-            // SAFETY: as in `matmul`: both views lie inside their storage (checked by
-            // `operand`), the `k0..k0 + len` slice of the inner dimension included; `part` has
-            // room for `m·n` f32s, all written by gemm (`read_dst = false`) before `set_len`.
+            // SAFETY: `part` has room for `m·n` f32s, all written by `product` before `set_len`.
             unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    len,
+                product(
                     part.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    lhs.data
-                        .as_ptr()
-                        .add(lhs.bases[0])
-                        .offset(k0 as isize * lhs.cs),
-                    lhs.cs,
-                    lhs.rs,
-                    rhs.data
-                        .as_ptr()
-                        .add(rhs.bases[0])
-                        .offset(k0 as isize * rhs.rs),
-                    rhs.cs,
-                    rhs.rs,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
+                    lhs,
+                    rhs,
+                    0,
+                    [m, n],
+                    (k0, len),
                     gemm::Parallelism::None,
                 );
                 part.set_len(m * n);
@@ -185,9 +142,8 @@ fn split_k(lhs: &Operand, rhs: &Operand, m: usize, k: usize, n: usize, parts: us
             part
         })
         .collect();
-    let mut partials = partials.into_iter();
-    let mut out = partials.next().expect("k > 0");
-    let rest: Vec<Vec<f32>> = partials.collect();
+    let rest = partials.split_off(1);
+    let mut out = partials.pop().expect("k > 0");
     out.par_chunks_mut(16 * 1024)
         .enumerate()
         .for_each(|(i, o)| {
@@ -198,4 +154,37 @@ fn split_k(lhs: &Operand, rhs: &Operand, m: usize, k: usize, n: usize, parts: us
             }
         });
     out
+}
+
+/// `dst = lhs[i] · rhs[i]` (batch entry `i` of each operand) over the slice `k0..k0 + len` of
+/// the inner dimension, written row-major into `dst` (`[m, n]`).
+///
+/// # Safety
+/// `dst` must point at `m·n` writable f32s that nothing else reads or writes meanwhile, and
+/// `k0 + len` must not exceed the inner dimension the operands were built for (`operand`
+/// checked that every element of both views lies inside its storage). With `read_dst =
+/// false` gemm only writes `dst`.
+unsafe fn product(
+    dst: *mut f32,
+    lhs: &Operand,
+    rhs: &Operand,
+    i: usize,
+    [m, n]: [usize; 2],
+    (k0, len): (usize, usize),
+    par: gemm::Parallelism,
+) {
+    let a = lhs
+        .data
+        .as_ptr()
+        .add(lhs.bases[i])
+        .offset(k0 as isize * lhs.cs);
+    let b = rhs
+        .data
+        .as_ptr()
+        .add(rhs.bases[i])
+        .offset(k0 as isize * rhs.rs);
+    gemm::gemm(
+        m, n, len, dst, 1, n as isize, false, a, lhs.cs, lhs.rs, b, rhs.cs, rhs.rs, 0.0f32, 1.0f32,
+        false, false, false, par,
+    )
 }
