@@ -397,7 +397,7 @@ impl<B: Backend> Llama<B> {
         pos: &Positions<B>,
         cache: &mut KvCache<B>,
     ) -> Tensor<B, 3> {
-        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), tokens);
+        let mut x = fused::embedding(self.embed_tokens.val(), tokens);
         for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let h = layer.self_attn.forward(
                 layer.input_layernorm.forward(x.clone()),

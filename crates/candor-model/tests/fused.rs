@@ -185,6 +185,47 @@ fn attention_matches_tensor_ops() {
 }
 
 #[test]
+fn embedding_gradient_matches_tensor_ops_alone_and_tied() {
+    let (v, d) = (53, 24);
+    let table = rand([v, d], 30);
+    let ids = |t: &Tensor<Flex, 2>| {
+        // token 7 three times, token 0 and the last token once each
+        let rows = [7i64, 3, 7, 0, 52, 11, 7, 29, 3, 44];
+        Tensor::<Ad, 2, burn::tensor::Int>::from_data(
+            TensorData::new(rows.to_vec(), [2, 5]),
+            &t.device(),
+        )
+    };
+    // 0: the lookup alone; 1: its output through the tied output layer; 2: the table also used
+    // on its own, apart from the lookup
+    for case in 0..3 {
+        let grad = |fused: bool| {
+            let ta = leaf(&table);
+            let x = if fused {
+                fused::embedding(ta.clone(), ids(&table))
+            } else {
+                burn::tensor::module::embedding(ta.clone(), ids(&table))
+            };
+            let mut loss = probe_loss(x.clone(), 31);
+            if case == 1 {
+                let logits = fused::matmul(x.reshape([10, d]), ta.clone().transpose());
+                loss = loss + probe_loss(logits, 32);
+            }
+            if case == 2 {
+                loss = loss + probe_loss(ta.clone() * 2.0, 33);
+            }
+            ta.grad(&loss.backward()).unwrap()
+        };
+        close(
+            &format!("case {case}: d table"),
+            grad(true),
+            grad(false),
+            1e-5,
+        );
+    }
+}
+
+#[test]
 fn nll_matches_tensor_ops_in_both_head_layouts() {
     use candor_model::fused::HeadLayout;
     let (n, d, v) = (7, 24, 301);

@@ -42,9 +42,10 @@ struct Args {
     /// Timed steps after one warm-up step; the median is reported.
     #[arg(long, default_value_t = 3)]
     steps: usize,
-    /// Rounds of (candor, PyTorch) per workload, run alternately; the table shows the median of
-    /// each column over the rounds and the median of the per-round ratios. On a shared or noisy
-    /// machine, use 3 or more.
+    /// Rounds of (candor, PyTorch) per workload, run alternately; the table shows each side's
+    /// median step time over the rounds (tokens/s derived from it), the median of the per-round
+    /// ratios, and each round's ratio with the host's steal time. On a shared or noisy machine,
+    /// use 3 or more.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
     /// Python with torch + transformers; default `.venv-bench/bin/python` if present.
@@ -65,7 +66,34 @@ type Round = (serde_json::Value, Option<serde_json::Value>);
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let n = v.len();
+    (v[(n - 1) / 2] + v[n / 2]) / 2.0
+}
+
+/// The host's CPU time counters from `/proc/stat`: (stolen, total) in ticks, or `None` off
+/// Linux. Steal is the time the hypervisor ran something else while this VM's cores had work:
+/// on a shared VM it is what makes one round several times slower than the next.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    Some((*fields.get(7)?, fields.iter().take(8).sum()))
+}
+
+/// Run `f` and add the share of the host's CPU time stolen meanwhile (percent) to its JSON as
+/// `steal_pct` (absent where `/proc/stat` cannot be read).
+fn with_steal(f: impl FnOnce() -> Result<serde_json::Value>) -> Result<serde_json::Value> {
+    let before = cpu_ticks();
+    let mut v = f()?;
+    if let (Some((s0, t0)), Some((s1, t1))) = (before, cpu_ticks()) {
+        v["steal_pct"] = (100.0 * (s1 - s0) as f64 / (t1 - t0).max(1) as f64).into();
+    }
+    Ok(v)
 }
 
 /// One workload in this process: warm-up step, then `steps` timed steps.
@@ -184,26 +212,30 @@ fn main() -> Result<()> {
         let mut rounds = vec![];
         for r in 1..=a.rounds {
             eprintln!("{w}: candor … (round {r}/{})", a.rounds);
-            let ours = json_of(
-                std::process::Command::new(&me)
-                    .arg("--model")
-                    .arg(&a.model)
-                    .args(["--batch", &shape[0], "--seq", &shape[1]])
-                    .args(["--response", &shape[2], "--steps", &shape[3]])
-                    .args(["--child", w]),
-                "the candor side",
-            )?;
+            let ours = with_steal(|| {
+                json_of(
+                    std::process::Command::new(&me)
+                        .arg("--model")
+                        .arg(&a.model)
+                        .args(["--batch", &shape[0], "--seq", &shape[1]])
+                        .args(["--response", &shape[2], "--steps", &shape[3]])
+                        .args(["--child", w]),
+                    "the candor side",
+                )
+            })?;
             let theirs = match (&python, a.no_pytorch) {
                 (Some(py), false) => {
                     eprintln!("{w}: pytorch … (round {r}/{})", a.rounds);
-                    Some(json_of(
-                        std::process::Command::new(py)
-                            .arg("scripts/bench_train_pytorch.py")
-                            .arg(&a.model)
-                            .arg(w)
-                            .args(&shape),
-                        "scripts/bench_train_pytorch.py",
-                    )?)
+                    Some(with_steal(|| {
+                        json_of(
+                            std::process::Command::new(py)
+                                .arg("scripts/bench_train_pytorch.py")
+                                .arg(&a.model)
+                                .arg(w)
+                                .args(&shape),
+                            "scripts/bench_train_pytorch.py",
+                        )
+                    })?)
                 }
                 _ => None,
             };
@@ -250,23 +282,42 @@ fn main() -> Result<()> {
         |rounds: &[Round], k: &str| median(rounds.iter().map(|(o, _)| g(Some(o), k)).collect());
     let theirs =
         |rounds: &[Round], k: &str| median(rounds.iter().map(|(_, t)| g(t.as_ref(), k)).collect());
+    let tokens = (a.batch * a.seq) as f64;
     for (w, rounds) in &rows {
+        // tokens/s from the median step time, so that both columns describe the same step
+        let (s_ours, s_theirs) = (ours(rounds, "s_per_step"), theirs(rounds, "s_per_step"));
         println!(
             "{:<10} {:>10.2} {:>10.2} {:>10.1} {:>10.1} {:>6.2}×   {:>10.0} {:>10.0}",
             w,
-            ours(rounds, "s_per_step"),
-            theirs(rounds, "s_per_step"),
-            ours(rounds, "tokens_per_s"),
-            theirs(rounds, "tokens_per_s"),
+            s_ours,
+            s_theirs,
+            tokens / s_ours,
+            tokens / s_theirs,
             median(rounds.iter().map(ratio).collect()),
             ours(rounds, "peak_rss_mb"),
             theirs(rounds, "peak_rss_mb"),
         );
-        if a.rounds > 1 {
-            let each: Vec<String> = rounds.iter().map(|r| format!("{:.2}×", ratio(r))).collect();
-            println!("{:<10} ratio per round: {}", "", each.join(" "));
-        }
+        let steal = |v: Option<&serde_json::Value>| match g(v, "steal_pct") {
+            s if s.is_nan() => "?".to_string(),
+            s => format!("{s:.0}%"),
+        };
+        let each: Vec<String> = rounds
+            .iter()
+            .map(|r| {
+                format!(
+                    "{:.2}× (steal {}/{})",
+                    ratio(r),
+                    steal(Some(&r.0)),
+                    steal(r.1.as_ref())
+                )
+            })
+            .collect();
+        println!("{:<10} per round: {}", "", each.join("  "));
     }
+    println!(
+        "(steal: the share of the host's CPU time the hypervisor gave to other guests during \
+         candor's / PyTorch's run; above a few percent, that round's times are inflated)"
+    );
     println!(
         "candor time per step by phase (median): forward (incl. loss) / backward / clip + AdamW"
     );

@@ -9,8 +9,8 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::ops::{FloatTensor, FloatTensorOps};
-use burn::tensor::{Shape, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::ops::{FloatTensor, FloatTensorOps, ModuleOps};
+use burn::tensor::{Int, Shape, Tensor, TensorData, TensorPrimitive};
 use burn_flex::FlexTensor;
 
 /// The CPU backend, and the same with autodiff (what training on the CPU runs).
@@ -229,6 +229,44 @@ pub fn matmul_ad(a: Tensor<CpuAd, 2>, b: Tensor<CpuAd, 2>) -> Tensor<CpuAd, 2> {
     let out = matmul(a.primitive.clone(), b.primitive.clone());
     let state = || (a.primitive.clone(), b.primitive.clone());
     record(MatmulBackward, [&a, &b], state, out)
+}
+
+// ---- embedding lookup ----
+
+#[derive(Debug)]
+struct EmbeddingBackward;
+
+impl Backward<Cpu, 1> for EmbeddingBackward {
+    /// The table (its autodiff node finds the gradient it already has) and the looked-up rows.
+    type State = (AdPrimitive, Vec<usize>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_table] = ops.parents;
+        let d = contiguous(grads.consume::<Cpu>(&ops.node));
+        let (table, rows) = ops.state;
+        let Some(node) = node_table else { return };
+        // A tied output layer has registered its dense gradient for the same table already
+        // (it runs later in the forward pass, so earlier in the backward pass): the looked-up
+        // rows go into that one in place. Burn's own backward builds a dense zero-filled table
+        // for them and adds it to the other, two passes over vocabulary × hidden floats.
+        let mut g = match grads.remove::<Cpu>(&table) {
+            Some(g) => owned(g),
+            None => flex(
+                vec![0.0; table.primitive.layout().num_elements()],
+                table.primitive.layout().shape().clone(),
+            ),
+        };
+        kernels::add_rows(g.storage_mut::<f32>(), slice(&d), &rows);
+        grads.register::<Cpu>(node.id, g);
+    }
+}
+
+pub fn embedding_ad(table: Tensor<CpuAd, 2>, ids: Tensor<CpuAd, 2, Int>) -> Tensor<CpuAd, 3> {
+    let rows: Vec<usize> = ids.to_data().iter::<i64>().map(|i| i as usize).collect();
+    let table = tracked(table);
+    let out = Cpu::embedding(table.primitive.clone(), ids.into_primitive());
+    let state = || (table.clone(), rows);
+    record(EmbeddingBackward, [&table], state, out)
 }
 
 // ---- in-place host update ----

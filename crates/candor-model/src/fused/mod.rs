@@ -1,5 +1,6 @@
 //! Fused ops: matmul, RMSNorm, SwiGLU's gate, RoPE, attention and the output layer + NLL, each
-//! one op for any backend.
+//! one op for any backend; and the embedding lookup, whose CPU backward adds into the tied
+//! output layer's gradient in place.
 //!
 //! Written as tensor ops ([`reference`]), each of these is a chain of 4–6 elementwise passes
 //! forward and about twice that backward. On the CPU backend (Flex) every pass is a separate
@@ -23,7 +24,7 @@ mod kernels;
 
 use autodiff::{Cpu, CpuAd};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, DType, Tensor};
+use burn::tensor::{Bool, DType, Int, Tensor};
 use std::any::Any;
 
 /// `a` as a `T` when `A` and `T` are the same type; `a` back otherwise.
@@ -58,6 +59,19 @@ pub fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
     match cast::<_, (Tensor<Cpu, 2>, Tensor<Cpu, 2>)>((a, b)) {
         Ok((a, b)) => same(autodiff::matmul_plain(a, b)),
         Err((a, b)) => a.matmul(b),
+    }
+}
+
+/// Embedding lookup, `table[ids]`: `[vocab, hidden]` and `[batch, seq]` → `[batch, seq,
+/// hidden]`. On the CPU backend with autodiff, the backward adds the looked-up rows' gradients
+/// into the gradient the table already has (a tied output layer's) in place.
+pub fn embedding<B: Backend>(table: Tensor<B, 2>, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+    if !fusable(&table) {
+        return burn::tensor::module::embedding(table, ids);
+    }
+    match cast::<_, (Tensor<CpuAd, 2>, Tensor<CpuAd, 2, Int>)>((table, ids)) {
+        Ok((table, ids)) => same(autodiff::embedding_ad(table, ids)),
+        Err((table, ids)) => burn::tensor::module::embedding(table, ids),
     }
 }
 
