@@ -280,15 +280,57 @@ impl<B: Backend> Positions<B> {
     }
 }
 
+/// `x` `[batch, seq, hidden]` at positions `from..` (`x` itself when `from` is 0).
+fn positions_from<B: Backend>(x: Tensor<B, 3>, from: usize) -> Tensor<B, 3> {
+    if from == 0 {
+        return x;
+    }
+    let [b, t, d] = x.dims();
+    x.slice([0..b, from..t, 0..d])
+}
+
+impl<B: Backend> Positions<B> {
+    /// The RoPE tables and mask rows of the new positions `from..` (all of them when `from` is
+    /// 0), for queries at those positions only.
+    fn queries_from(
+        &self,
+        from: usize,
+        group: usize,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 4, Bool>) {
+        if from == 0 {
+            return (self.cos.clone(), self.sin.clone(), self.mask.clone());
+        }
+        let [b, _, rows, total] = self.mask.dims();
+        let new = rows / group;
+        let hd = self.cos.dims()[1];
+        let table = |t: &Tensor<B, 2>| {
+            let t = t
+                .clone()
+                .reshape([b, new, hd])
+                .slice([0..b, from..new, 0..hd]);
+            t.reshape([b * (new - from), hd])
+        };
+        let mask = self.mask.clone().reshape([b, group, new, total]);
+        let mask = mask.slice([0..b, 0..group, from..new, 0..total]);
+        (
+            table(&self.cos),
+            table(&self.sin),
+            mask.reshape([b, 1, group * (new - from), total]),
+        )
+    }
+}
+
 impl<B: Backend> Attention<B> {
     /// Grouped-query attention without copying keys/values per query head (see
-    /// [`fused::attention`]).
+    /// [`fused::attention`]), with queries at the new positions `from..` (keys and values at
+    /// all of them).
     fn forward(
         &self,
         x: Tensor<B, 3>,
         pos: &Positions<B>,
         cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
         config: &ModelConfig,
+        from: usize,
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let (h, kv, hd) = (
@@ -296,9 +338,14 @@ impl<B: Backend> Attention<B> {
             config.num_key_value_heads,
             config.head_dim,
         );
-        let q = self.q_proj.forward(x.clone()).reshape([b, t, h, hd]);
+        let (cos_q, sin_q, mask) = pos.queries_from(from, h / kv);
+        let tq = t - from;
+        let q = self
+            .q_proj
+            .forward(positions_from(x.clone(), from))
+            .reshape([b, tq, h, hd]);
         let k = self.k_proj.forward(x.clone()).reshape([b, t, kv, hd]);
-        let q = fused::rope(q, &pos.cos, &pos.sin);
+        let q = fused::rope(q, &cos_q, &sin_q);
         let k = fused::rope(k, &pos.cos, &pos.sin);
         let v = self.v_proj.forward(x).reshape([b, t, kv, hd]);
         // the cache holds keys `[b, kv, past, d]` and values `[b, past, kv, d]`
@@ -307,8 +354,8 @@ impl<B: Backend> Attention<B> {
             None => (k, v),
         };
         *cache = Some((k.clone(), v.clone()));
-        let out = fused::attention(q, k, v, &pos.mask); // [b, t, h, d]
-        self.o_proj.forward(out.reshape([b, t, h * hd]))
+        let out = fused::attention(q, k, v, &mask); // [b, tq, h, d]
+        self.o_proj.forward(out.reshape([b, tq, h * hd]))
     }
 }
 
@@ -397,19 +444,40 @@ impl<B: Backend> Llama<B> {
         pos: &Positions<B>,
         cache: &mut KvCache<B>,
     ) -> Tensor<B, 3> {
+        self.forward_hidden_from(tokens, pos, cache, 0)
+    }
+
+    /// [`Self::forward_hidden`] at the new positions `from..` only, `[batch, new − from,
+    /// hidden]`. The last layer computes its queries, output projection and MLP only there; the
+    /// keys and values of every position still feed its attention (and the cache), and the
+    /// layers below need every position anyway. Training uses it to skip the prompt positions
+    /// below the first one that predicts a response token.
+    pub fn forward_hidden_from(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        pos: &Positions<B>,
+        cache: &mut KvCache<B>,
+        from: usize,
+    ) -> Tensor<B, 3> {
         let mut x = fused::embedding(self.embed_tokens.val(), tokens);
-        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        let n = self.layers.len();
+        for (i, (layer, lc)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+            let from = if i + 1 == n { from } else { 0 };
             let h = layer.self_attn.forward(
                 layer.input_layernorm.forward(x.clone()),
                 pos,
                 lc,
                 &self.config,
+                from,
             );
-            x = x + h;
+            x = positions_from(x, from) + h;
             let h = layer
                 .mlp
                 .forward(layer.post_attention_layernorm.forward(x.clone()));
             x = x + h;
+        }
+        if n == 0 {
+            x = positions_from(x, from);
         }
         self.norm.forward(x)
     }

@@ -94,20 +94,23 @@ pub fn batch_loss<B: Backend>(
         .collect();
     let pos = Positions::new(&model.config, &valid, t, device);
     let mut cache = KvCache::new(model.config.num_hidden_layers);
-    let hidden = model.forward_hidden(tokens_tensor::<B>(&rows, device), &pos, &mut cache);
-    let d = model.config.hidden_size;
+    // the first position that predicts a response token; the last layer skips those before it
+    let from = seqs.iter().map(|s| s.start.max(1) - 1).min().unwrap_or(0);
+    let tokens = tokens_tensor::<B>(&rows, device);
+    let hidden = model.forward_hidden_from(tokens, &pos, &mut cache, from);
+    let (d, tail) = (model.config.hidden_size, t - from);
     let mut at = vec![];
     let mut targets = vec![];
     let mut w = vec![];
     for (i, s) in seqs.iter().enumerate() {
         for p in s.start..s.ids.len() {
-            at.push((i * t + p - 1) as i64);
+            at.push((i * tail + p - 1 - from) as i64);
             targets.push(s.ids[p]);
             w.push(s.weight);
         }
     }
     let n = at.len();
-    let h = hidden.reshape([b * t, d]).select(
+    let h = hidden.reshape([b * tail, d]).select(
         0,
         Tensor::<B, 1, Int>::from_data(TensorData::new(at, [n]), device),
     );

@@ -101,6 +101,61 @@ fn gradient_accumulation_is_split_invariant() {
     );
 }
 
+/// `Σ weight · −log p(token)` over each row's response tokens, from the full logits of every
+/// position (every layer at every position, one row at a time): what `batch_loss` must equal.
+fn loss_from_full_logits(model: &Llama<A>, batch: &[&Seq]) -> Tensor<A, 1> {
+    let dev = Default::default();
+    let mut total = Tensor::<A, 1>::zeros([1], &dev);
+    for s in batch {
+        let logits = model.forward_logits(std::slice::from_ref(&s.ids), &dev);
+        let [_, t, v] = logits.dims();
+        let lp = burn::tensor::activation::log_softmax(logits.reshape([t, v]), 1);
+        for p in s.start..s.ids.len() {
+            let id = s.ids[p] as usize;
+            let x = lp.clone().slice([p - 1..p, id..id + 1]).reshape([1]);
+            total = total - x * s.weight as f64;
+        }
+    }
+    total
+}
+
+#[test]
+fn batch_loss_equals_the_loss_from_full_logits() {
+    // batch_loss runs the last layer only from the first position that predicts a response
+    // token on, and the output layer only where the loss is
+    let (model, _tok, seqs, _d) = setup();
+    let batch: Vec<&Seq> = seqs.iter().step_by(5).collect();
+    let first = batch.iter().map(|s| s.start - 1).min().unwrap();
+    assert!(first > 0, "the rows must have a prompt to skip");
+    assert!(
+        batch.iter().any(|s| s.ids.len() != batch[0].ids.len()),
+        "rows of different lengths (padding)"
+    );
+    let (fast, n) = batch_loss(&model, &batch, &Default::default());
+    let slow = loss_from_full_logits(&model, &batch);
+    let (f, s) = (
+        fast.clone().into_scalar() as f64,
+        slow.clone().into_scalar() as f64,
+    );
+    assert!(n > batch.len());
+    assert!((f - s).abs() < 1e-5 * s.abs(), "{f} vs {s}");
+    let gf = grads_of(
+        &model,
+        &GradientsParams::from_grads(fast.backward(), &model),
+    );
+    let gs = grads_of(
+        &model,
+        &GradientsParams::from_grads(slow.backward(), &model),
+    );
+    assert_eq!(gf.len(), gs.len());
+    let scale = gs.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+    for (i, (a, b)) in gf.iter().zip(&gs).enumerate() {
+        for (p, q) in a.iter().zip(b) {
+            assert!((p - q).abs() <= 1e-4 * scale, "parameter {i}: {p} vs {q}");
+        }
+    }
+}
+
 #[test]
 fn loss_covers_response_and_end_of_turn_only() {
     let (_model, tok, seqs, _d) = setup();
