@@ -450,8 +450,9 @@ impl<B: Backend> Llama<B> {
     /// [`Self::forward_hidden`] at the new positions `from..` only, `[batch, new − from,
     /// hidden]`. The last layer computes its queries, output projection and MLP only there; the
     /// keys and values of every position still feed its attention (and the cache), and the
-    /// layers below need every position anyway. Training uses it to skip the prompt positions
-    /// below the first one that predicts a response token.
+    /// layers below need every position anyway. Training skips the prompt positions below the
+    /// first one that predicts a response token, generation's prefill all but the last prompt
+    /// position, and scoring those below the first scored token.
     pub fn forward_hidden_from(
         &self,
         tokens: Tensor<B, 2, Int>,
