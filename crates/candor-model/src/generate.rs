@@ -177,8 +177,8 @@ pub fn generate<B: Backend>(
     let t0 = valid[0].len();
     let pos = Positions::new(&model.config, &valid, t0, device);
     // only the last prompt position's hidden state is needed (the cache still gets every one)
-    let prompts = tokens_tensor::<B>(&toks, device);
-    let hidden = model.forward_hidden_from(prompts, &pos, &mut cache, t0 - 1);
+    let tokens = tokens_tensor::<B>(&toks, device);
+    let hidden = model.forward_hidden_from(tokens, &pos, &mut cache, t0 - 1);
     let d = model.config.hidden_size;
     let mut last = hidden.reshape([n, d]);
     for step in 0..cfg.max_new_tokens {
@@ -285,8 +285,8 @@ pub fn score<B: Backend>(
     let pos = Positions::new(&model.config, &valid, t, device);
     let mut cache = KvCache::new(model.config.num_hidden_layers);
     // positions t-l-1 .. t-2 predict the last l tokens
-    let rows = tokens_tensor::<B>(&toks, device);
-    let hidden = model.forward_hidden_from(rows, &pos, &mut cache, t - l - 1);
+    let tokens = tokens_tensor::<B>(&toks, device);
+    let hidden = model.forward_hidden_from(tokens, &pos, &mut cache, t - l - 1);
     let h = hidden.narrow(1, 0, l);
     let v = model.config.vocab_size;
     let flat: Vec<f32> = model.logits(h).into_data().iter::<f32>().collect();

@@ -278,18 +278,7 @@ impl<B: Backend> Positions<B> {
             ),
         }
     }
-}
 
-/// `x` `[batch, seq, hidden]` at positions `from..` (`x` itself when `from` is 0).
-fn positions_from<B: Backend>(x: Tensor<B, 3>, from: usize) -> Tensor<B, 3> {
-    if from == 0 {
-        return x;
-    }
-    let [b, t, d] = x.dims();
-    x.slice([0..b, from..t, 0..d])
-}
-
-impl<B: Backend> Positions<B> {
     /// The RoPE tables and mask rows of the new positions `from..` (all of them when `from` is
     /// 0), for queries at those positions only.
     fn queries_from(
@@ -318,6 +307,15 @@ impl<B: Backend> Positions<B> {
             mask.reshape([b, 1, group * (new - from), total]),
         )
     }
+}
+
+/// `x` `[batch, seq, hidden]` at positions `from..` (`x` itself when `from` is 0).
+fn positions_from<B: Backend>(x: Tensor<B, 3>, from: usize) -> Tensor<B, 3> {
+    if from == 0 {
+        return x;
+    }
+    let [b, t, d] = x.dims();
+    x.slice([0..b, from..t, 0..d])
 }
 
 impl<B: Backend> Attention<B> {

@@ -262,10 +262,13 @@ impl Backward<Cpu, 1> for EmbeddingBackward {
 }
 
 pub fn embedding_ad(table: Tensor<CpuAd, 2>, ids: Tensor<CpuAd, 2, Int>) -> Tensor<CpuAd, 3> {
-    let rows: Vec<usize> = ids.to_data().iter::<i64>().map(|i| i as usize).collect();
     let table = tracked(table);
-    let out = Cpu::embedding(table.primitive.clone(), ids.into_primitive());
-    let state = || (table.clone(), rows);
+    let out = Cpu::embedding(table.primitive.clone(), ids.clone().into_primitive());
+    // the ids on the host, read only when the table takes a gradient
+    let state = || {
+        let rows = ids.to_data().iter::<i64>().map(|i| i as usize).collect();
+        (table.clone(), rows)
+    };
     record(EmbeddingBackward, [&table], state, out)
 }
 

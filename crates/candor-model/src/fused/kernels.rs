@@ -319,7 +319,6 @@ pub fn nll_backward(
         });
 }
 
-/// `Σ x²`, accumulated in f64 per chunk.
 /// `table[rows[i]] += d[i]` for each row `i` of `d` (rows of `table`'s width; a row may repeat).
 pub fn add_rows(table: &mut [f32], d: &[f32], rows: &[usize]) {
     let width = d.len() / rows.len().max(1);
@@ -329,6 +328,7 @@ pub fn add_rows(table: &mut [f32], d: &[f32], rows: &[usize]) {
     }
 }
 
+/// `Σ x²`, accumulated in f64 per chunk.
 pub fn sum_of_squares(x: &[f32]) -> f64 {
     x.par_chunks(16 * 1024)
         .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
