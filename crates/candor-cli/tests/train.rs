@@ -44,6 +44,15 @@ enabled = false
     p
 }
 
+/// Add `keys` (TOML lines) to the `[model]` section of the recipe at `r`.
+fn set_model_keys(r: &Path, keys: &str) {
+    let text = std::fs::read_to_string(r).unwrap().replace(
+        "tokenizer = \"byte\"\n",
+        &format!("tokenizer = \"byte\"\n{keys}"),
+    );
+    std::fs::write(r, text).unwrap();
+}
+
 fn train(recipe: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_train"))
         .arg(recipe)
@@ -137,4 +146,72 @@ fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     );
     assert!(d.path().join("run/step-000001/state.json").exists());
     assert!(!d.path().join("run/final").exists());
+}
+
+/// `loss` of every logged step in a run's train.log.
+fn logged_losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("train.log"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("step "))
+        .map(|l| {
+            let at = l.find(" loss ").expect("a loss on every step line") + 6;
+            l[at..].split(' ').next().unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn bf16_run_tracks_the_f32_run() {
+    // the same run computing in bf16 (mixed precision) on the CPU backend: it finishes, says
+    // so, and its losses follow the f32 run's within bf16's precision without equalling them
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ra = recipe(a.path(), "");
+    let rb = recipe(b.path(), "");
+    set_model_keys(&rb, "dtype = \"bf16\"\n");
+    for r in [&ra, &rb] {
+        let out = train(r);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let log = std::fs::read_to_string(b.path().join("run/train.log")).unwrap();
+    assert!(log.contains("bf16 compute with f32 weights"), "{log}");
+    let (f32s, bf16s) = (
+        logged_losses(&a.path().join("run")),
+        logged_losses(&b.path().join("run")),
+    );
+    assert_eq!(f32s.len(), 6, "{f32s:?}");
+    assert_eq!(f32s.len(), bf16s.len());
+    assert!(f32s != bf16s, "bf16 compute must change the losses");
+    for (x, y) in f32s.iter().zip(&bf16s) {
+        assert!((x - y).abs() < 0.01 * x, "f32 {f32s:?} vs bf16 {bf16s:?}");
+    }
+    // the export is the f32 weights either way
+    let size = |d: &tempfile::TempDir| {
+        std::fs::metadata(d.path().join("run/final/model.safetensors"))
+            .unwrap()
+            .len()
+    };
+    assert_eq!(size(&a), size(&b));
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn bf16_on_a_backend_without_bf16_arithmetic_is_an_error_before_any_work() {
+    // Burn 0.21's WGPU backend registers bf16 for storage and conversion at most, never for
+    // arithmetic, so `dtype = "bf16"` there must be refused by name, before the run folder
+    let d = tempfile::tempdir().unwrap();
+    let r = recipe(d.path(), "");
+    set_model_keys(&r, "device = \"wgpu\"\ndtype = \"bf16\"\n");
+    let out = train(&r);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("model.dtype = \"bf16\"") && err.contains("cannot compute in bf16"),
+        "{err}"
+    );
+    assert!(!d.path().join("run").exists(), "nothing written");
 }

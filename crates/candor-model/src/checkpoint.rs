@@ -246,6 +246,7 @@ pub fn model_from_tensors<B: Backend>(
         norm: norm(t, "model.norm.weight"),
         lm_head: (!c.tie_word_embeddings).then(|| linear(t, "lm_head")),
         config: c.clone(),
+        compute: burn::tensor::DType::F32,
     })
 }
 

@@ -9,7 +9,19 @@ use crate::config::ModelConfig;
 use crate::fused;
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Distribution, Int, Tensor, TensorData};
+
+/// `t` in `dtype`; `t` itself, with no cast in the autodiff graph, when it already is. The
+/// weights are f32 (the optimizer's precision); a bf16 model ([`Llama::compute`]) casts each
+/// one to its activations' dtype where it is used, as `torch.autocast` does, so gradients
+/// come back to the f32 weights through the cast.
+pub fn to_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if t.dtype() == dtype {
+        t
+    } else {
+        t.cast(dtype)
+    }
+}
 
 /// `y = x Wᵀ + b` (`W` is HF's `[out, in]` weight), plus an optional LoRA adapter.
 ///
@@ -87,12 +99,13 @@ impl<B: Backend> Linear<B> {
         let dims = x.dims();
         let d_in = dims[D - 1];
         let rows = x.shape().num_elements() / d_in;
-        let w = self.weight.val();
+        let dt = x.dtype();
+        let w = to_dtype(self.weight.val(), dt);
         let d_out = w.dims()[1];
         let x = x.reshape([rows, d_in]);
         let mut y = fused::matmul(x.clone(), w);
         if let Some(b) = &self.bias {
-            y = y + b.val().unsqueeze_dim(0);
+            y = y + to_dtype(b.val(), dt).unsqueeze_dim(0);
         }
         if let Some(l) = &self.lora {
             let x = if l.dropout > 0.0 && B::ad_enabled(&x.device()) {
@@ -103,10 +116,8 @@ impl<B: Backend> Linear<B> {
                 x
             };
             // the scale goes on the small `[r, out]` factor, not on the `[rows, out]` product
-            let low = fused::matmul(
-                fused::matmul(x, l.a.val().transpose()),
-                l.b.val().transpose() * l.scale,
-            );
+            let (a, b) = (to_dtype(l.a.val(), dt), to_dtype(l.b.val(), dt));
+            let low = fused::matmul(fused::matmul(x, a.transpose()), b.transpose() * l.scale);
             y = y + low;
         }
         let mut out = dims;
@@ -132,7 +143,8 @@ impl<B: Backend> RmsNorm<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        fused::rms_norm(x, self.weight.val(), self.eps)
+        let w = to_dtype(self.weight.val(), x.dtype());
+        fused::rms_norm(x, w, self.eps)
     }
 }
 
@@ -176,6 +188,10 @@ pub struct Llama<B: Backend> {
     pub lm_head: Option<Linear<B>>,
     #[module(skip)]
     pub config: ModelConfig,
+    /// The dtype the forward pass computes in: `F32`, or `BF16` for mixed precision (the
+    /// weights stay f32; see [`to_dtype`]). Set with [`Llama::with_compute`].
+    #[module(skip)]
+    pub compute: DType,
 }
 
 /// Keys and values of the positions already seen, per layer: keys `[batch, kv_heads, seq,
@@ -276,6 +292,16 @@ impl<B: Backend> Positions<B> {
                 TensorData::new(mask, [batch, 1, group * n_new, total]),
                 device,
             ),
+        }
+    }
+
+    /// The same positions with the RoPE tables in `dtype` (what [`Llama::compute`] multiplies
+    /// them with).
+    pub fn cast(&self, dtype: DType) -> Self {
+        Self {
+            cos: to_dtype(self.cos.clone(), dtype),
+            sin: to_dtype(self.sin.clone(), dtype),
+            mask: self.mask.clone(),
         }
     }
 
@@ -431,7 +457,15 @@ impl<B: Backend> Llama<B> {
             norm: norm(),
             lm_head: (!c.tie_word_embeddings).then(|| Linear::init(d, c.vocab_size, false, device)),
             config: config.clone(),
+            compute: DType::F32,
         }
+    }
+
+    /// The same model computing in `dtype` (`F32`, or `BF16` for mixed precision: activations
+    /// and products in bf16, weights and their gradients in f32, logits and the loss in f32).
+    pub fn with_compute(mut self, dtype: DType) -> Self {
+        self.compute = dtype;
+        self
     }
 
     /// Hidden states after the final norm, `[batch, new, hidden]`, for `tokens` `[batch, new]`.
@@ -458,7 +492,17 @@ impl<B: Backend> Llama<B> {
         cache: &mut KvCache<B>,
         from: usize,
     ) -> Tensor<B, 3> {
-        let mut x = fused::embedding(self.embed_tokens.val(), tokens);
+        let mut x = to_dtype(
+            fused::embedding(self.embed_tokens.val(), tokens),
+            self.compute,
+        );
+        let cast;
+        let pos = if pos.cos.dtype() == self.compute {
+            pos
+        } else {
+            cast = pos.cast(self.compute);
+            &cast
+        };
         let n = self.layers.len();
         for (i, (layer, lc)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
             let from = if i + 1 == n { from } else { 0 };
@@ -481,24 +525,24 @@ impl<B: Backend> Llama<B> {
         self.norm.forward(x)
     }
 
-    /// Output logits for hidden states of any leading shape: `[..., hidden]` → `[..., vocab]`.
-    /// Call it only on the positions whose logits are needed (the vocabulary matmul dominates).
+    /// Output logits for hidden states of any leading shape: `[..., hidden]` → `[..., vocab]`,
+    /// in f32 whatever the compute dtype. Call it only on the positions whose logits are needed
+    /// (the vocabulary matmul dominates).
     pub fn logits<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
-        match &self.lm_head {
+        let logits = match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => {
                 let dims = hidden.dims();
                 let d = dims[D - 1];
                 let rows = hidden.shape().num_elements() / d;
-                let y = fused::matmul(
-                    hidden.reshape([rows, d]),
-                    self.embed_tokens.val().transpose(),
-                );
+                let table = to_dtype(self.embed_tokens.val(), hidden.dtype());
+                let y = fused::matmul(hidden.reshape([rows, d]), table.transpose());
                 let mut out = dims;
                 out[D - 1] = self.config.vocab_size;
                 y.reshape(out)
             }
-        }
+        };
+        to_dtype(logits, DType::F32)
     }
 
     /// `Σ_i weights_i · −log p(targets_i | hidden_i)` for hidden states `[n, hidden]`: the output
@@ -506,17 +550,18 @@ impl<B: Backend> Llama<B> {
     /// materialised as a tensor. A one-element tensor.
     pub fn nll(&self, hidden: Tensor<B, 2>, targets: &[u32], weights: &[f32]) -> Tensor<B, 1> {
         use fused::HeadLayout;
+        let dt = hidden.dtype();
         match &self.lm_head {
             None => fused::nll(
                 hidden,
-                self.embed_tokens.val(),
+                to_dtype(self.embed_tokens.val(), dt),
                 HeadLayout::VocabFirst,
                 targets,
                 weights,
             ),
             Some(head) if head.bias.is_none() && head.lora.is_none() => fused::nll(
                 hidden,
-                head.weight.val(),
+                to_dtype(head.weight.val(), dt),
                 HeadLayout::VocabLast,
                 targets,
                 weights,

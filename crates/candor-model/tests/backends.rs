@@ -7,6 +7,7 @@ mod common;
 
 use burn::backend::Flex;
 use burn::tensor::backend::Backend;
+use burn::tensor::DType;
 use candor_model::checkpoint::{model_from_tensors, HostTensor};
 use candor_model::{load_model, BackendTask, DeviceSpec, Llama, ModelConfig};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -35,11 +36,13 @@ fn rows() -> Vec<Vec<u32>> {
     vec![vec![1, 2, 3, 4, 5, 6], vec![7, 8, 9]]
 }
 
-struct Logits(ModelConfig);
+/// The tiny model's logits, computing in the given dtype.
+struct Logits(ModelConfig, DType);
 impl BackendTask for Logits {
     type Output = Vec<f32>;
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Vec<f32>> {
         let m: Llama<B> = model_from_tensors(&self.0, tensors(&self.0), &device)?;
+        let m = m.with_compute(self.1);
         Ok(m.forward_logits(&rows(), &device)
             .into_data()
             .iter::<f32>()
@@ -47,17 +50,26 @@ impl BackendTask for Logits {
     }
 }
 
-fn compare(spec: DeviceSpec) {
+fn tiny() -> ModelConfig {
     let mut c = ModelConfig::preset("tiny", 300).unwrap();
     c.model_type = "qwen2".into();
     c.qkv_bias = true;
-    let cpu = Logits(c.clone()).run::<Flex>(Default::default()).unwrap();
-    let gpu = candor_model::run_on(spec, Logits(c)).unwrap();
-    let worst = cpu
-        .iter()
-        .zip(&gpu)
+    c
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
         .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+        .fold(0f32, f32::max)
+}
+
+fn compare(spec: DeviceSpec) {
+    let cpu = Logits(tiny(), DType::F32)
+        .run::<Flex>(Default::default())
+        .unwrap();
+    let gpu = candor_model::run_on(spec, Logits(tiny(), DType::F32)).unwrap();
+    let worst = max_diff(&cpu, &gpu);
     eprintln!("{spec}: tiny model max |Δlogit| vs cpu = {worst:.2e}");
     assert!(worst < 1e-3, "{spec} differs from cpu by {worst}");
 }
@@ -76,6 +88,27 @@ fn tiny_model_on_cuda_matches_cpu() {
         return;
     }
     compare(DeviceSpec::Cuda(0));
+}
+
+/// Mixed precision on CUDA: as far from f32 as the CPU's bf16 compute is (same model, same
+/// rounding of each product's inputs; only the order of the sums differs).
+#[cfg(feature = "cuda")]
+#[test]
+fn tiny_model_bf16_on_cuda_is_as_close_to_f32_as_cpu_bf16() {
+    if std::env::var("CANDOR_TEST_CUDA").is_err() {
+        eprintln!("SKIPPED: set CANDOR_TEST_CUDA=1 on a machine with an NVIDIA GPU");
+        return;
+    }
+    let on_cpu = |d| Logits(tiny(), d).run::<Flex>(Default::default()).unwrap();
+    let (f32s, cpu16) = (on_cpu(DType::F32), on_cpu(DType::BF16));
+    let gpu16 = candor_model::run_on(DeviceSpec::Cuda(0), Logits(tiny(), DType::BF16)).unwrap();
+    let (cpu, gpu) = (max_diff(&f32s, &cpu16), max_diff(&f32s, &gpu16));
+    eprintln!("bf16 max |Δlogit| vs f32: cpu {cpu:.2e}, cuda {gpu:.2e}");
+    assert!(cpu > 0.0 && gpu > 0.0, "bf16 compute must differ from f32");
+    assert!(
+        gpu < 3.0 * cpu.max(1e-3),
+        "cuda bf16 {gpu} vs cpu bf16 {cpu}"
+    );
 }
 
 /// SmolLM2 against the HF reference on a GPU backend: `CANDOR_GPU_PARITY=cuda` or `=wgpu`.
@@ -103,7 +136,7 @@ fn smollm2_parity_on_gpu() {
                     .map(|x| x.as_u64().unwrap() as u32)
                     .collect();
                 let l: Vec<f32> = m
-                    .forward_logits(&[ids.clone()], &device)
+                    .forward_logits(std::slice::from_ref(&ids), &device)
                     .into_data()
                     .iter::<f32>()
                     .collect();

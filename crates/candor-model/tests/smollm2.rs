@@ -85,6 +85,13 @@ fn chat_template_renders_like_hf() {
     assert_eq!(got, want);
 }
 
+/// Logits at every position of one unpadded row: positions, vocabulary, values.
+fn logits_of(model: &candor_model::Llama<B>, toks: &[u32]) -> (usize, usize, Vec<f32>) {
+    let logits = model.forward_logits(&[toks.to_vec()], &Default::default());
+    let [_, n, v] = logits.dims();
+    (n, v, logits.into_data().iter::<f32>().collect())
+}
+
 #[test]
 fn logits_match_reference() {
     let Some(dir) = common::smollm2() else { return };
@@ -93,9 +100,7 @@ fn logits_match_reference() {
     for p in reference()["prompts"].as_array().unwrap() {
         let toks = ids(&p["token_ids"]);
         let f = &p["f32"];
-        let logits = model.forward_logits(std::slice::from_ref(&toks), &device);
-        let [_, n, v] = logits.dims();
-        let all: Vec<f32> = logits.into_data().iter::<f32>().collect();
+        let (n, v, all) = logits_of(&model, &toks);
         // greedy argmax at every position
         let argmax: Vec<u32> = all
             .chunks(v)
@@ -146,6 +151,44 @@ fn logits_match_reference() {
                 .collect::<String>()
         );
     }
+}
+
+/// Mixed precision (`with_compute(BF16)`: bf16 activations and products, f32 weights, f32
+/// logits) keeps SmolLM2's next token and stays near HF's f32 logits: further from them than
+/// f32 compute (which is within 1e-3, above), as bf16's 8-bit mantissa must be.
+#[test]
+fn bf16_compute_keeps_the_reference_next_token() {
+    let Some(dir) = common::smollm2() else { return };
+    let device = Default::default();
+    let model = load_model::<B>(&dir, &device)
+        .unwrap()
+        .with_compute(burn::tensor::DType::BF16);
+    let mut worst = 0f64;
+    for p in reference()["prompts"].as_array().unwrap() {
+        let toks = ids(&p["token_ids"]);
+        let f = &p["f32"];
+        let (n, v, all) = logits_of(&model, &toks);
+        let last = &all[(n - 1) * v..n * v];
+        let top1 = (0..v).fold(0, |b, i| if last[i] > last[b] { i } else { b });
+        assert_eq!(
+            top1 as u32,
+            ids(&f["top5_ids"])[0],
+            "next token of {:?}",
+            p["text"]
+        );
+        for (i, want) in ids(&f["top5_ids"]).iter().zip(floats(&f["top5_logits"])) {
+            worst = worst.max((last[*i as usize] as f64 - want).abs());
+        }
+    }
+    eprintln!("bf16 compute: top-5 max |Δlogit| vs HF f32 = {worst:.3}");
+    assert!(
+        worst > 1e-3,
+        "bf16 compute gave f32's logits ({worst}): was it bf16?"
+    );
+    assert!(
+        worst < 0.5,
+        "bf16 compute drifts {worst} from the f32 reference"
+    );
 }
 
 #[test]

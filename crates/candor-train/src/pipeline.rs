@@ -2,9 +2,10 @@
 //! `<run>/data/` (answers.jsonl → labels.jsonl, dataset.jsonl, summary.json), then training
 //! (`crate::trainer`), export and the report.
 
-use crate::recipe::Recipe;
+use crate::recipe::{Dtype, Recipe};
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
+use burn::tensor::DType;
 use candor_confidence::{Lexical, MiniLm, Similarity};
 use candor_data::answering::{run_answers, AnswerSettings, Progress};
 use candor_data::config::{SimilarityKind, Teacher};
@@ -16,7 +17,27 @@ use std::path::Path;
 use std::time::Instant;
 
 /// The recipe's model: loaded from `model.path`, or a preset initialised from scratch (seeded).
+/// It computes in `model.dtype` (an error when the backend cannot compute in bf16).
 pub fn load_model<B: Backend>(r: &Recipe, device: &B::Device) -> Result<(Llama<B>, Tokenizer)> {
+    let dtype = compute_dtype::<B>(r, device)?;
+    let (model, tok) = load_model_f32::<B>(r, device)?;
+    Ok((model.with_compute(dtype), tok))
+}
+
+/// The dtype the model computes in, checked against what the backend can do.
+pub fn compute_dtype<B: Backend>(r: &Recipe, device: &B::Device) -> Result<DType> {
+    match r.model.dtype {
+        Dtype::F32 => Ok(DType::F32),
+        Dtype::Bf16 if B::supports_dtype(device, DType::BF16) => Ok(DType::BF16),
+        Dtype::Bf16 => anyhow::bail!(
+            "model.dtype = \"bf16\": the {} backend ({device:?}) cannot compute in bf16; \
+             use \"f32\", or a device that can (cuda on an Ampere or newer GPU, cpu)",
+            B::name(device)
+        ),
+    }
+}
+
+fn load_model_f32<B: Backend>(r: &Recipe, device: &B::Device) -> Result<(Llama<B>, Tokenizer)> {
     match (&r.model.path, &r.model.preset) {
         (Some(p), _) => {
             let tok = Tokenizer::load(p)?;

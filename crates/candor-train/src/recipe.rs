@@ -68,7 +68,10 @@ pub struct ModelSection {
     pub tokenizer: Option<PathBuf>,
     /// `cpu`, `wgpu[:N]` or `cuda[:N]`.
     pub device: String,
-    /// Training precision: `f32` (CPU) or `bf16` (GPU backends).
+    /// The precision the model computes in: `f32`, or `bf16` (mixed precision: activations and
+    /// matmuls in bf16; weights, gradients, AdamW state, logits and the loss in f32). bf16 is
+    /// for GPUs (CUDA, Ampere or newer); the CPU backend runs it too, several times slower than
+    /// f32 (recipes/README.md has figures); WGPU cannot.
     pub dtype: Dtype,
 }
 

@@ -22,9 +22,8 @@ pub fn recipe_hash(r: &Recipe) -> String {
 }
 
 pub fn run_recipe<B: Backend>(r: &Recipe, device: B::Device) -> Result<()> {
-    if r.model.dtype == crate::recipe::Dtype::Bf16 {
-        anyhow::bail!("model.dtype = \"bf16\": bf16 training is not implemented yet; use \"f32\" (export.dtype = \"bf16\" does work)");
-    }
+    // refuse a dtype the backend cannot compute in before anything is written
+    crate::pipeline::compute_dtype::<B>(r, &device)?;
     let t0 = Instant::now();
     let run = r.run_dir();
     std::fs::create_dir_all(&run)?;

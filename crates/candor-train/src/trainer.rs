@@ -211,7 +211,7 @@ pub fn train<B: AutodiffBackend>(
         }
     }
     say(format!(
-        "training {} examples, {total} steps of {g} ({}×{} accumulation), lr {} → {}, {}",
+        "training {} examples, {total} steps of {g} ({}×{} accumulation), lr {} → {}, {}, {}",
         seqs.len(),
         r.train.accumulation(),
         r.train.micro_batch,
@@ -220,6 +220,10 @@ pub fn train<B: AutodiffBackend>(
         match &r.lora {
             Some(l) => format!("LoRA rank {} on {}", l.rank, l.targets.join(",")),
             None => "full fine-tuning".into(),
+        },
+        match r.model.dtype {
+            crate::recipe::Dtype::F32 => "f32",
+            crate::recipe::Dtype::Bf16 => "bf16 compute with f32 weights",
         }
     ));
     let tb = if r.log.tensorboard {

@@ -286,3 +286,49 @@ fn fused_adamw_equals_tensor_op_adamw() {
         .count();
     assert!(moved > 1000, "{moved}");
 }
+
+/// Mixed precision (`model.dtype = "bf16"`): the forward pass computes in bf16, the gradients
+/// reach the f32 weights as f32 (`grads_of` reads them as f32), and the loss and every
+/// gradient stay within bf16's precision of the f32 ones, without being equal to them.
+#[test]
+fn bf16_compute_gives_f32_gradients_close_to_the_f32_ones() {
+    use burn::tensor::DType;
+    use candor_model::model::{left_pad, tokens_tensor, KvCache, Positions};
+    let (model, _tok, seqs, _d) = setup();
+    let bf = model.clone().with_compute(DType::BF16);
+    let dev = Default::default();
+    // the hidden states are bf16, the logits f32
+    let (rows, valid) = left_pad(&[seqs[0].ids.clone(), seqs[1].ids.clone()], 0);
+    let pos = Positions::new(&bf.config, &valid, valid[0].len(), &dev);
+    let mut cache = KvCache::new(bf.config.num_hidden_layers);
+    let hidden = bf.forward_hidden(tokens_tensor::<A>(&rows, &dev), &pos, &mut cache);
+    assert_eq!(hidden.dtype(), DType::BF16);
+    assert_eq!(bf.logits(hidden).dtype(), DType::F32);
+
+    let batch: Vec<&Seq> = seqs.iter().step_by(3).collect();
+    let (g32, l32) = accumulate(&model, &batch, 4, 0, 0, &dev);
+    let (g16, l16) = accumulate(&bf, &batch, 4, 0, 0, &dev);
+    let (a, b) = (grads_of(&model, &g32), grads_of(&bf, &g16));
+    assert_eq!(a.len(), b.len());
+    let rel = (l16 - l32).abs() / l32.abs();
+    eprintln!("loss f32 {l32:.6} bf16 {l16:.6} (relative difference {rel:.2e})");
+    assert!(rel > 0.0 && rel < 1e-2, "bf16 loss {l16} vs f32 {l32}");
+    let mut worst = 1f64;
+    let mut identical = true;
+    for (x, y) in a.iter().zip(&b) {
+        let dot: f64 = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| (*p as f64) * (*q as f64))
+            .sum();
+        let norm = |v: &[f32]| v.iter().map(|p| (*p as f64).powi(2)).sum::<f64>().sqrt();
+        worst = worst.min(dot / (norm(x) * norm(y)).max(1e-30));
+        identical &= x == y;
+    }
+    eprintln!("lowest per-parameter cosine between bf16 and f32 gradients: {worst:.5}");
+    assert!(!identical, "bf16 compute must change the gradients");
+    assert!(
+        worst > 0.99,
+        "a bf16 gradient points elsewhere: cosine {worst}"
+    );
+}

@@ -289,6 +289,8 @@ pub mod reference {
         let (n, device) = (targets.len(), logits.device());
         let targets: Vec<i64> = targets.iter().map(|&t| t as i64).collect();
         let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, 1]), &device);
+        // the log-softmax in f32 whatever the logits' dtype (as PyTorch's autocast does)
+        let logits = crate::model::to_dtype(logits, burn::tensor::DType::F32);
         let picked = log_softmax(logits, 1).gather(1, targets).reshape([n]);
         let weights = Tensor::<B, 1>::from_data(TensorData::new(weights.to_vec(), [n]), &device);
         -(picked * weights).sum()
