@@ -296,7 +296,7 @@ impl<B: Backend> Positions<B> {
     }
 
     /// The same positions with the RoPE tables in `dtype` (what [`Llama::compute`] multiplies
-    /// them with).
+    /// them with); in the same dtype, shared handles to the same tables (no copy).
     pub fn cast(&self, dtype: DType) -> Self {
         Self {
             cos: to_dtype(self.cos.clone(), dtype),
@@ -496,13 +496,7 @@ impl<B: Backend> Llama<B> {
             fused::embedding(self.embed_tokens.val(), tokens),
             self.compute,
         );
-        let cast;
-        let pos = if pos.cos.dtype() == self.compute {
-            pos
-        } else {
-            cast = pos.cast(self.compute);
-            &cast
-        };
+        let pos = &pos.cast(self.compute);
         let n = self.layers.len();
         for (i, (layer, lc)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
             let from = if i + 1 == n { from } else { 0 };
