@@ -1,6 +1,7 @@
 //! The `train` binary end to end on a tiny model trained from scratch: a run killed with
 //! SIGKILL and resumed ends with exactly the weights of an uninterrupted run (LoRA dropout
-//! included); a diverging run stops on a non-finite loss and keeps its last good checkpoint.
+//! included); a diverging run stops on a non-finite loss and keeps its last good checkpoint;
+//! a model folder whose tokenizer does not fit its embeddings is refused by name.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -214,4 +215,46 @@ fn bf16_on_a_backend_without_bf16_arithmetic_is_an_error_before_any_work() {
         "{err}"
     );
     assert!(!d.path().join("run").exists(), "nothing written");
+}
+
+#[test]
+fn a_model_folder_whose_tokenizer_outgrows_its_embeddings_is_an_error_not_a_panic() {
+    // tiny-arith's byte tokenizer with one more added token (id 259) than its 259 rows: the
+    // token would index past the embedding table, so loading must say so by name
+    let d = tempfile::tempdir().unwrap();
+    // the crate folder as cargo reports it at run time (see tests/eval.rs)
+    let crate_dir: String =
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let src = Path::new(&crate_dir).join("../../checkpoints/tiny-arith");
+    let model = d.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
+    }
+    let tj = model.join("tokenizer.json");
+    let mut t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tj).unwrap()).unwrap();
+    t["added_tokens"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "id": 259, "content": "<|extra|>", "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true
+        }));
+    std::fs::write(&tj, t.to_string()).unwrap();
+    let r = recipe(d.path(), "");
+    let text = std::fs::read_to_string(&r).unwrap().replace(
+        "preset = \"tiny\"\ntokenizer = \"byte\"\n",
+        &format!("path = {:?}\n", model.display().to_string()),
+    );
+    std::fs::write(&r, text).unwrap();
+    let out = train(&r);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("go up to 259") && err.contains("vocab_size = 259"),
+        "{err}"
+    );
 }

@@ -102,6 +102,32 @@ impl Tokenizer {
         })
     }
 
+    /// One more than the largest token id, added tokens included: how many embedding rows a
+    /// model needs to take every token this tokenizer can produce.
+    pub fn id_bound(&self) -> usize {
+        self.inner
+            .get_vocab(true)
+            .into_values()
+            .max()
+            .map_or(0, |m| m as usize + 1)
+    }
+
+    /// An error, naming both sizes, when this tokenizer can produce ids past a model's
+    /// `vocab_size` rows (a `tokenizer.json` from another model), instead of a panic deep in the
+    /// embedding lookup or the loss. A model with more rows than the tokenizer needs is fine.
+    pub fn check_fits(&self, vocab_size: usize) -> Result<()> {
+        let need = self.id_bound();
+        if need > vocab_size {
+            bail!(
+                "the tokenizer's ids go up to {} but the model has vocab_size = {vocab_size} \
+                 embedding rows (config.json); tokenizer.json and the weights come from \
+                 different models",
+                need - 1
+            );
+        }
+        Ok(())
+    }
+
     /// Token ids of `text`; `add_special` adds what the tokenizer's post-processor adds (BOS).
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
         Ok(self

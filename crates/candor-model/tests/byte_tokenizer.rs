@@ -30,3 +30,18 @@ fn byte_tokenizer_round_trips_and_chats() {
     assert_eq!(tok.stop_ids, vec![tok.id("<|im_end|>").unwrap()]);
     assert_eq!(tok.pad_id, tok.id("<|endoftext|>").unwrap());
 }
+
+#[test]
+fn a_tokenizer_with_more_ids_than_the_model_has_rows_is_an_error_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    write_byte_tokenizer(dir.path()).unwrap();
+    let tok = Tokenizer::load(dir.path()).unwrap();
+    assert_eq!(tok.id_bound(), 259);
+    tok.check_fits(259).unwrap();
+    tok.check_fits(49152).unwrap();
+    let e = tok.check_fits(256).unwrap_err().to_string();
+    assert!(
+        e.contains("go up to 258") && e.contains("vocab_size = 256"),
+        "{e}"
+    );
+}

@@ -43,6 +43,8 @@ fn load_model_f32<B: Backend>(r: &Recipe, device: &B::Device) -> Result<(Llama<B
             let tok = Tokenizer::load(p)?;
             let m = candor_model::load_model::<B>(p, device)
                 .with_context(|| format!("loading model.path = {}", p.display()))?;
+            tok.check_fits(m.config.vocab_size)
+                .with_context(|| format!("model.path = {}", p.display()))?;
             Ok((m, tok))
         }
         (None, Some(preset)) => {

@@ -50,6 +50,7 @@ fn main() -> Result<()> {
     let device = Default::default();
     let model = load_model::<Flex>(&a.model, &device)?;
     let tok = Tokenizer::load(&a.model)?;
+    tok.check_fits(model.config.vocab_size)?;
     let vocab = model.config.vocab_size as u32;
     let mut rng = StdRng::seed_from_u64(0);
     let mut rows = |b: usize, n: usize| -> Vec<Vec<u32>> {

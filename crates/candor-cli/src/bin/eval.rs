@@ -2,7 +2,7 @@
 //! verbalized confidence plus the baseline readouts — and write report.json, report.md and the
 //! SVG figures.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use candor_model::{run_on, BackendTask, Tokenizer};
 use candor_train::Recipe;
@@ -42,8 +42,15 @@ impl BackendTask for Task {
             .ok_or_else(|| anyhow::anyhow!("no model: give --model DIR or set [model].path"))?;
         let tok = Tokenizer::load(&path)?;
         let m = candor_model::load_model::<B>(&path, &device)?;
+        tok.check_fits(m.config.vocab_size)
+            .with_context(|| format!("{}", path.display()))?;
         let after = match &a.after {
-            Some(p) => Some(candor_model::load_model::<B>(p, &device)?),
+            Some(p) => {
+                let am = candor_model::load_model::<B>(p, &device)?;
+                tok.check_fits(am.config.vocab_size)
+                    .with_context(|| format!("--after {}", p.display()))?;
+                Some(am)
+            }
             None => None,
         };
         let label = if after.is_some() { "before" } else { "model" };

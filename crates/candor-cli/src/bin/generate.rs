@@ -49,6 +49,7 @@ impl BackendTask for Args {
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         let tok = Tokenizer::load(&self.model)?;
         let model = load_model::<B>(&self.model, &device)?;
+        tok.check_fits(model.config.vocab_size)?;
         let cfg = GenConfig {
             max_new_tokens: self.max_new_tokens,
             temperature: self.temperature,
