@@ -74,6 +74,49 @@ fn bad_device_and_missing_model_are_clear_errors() {
     }
 }
 
+/// A GPU device that cannot start is an error that names it and says why, not a panic: WGPU with
+/// no Vulkan driver at all (the loader pointed at a file that does not exist), WGPU asking for a
+/// discrete GPU this machine does not have, and (in a CUDA build) a CUDA device index past the
+/// machine's GPUs, or no NVIDIA driver.
+#[test]
+fn a_gpu_device_that_cannot_start_is_a_clear_error() {
+    let gen = env!("CARGO_BIN_EXE_generate");
+    // (device, the Vulkan loader's driver list if overridden, what the error must say)
+    let mut cases: Vec<(&str, Option<&str>, &str)> = Vec::new();
+    if cfg!(feature = "wgpu") {
+        cases.push(("wgpu", Some("/nonexistent/icd.json"), "No possible adapter"));
+        cases.push(("wgpu:7", None, "No Discrete GPU device found"));
+    }
+    if cfg!(feature = "cuda") {
+        cases.push(("cuda:99", None, ""));
+    }
+    for (device, icd, why) in cases {
+        let mut c = Command::new(gen);
+        c.args([
+            "--model",
+            "checkpoints/tiny-arith",
+            "--prompt",
+            "hi",
+            "--device",
+            device,
+        ])
+        .current_dir(root());
+        if let Some(icd) = icd {
+            c.env("VK_ICD_FILENAMES", icd);
+        }
+        let o = c.output().unwrap();
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{device}: {err}");
+        assert!(
+            err.contains(&format!("device `{device}` could not be started"))
+                && err.contains(why)
+                && err.contains("or use device = \"cpu\"")
+                && !err.contains("panicked"),
+            "{device}: {err}"
+        );
+    }
+}
+
 #[test]
 fn import_then_generate_then_convert_smollm2() {
     let fetch = Command::new("bash")

@@ -64,6 +64,12 @@ pub fn run_on<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output> {
             let device = i
                 .map(WgpuDevice::DiscreteGpu)
                 .unwrap_or(WgpuDevice::DefaultDevice);
+            start::<burn::backend::Wgpu>(
+                spec,
+                &device,
+                "it needs a Vulkan driver (a GPU's, or mesa-vulkan-drivers for lavapipe on the CPU), \
+                 and `wgpu:N` needs a discrete GPU N",
+            )?;
             task.run::<burn::backend::Wgpu>(device)
         }
         #[cfg(not(feature = "wgpu"))]
@@ -72,11 +78,53 @@ pub fn run_on<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output> {
         }
         #[cfg(feature = "cuda")]
         DeviceSpec::Cuda(i) => {
-            task.run::<burn::backend::Cuda>(burn::backend::cuda::CudaDevice::new(i))
+            let device = burn::backend::cuda::CudaDevice::new(i);
+            start::<burn::backend::Cuda>(
+                spec,
+                &device,
+                "it needs the NVIDIA driver (libcuda.so on the library path) and a GPU at that index",
+            )?;
+            task.run::<burn::backend::Cuda>(device)
         }
         #[cfg(not(feature = "cuda"))]
         DeviceSpec::Cuda(_) => {
             bail!("this binary was built without the CUDA backend: rebuild with `--features cuda`")
+        }
+    }
+}
+
+/// Start a GPU device with one tiny round trip, so that a device that cannot start (no driver,
+/// no adapter, no GPU at that index) is an error naming the device, not a panic.
+///
+/// Why `catch_unwind`: Burn 0.21's GPU runtimes start a device lazily on a service thread and
+/// panic there when they cannot (cubecl-wgpu: "No possible adapter available for backend";
+/// cudarc: "Unable to dynamically load the \"cuda\" shared library"), and the calling thread
+/// then panics on the closed channel. No API returns that as a `Result`, so the probe runs under
+/// a hook that keeps the first panic message instead of printing it, and the message goes into
+/// the error. The hook is process-wide, so this runs once, before any other work.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn start<B: Backend>(spec: DeviceSpec, device: &B::Device, needs: &str) -> Result<()> {
+    use std::sync::Mutex;
+    static FIRST: Mutex<Option<String>> = Mutex::new(None);
+    let first = || FIRST.lock().unwrap_or_else(|e| e.into_inner());
+    *first() = None;
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info.payload_as_str().unwrap_or("(no message)").to_string();
+        first().get_or_insert(msg);
+    }));
+    let probe = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        burn::tensor::Tensor::<B, 1>::zeros([1], device).into_data()
+    }));
+    std::panic::set_hook(previous);
+    match probe {
+        Ok(_) => Ok(()),
+        Err(_) => {
+            let why = first().take().unwrap_or_default();
+            bail!(
+                "device `{spec}` could not be started: {why}\n\
+                 ({needs}; or use device = \"cpu\")"
+            )
         }
     }
 }
