@@ -3,6 +3,7 @@
 
 use crate::config::ModelConfig;
 use crate::model::{Attention, Block, Linear, Llama, Mlp, RmsNorm};
+use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, bail, Context, Result};
 use burn::module::Param;
 use burn::tensor::backend::Backend;
@@ -256,6 +257,19 @@ pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>
     let tensors = read_safetensors_dir(dir)?;
     model_from_tensors(&config, tensors, device)
         .with_context(|| format!("loading {}", dir.display()))
+}
+
+/// Load an HF folder's model and its `tokenizer.json` together, refusing a tokenizer whose ids
+/// go past the model's embedding rows ([`Tokenizer::check_fits`]).
+pub fn load_model_and_tokenizer<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(Llama<B>, Tokenizer)> {
+    let tok = Tokenizer::load(dir)?;
+    let model = load_model::<B>(dir, device)?;
+    tok.check_fits(model.config.vocab_size)
+        .with_context(|| format!("loading {}", dir.display()))?;
+    Ok((model, tok))
 }
 
 fn host<B: Backend, const D: usize>(p: &Param<Tensor<B, D>>) -> HostTensor {

@@ -10,7 +10,7 @@ pub mod gguf;
 pub mod model;
 pub mod tokenizer;
 
-pub use checkpoint::{export_model, load_model, SaveDtype};
+pub use checkpoint::{export_model, load_model, load_model_and_tokenizer, SaveDtype};
 pub use config::ModelConfig;
 pub use device::{run_on, BackendTask, DeviceSpec};
 pub use generate::{generate, score, GenConfig, Generation};

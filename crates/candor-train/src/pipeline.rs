@@ -39,14 +39,8 @@ pub fn compute_dtype<B: Backend>(r: &Recipe, device: &B::Device) -> Result<DType
 
 fn load_model_f32<B: Backend>(r: &Recipe, device: &B::Device) -> Result<(Llama<B>, Tokenizer)> {
     match (&r.model.path, &r.model.preset) {
-        (Some(p), _) => {
-            let tok = Tokenizer::load(p)?;
-            let m = candor_model::load_model::<B>(p, device)
-                .with_context(|| format!("loading model.path = {}", p.display()))?;
-            tok.check_fits(m.config.vocab_size)
-                .with_context(|| format!("model.path = {}", p.display()))?;
-            Ok((m, tok))
-        }
+        (Some(p), _) => candor_model::load_model_and_tokenizer::<B>(p, device)
+            .with_context(|| format!("model.path = {}", p.display())),
         (None, Some(preset)) => {
             let tdir = tokenizer_dir(r);
             if r.model.tokenizer.as_deref() == Some(Path::new("byte")) {

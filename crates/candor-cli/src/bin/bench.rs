@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use burn::backend::Flex;
 use candor_cli::peak_rss_mb;
-use candor_model::{generate, load_model, GenConfig, Tokenizer};
+use candor_model::{generate, load_model_and_tokenizer, GenConfig};
 use clap::Parser;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::path::PathBuf;
@@ -48,9 +48,7 @@ fn main() -> Result<()> {
     let a = Args::parse();
     candor_model::device::keep_freed_memory(); // as `generate` does on the CPU
     let device = Default::default();
-    let model = load_model::<Flex>(&a.model, &device)?;
-    let tok = Tokenizer::load(&a.model)?;
-    tok.check_fits(model.config.vocab_size)?;
+    let (model, tok) = load_model_and_tokenizer::<Flex>(&a.model, &device)?;
     let vocab = model.config.vocab_size as u32;
     let mut rng = StdRng::seed_from_u64(0);
     let mut rows = |b: usize, n: usize| -> Vec<Vec<u32>> {

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
-use candor_model::{run_on, BackendTask, Tokenizer};
+use candor_model::{run_on, BackendTask};
 use candor_train::Recipe;
 use clap::Parser;
 use std::collections::BTreeMap;
@@ -40,10 +40,7 @@ impl BackendTask for Task {
             .clone()
             .or(r.model.path.clone())
             .ok_or_else(|| anyhow::anyhow!("no model: give --model DIR or set [model].path"))?;
-        let tok = Tokenizer::load(&path)?;
-        let m = candor_model::load_model::<B>(&path, &device)?;
-        tok.check_fits(m.config.vocab_size)
-            .with_context(|| format!("{}", path.display()))?;
+        let (m, tok) = candor_model::load_model_and_tokenizer::<B>(&path, &device)?;
         let after = match &a.after {
             Some(p) => {
                 let am = candor_model::load_model::<B>(p, &device)?;

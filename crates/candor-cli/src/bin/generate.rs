@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use candor_model::{
-    generate, load_model, run_on, BackendTask, DeviceSpec, GenConfig, PromptStyle, Tokenizer,
+    generate, load_model_and_tokenizer, run_on, BackendTask, DeviceSpec, GenConfig, PromptStyle,
 };
 use clap::Parser;
 use std::io::BufRead;
@@ -47,9 +47,7 @@ struct Args {
 impl BackendTask for Args {
     type Output = ();
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
-        let tok = Tokenizer::load(&self.model)?;
-        let model = load_model::<B>(&self.model, &device)?;
-        tok.check_fits(model.config.vocab_size)?;
+        let (model, tok) = load_model_and_tokenizer::<B>(&self.model, &device)?;
         let cfg = GenConfig {
             max_new_tokens: self.max_new_tokens,
             temperature: self.temperature,
