@@ -1,5 +1,6 @@
-//! The binaries end to end: `import-gguf` on the SmolLM2 GGUF, `generate --json`, `convert`, and
-//! clear errors (not panics) for bad devices and missing folders.
+//! The binaries end to end: `import-gguf` on the SmolLM2 GGUF, `generate --json`, `convert`,
+//! `bench-train` on the tiny model, and clear errors (not panics) for bad devices and missing
+//! folders.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -115,6 +116,89 @@ fn a_gpu_device_that_cannot_start_is_a_clear_error() {
             "{device}: {err}"
         );
     }
+}
+
+/// candor's tokens/s in `bench-train`'s table row for `workload` (the 4th column).
+fn bench_tokens_per_s(stdout: &str, workload: &str) -> f64 {
+    let row = stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(workload))
+        .unwrap_or_else(|| panic!("no {workload} row in:\n{stdout}"));
+    row.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+#[test]
+fn bench_train_runs_on_weights_and_on_a_config_alone() {
+    let bench = env!("CARGO_BIN_EXE_bench-train");
+    let shape = [
+        "--batch",
+        "4",
+        "--seq",
+        "32",
+        "--response",
+        "8",
+        "--steps",
+        "2",
+    ];
+    let o = run(
+        bench,
+        &[
+            &["--model", "checkpoints/tiny-arith", "--no-pytorch"][..],
+            &["--only", "full-sft,lora-sft"],
+            &shape,
+        ]
+        .concat(),
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.contains("f32 on cpu"), "{out}");
+    for w in ["full-sft", "lora-sft"] {
+        let tps = bench_tokens_per_s(&out, w);
+        assert!(tps.is_finite() && tps > 0.0, "{w}: {tps} tokens/s\n{out}");
+    }
+    // --random-init needs only config.json: a folder without weights or tokenizer
+    let dir = std::env::temp_dir().join(format!("candor-bench-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        root().join("checkpoints/tiny-arith/config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
+    let o = run(
+        bench,
+        &[
+            &["--model", dir.to_str().unwrap(), "--random-init"][..],
+            &["--dtype", "bf16", "--no-pytorch", "--only", "full-lm"],
+            &shape,
+        ]
+        .concat(),
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.contains("(random init)  bf16 on cpu"), "{out}");
+    assert!(bench_tokens_per_s(&out, "full-lm") > 0.0, "{out}");
+    // a dtype the backend cannot compute in is an error naming it, not a panic
+    if cfg!(feature = "wgpu") {
+        let o = run(
+            bench,
+            &[
+                &["--model", dir.to_str().unwrap(), "--random-init"][..],
+                &["--device", "wgpu", "--dtype", "bf16", "--only", "full-lm"],
+                &shape,
+            ]
+            .concat(),
+        );
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{err}");
+        assert!(
+            err.contains("--dtype bf16: the") && err.contains("cannot compute in it"),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let o = run(bench, &["--dtype", "f16"]);
+    assert!(!o.status.success() && stderr(&o).contains("[possible values: f32, bf16]"));
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

@@ -1,6 +1,7 @@
-//! `bench-train`: one training step (forward, backward, AdamW update) of a model on the CPU
-//! backend, f32, beside the same step in PyTorch/transformers, on the same machine in the same
-//! run. Four workloads, each measured in its own process so that peak memory is its own:
+//! `bench-train`: one training step (forward, backward, AdamW update) of a model, beside the
+//! same step in PyTorch/transformers, on the same machine in the same run: f32 on the CPU by
+//! default; `--device cuda --dtype bf16` on an NVIDIA GPU (PyTorch: `torch.autocast`). Four
+//! workloads, each measured in its own process so that peak memory is its own:
 //!
 //! - `full-lm`:   full fine-tuning, loss on every token (a plain language-model step);
 //! - `full-sft`:  full fine-tuning, loss on the last `--response` tokens of each row only — what
@@ -9,14 +10,16 @@
 //!
 //! PyTorch computes the logits of every position and masks the loss with labels = -100 (what
 //! HF SFT code does); candor computes logits only where the loss is. Prints seconds per step,
-//! tokens/s (batch × seq / step time) and peak RSS for both, and the ratio.
+//! tokens/s (batch × seq / step time) and memory for both (peak RSS on the CPU; on an NVIDIA
+//! GPU the device memory the process holds after its steps, from `nvidia-smi`), and the ratio.
 
 use anyhow::{bail, Context, Result};
-use burn::backend::{Autodiff, Flex};
+use burn::backend::Autodiff;
 use burn::optim::GradientsParams;
-use burn::tensor::ElementConversion;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, ElementConversion};
 use candor_cli::peak_rss_mb;
-use candor_model::load_model;
+use candor_model::{load_model, run_on, BackendTask, DeviceSpec, Llama, ModelConfig};
 use candor_train::optim::AdamW;
 use candor_train::recipe::OptimSection;
 use candor_train::trainer::{batch_loss, Seq};
@@ -32,6 +35,19 @@ const WORKLOADS: [&str; 4] = ["full-lm", "full-sft", "lora-lm", "lora-sft"];
 struct Args {
     #[arg(long, default_value = "checkpoints/smollm2-135m-instruct")]
     model: PathBuf,
+    /// cpu, wgpu[:N] or cuda[:N] (the GPU backends need a build with `--features wgpu` or
+    /// `cuda`). PyTorch runs on the CPU for `cpu` and on the same GPU for `cuda`; it has no WGPU.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+    /// The precision the model computes in: f32, or bf16 (mixed precision, as `model.dtype =
+    /// "bf16"` in a recipe; PyTorch: `torch.autocast` to bf16). Weights and AdamW stay f32.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    dtype: String,
+    /// Initialise the weights at random (normal, std 0.02) from the folder's config.json alone,
+    /// on both sides: for a machine that has a model's config but not its weights. A step's
+    /// work does not depend on the weights' values.
+    #[arg(long)]
+    random_init: bool,
     #[arg(long, default_value_t = 8)]
     batch: usize,
     #[arg(long, default_value_t = 64)]
@@ -101,17 +117,64 @@ fn with_steal(f: impl FnOnce() -> Result<serde_json::Value>) -> Result<serde_jso
     Ok(v)
 }
 
-/// One workload in this process: warm-up step, then `steps` timed steps.
-fn child(a: &Args, workload: &str) -> Result<serde_json::Value> {
-    type B = Autodiff<Flex>;
-    candor_model::device::keep_freed_memory(); // as `train` does on the CPU
-    let device = Default::default();
-    let mut model = load_model::<B>(&a.model, &device)?;
+/// The compute dtype `--dtype` names (clap has checked it is one of these).
+fn compute_dtype(a: &Args) -> DType {
+    if a.dtype == "bf16" {
+        DType::BF16
+    } else {
+        DType::F32
+    }
+}
+
+/// The device memory in use on NVIDIA GPU `index`, in MB, from `nvidia-smi` (`None` without
+/// one). Measured while the process still holds its memory: the CUDA context and the
+/// allocator's pools included, as for the PyTorch side.
+fn nvidia_used_mb(index: usize) -> Option<f64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=memory.used", "--format=csv,noheader,nounits"])
+        .arg(format!("--id={index}"))
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// One workload in this process, on the backend `--device` names.
+struct Child<'a>(&'a Args, &'a str);
+
+impl BackendTask for Child<'_> {
+    type Output = serde_json::Value;
+    fn run<B: Backend>(self, device: B::Device) -> Result<serde_json::Value> {
+        child::<Autodiff<B>>(self.0, self.1, &device)
+    }
+}
+
+/// One workload: a warm-up step, then `steps` timed steps.
+fn child<B: burn::tensor::backend::AutodiffBackend>(
+    a: &Args,
+    workload: &str,
+    device: &B::Device,
+) -> Result<serde_json::Value> {
+    let dtype = compute_dtype(a);
+    if !B::supports_dtype(device, dtype) {
+        bail!(
+            "--dtype {}: the {} backend ({device:?}) cannot compute in it",
+            a.dtype,
+            B::name(device)
+        );
+    }
+    let mut model: Llama<B> = if a.random_init {
+        let cfg = ModelConfig::from_hf_file(&a.model.join("config.json"))?;
+        B::seed(device, 0);
+        Llama::init(&cfg, device)
+    } else {
+        load_model::<B>(&a.model, device)?
+    };
+    model = model.with_compute(dtype);
     if workload.starts_with("lora") {
         let t: Vec<String> = ["q_proj", "k_proj", "v_proj", "o_proj"]
             .map(String::from)
             .to_vec();
-        model = model.with_lora(&t, 16, 32.0, 0.0, &device);
+        model = model.with_lora(&t, 16, 32.0, 0.0, device);
     }
     let start = if workload.ends_with("sft") {
         a.seq - a.response
@@ -135,18 +198,22 @@ fn child(a: &Args, workload: &str) -> Result<serde_json::Value> {
     let mut phases = vec![];
     let mut loss = 0.0;
     let resp: usize = refs.iter().map(|s| s.ids.len() - s.start).sum();
+    // a GPU backend queues work: wait for it before reading the clock (reading the loss
+    // waits for the forward pass on every backend)
+    let sync = || B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"));
     for step in 0..=a.steps {
-        // the same work as `trainer::accumulate` with one micro-batch, timed per phase (the
-        // CPU backend runs eagerly, so reading the loss waits for the forward pass)
+        // the same work as `trainer::accumulate` with one micro-batch, timed per phase
         let t = Instant::now();
-        let (l, _) = batch_loss(&model, &refs, &device);
+        let (l, _) = batch_loss(&model, &refs, device);
         let l = l / resp as f64;
         loss = l.clone().into_scalar().elem::<f64>();
         let t_fwd = t.elapsed().as_secs_f64();
         let grads = GradientsParams::from_grads(l.backward(), &model);
+        sync()?;
         let t_bwd = t.elapsed().as_secs_f64() - t_fwd;
         let (m, _) = opt.step(model, grads, 1e-5);
         model = m;
+        sync()?;
         let total = t.elapsed().as_secs_f64();
         if step > 0 {
             times.push(total);
@@ -155,10 +222,15 @@ fn child(a: &Args, workload: &str) -> Result<serde_json::Value> {
     }
     let s = median(times);
     let ph = |i: usize| median(phases.iter().map(|p| p[i]).collect());
+    let gpu_mb = match a.device {
+        DeviceSpec::Cuda(i) => nvidia_used_mb(i),
+        _ => None,
+    };
     Ok(serde_json::json!({
         "s_per_step": s,
         "tokens_per_s": (a.batch * a.seq) as f64 / s,
         "peak_rss_mb": peak_rss_mb(),
+        "gpu_mb": gpu_mb,
         "loss": loss,
         "forward_s": ph(0),
         "backward_s": ph(1),
@@ -180,7 +252,7 @@ fn json_of(cmd: &mut std::process::Command, what: &str) -> Result<serde_json::Va
 fn main() -> Result<()> {
     let a = Args::parse();
     if let Some(w) = &a.child {
-        println!("{}", child(&a, w)?);
+        println!("{}", run_on(a.device, Child(&a, w))?);
         return Ok(());
     }
     let workloads: Vec<String> = if a.only.is_empty() {
@@ -202,6 +274,20 @@ fn main() -> Result<()> {
         p.exists().then_some(p)
     });
     let me = std::env::current_exe()?;
+    // PyTorch's device for ours (it has no WGPU), its compute dtype and its init
+    let torch_device = match a.device {
+        DeviceSpec::Cpu => Some("cpu".to_string()),
+        DeviceSpec::Cuda(i) => Some(format!("cuda:{i}")),
+        DeviceSpec::Wgpu(_) => None,
+    };
+    if torch_device.is_none() && !a.no_pytorch {
+        eprintln!("PyTorch has no WGPU backend: candor's side only");
+    }
+    let torch_setup = [
+        torch_device.clone().unwrap_or_default(),
+        a.dtype.clone(),
+        (if a.random_init { "random" } else { "weights" }).to_string(),
+    ];
     let shape = [
         a.batch.to_string(),
         a.seq.to_string(),
@@ -227,11 +313,13 @@ fn main() -> Result<()> {
                         .arg(&a.model)
                         .args(["--batch", &shape[0], "--seq", &shape[1]])
                         .args(["--response", &shape[2], "--steps", &shape[3]])
+                        .args(["--device", &a.device.to_string(), "--dtype", &a.dtype])
+                        .args(a.random_init.then_some("--random-init"))
                         .args(["--child", w]),
                     "the candor side",
                 )
             })?;
-            let theirs = match (&python, a.no_pytorch) {
+            let theirs = match (&python, a.no_pytorch || torch_device.is_none()) {
                 (Some(py), false) => {
                     eprintln!("{w}: pytorch … (round {r}/{})", a.rounds);
                     Some(with_steal(|| {
@@ -240,7 +328,8 @@ fn main() -> Result<()> {
                                 .arg("scripts/bench_train_pytorch.py")
                                 .arg(&a.model)
                                 .arg(w)
-                                .args(&shape),
+                                .args(&shape)
+                                .args(&torch_setup),
                             "scripts/bench_train_pytorch.py",
                         )
                     })?)
@@ -264,8 +353,11 @@ fn main() -> Result<()> {
         rows.push((w.clone(), rounds));
     }
     println!(
-        "model: {}  f32 CPU, batch {}×{} tokens ({} response tokens in *-sft), {} threads available",
+        "model: {}{}  {} on {}, batch {}×{} tokens ({} response tokens in *-sft), {} CPU threads",
         a.model.display(),
+        if a.random_init { " (random init)" } else { "" },
+        a.dtype,
+        a.device,
         a.batch,
         a.seq,
         a.response,
@@ -303,19 +395,23 @@ fn main() -> Result<()> {
     let theirs =
         |rounds: &[Round], k: &str| median(rounds.iter().map(|(_, t)| g(t.as_ref(), k)).collect());
     let tokens = (a.batch * a.seq) as f64;
+    let memory = match a.device {
+        DeviceSpec::Cuda(_) => "gpu_mb",
+        _ => "peak_rss_mb",
+    };
     for (w, rounds) in &rows {
         // tokens/s from the median step time, so that both columns describe the same step
         let (s_ours, s_theirs) = (ours(rounds, "s_per_step"), theirs(rounds, "s_per_step"));
         println!(
-            "{:<10} {:>10.2} {:>10.2} {:>10.1} {:>10.1} {:>6.2}×   {:>10.0} {:>10.0}",
+            "{:<10} {:>10.3} {:>10.3} {:>10.1} {:>10.1} {:>6.2}×   {:>10.0} {:>10.0}",
             w,
             s_ours,
             s_theirs,
             tokens / s_ours,
             tokens / s_theirs,
             median(rounds.iter().map(ratio).collect()),
-            ours(rounds, "peak_rss_mb"),
-            theirs(rounds, "peak_rss_mb"),
+            ours(rounds, memory),
+            theirs(rounds, memory),
         );
         let steal = |v: Option<&serde_json::Value>| match g(v, "steal_pct") {
             s if s.is_nan() => "?".to_string(),
@@ -335,6 +431,14 @@ fn main() -> Result<()> {
         println!("{:<10} per round: {}", "", each.join("  "));
     }
     println!(
+        "(MB: {})",
+        match a.device {
+            DeviceSpec::Cuda(_) =>
+                "GPU memory in use after the steps, from nvidia-smi: CUDA context and pools included",
+            _ => "peak RSS of the process",
+        }
+    );
+    println!(
         "(steal: the share of the host's CPU time the hypervisor gave to other guests during \
          candor's / PyTorch's run; above a few percent, that round's times are inflated)"
     );
@@ -350,7 +454,7 @@ fn main() -> Result<()> {
     );
     for (w, rounds) in &rows {
         println!(
-            "{:<10} {:>6.2} s / {:>6.2} s / {:>6.2} s",
+            "{:<10} {:>6.3} s / {:>6.3} s / {:>6.3} s",
             w,
             ours(rounds, "forward_s"),
             ours(rounds, "backward_s"),
