@@ -1,7 +1,8 @@
 //! The `train` binary end to end on a tiny model trained from scratch: a run killed with
 //! SIGKILL and resumed ends with exactly the weights of an uninterrupted run (LoRA dropout
 //! included); a diverging run stops on a non-finite loss and keeps its last good checkpoint;
-//! a model folder whose tokenizer does not fit its embeddings is refused by name.
+//! a model folder whose tokenizer does not fit its embeddings is refused by name; the whole
+//! pipeline on tiny-arith runs on WGPU (lavapipe) as on the CPU.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -215,6 +216,95 @@ fn bf16_on_a_backend_without_bf16_arithmetic_is_an_error_before_any_work() {
         "{err}"
     );
     assert!(!d.path().join("run").exists(), "nothing written");
+}
+
+/// The last `loss` a run's train.log reports.
+fn last_loss(run: &Path) -> f64 {
+    let log = std::fs::read_to_string(run.join("train.log")).unwrap();
+    let line = log.lines().rev().find(|l| l.starts_with("step ")).unwrap();
+    let at = line.split_whitespace().position(|w| w == "loss").unwrap();
+    line.split_whitespace()
+        .nth(at + 1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn the_whole_pipeline_runs_on_wgpu_as_on_the_cpu() {
+    // tiny-arith through answering, labels, full fine-tuning, export and evaluation on a GPU
+    // backend (lavapipe in CI: the same cubecl runtime as CUDA, another compiler): the same
+    // greedy answers as the CPU's before training, and nearly the same training loss after it
+    let crate_dir: String =
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let model = Path::new(&crate_dir).join("../../checkpoints/tiny-arith");
+    let d = tempfile::tempdir().unwrap();
+    let mut runs = vec![];
+    for device in ["cpu", "wgpu"] {
+        let run = d.path().join(device);
+        let text = format!(
+            r#"run_dir = "{run}"
+[model]
+path = "{model}"
+device = "{device}"
+[data]
+subtasks = ["+:1:1", "-:1:1", "+:2:2"]
+per_subtask = 8
+style = "plain"
+[labels]
+teacher = "empirical-subtask"
+max_new_tokens = 12
+[train]
+max_steps = 4
+micro_batch = 8
+global_batch = 8
+[eval]
+max_new_tokens = 32
+[[eval.sets]]
+source = "calibratedmath"
+subtasks = ["+:1:1", "+:3:3"]
+per_subtask = 4
+seed = 1
+style = "plain"
+"#,
+            run = run.display(),
+            model = model.display()
+        );
+        let r = d.path().join(format!("{device}.toml"));
+        std::fs::write(&r, text).unwrap();
+        let out = train(&r);
+        assert!(
+            out.status.success(),
+            "{device}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for f in ["final/model.safetensors", "report/report.md"] {
+            assert!(run.join(f).exists(), "{device}: no {f}");
+        }
+        runs.push(run);
+    }
+    let greedy = |run: &Path| -> Vec<String> {
+        std::fs::read_to_string(run.join("data/answers.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["greedy"]["text"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    let (cpu, gpu) = (greedy(&runs[0]), greedy(&runs[1]));
+    assert_eq!(cpu.len(), 24);
+    let differ = cpu.iter().zip(&gpu).filter(|(a, b)| a != b).count();
+    // a greedy pick flips only where two logits tie to within float rounding
+    assert!(
+        differ <= 1,
+        "{differ} of 24 answers differ: {cpu:?} vs {gpu:?}"
+    );
+    let (a, b) = (last_loss(&runs[0]), last_loss(&runs[1]));
+    eprintln!("answers differing: {differ} of 24; last loss: cpu {a}, wgpu {b}");
+    assert!((a - b).abs() <= 0.02 * a, "last loss: cpu {a}, wgpu {b}");
 }
 
 #[test]
