@@ -218,6 +218,28 @@ fn bf16_on_a_backend_without_bf16_arithmetic_is_an_error_before_any_work() {
     assert!(!d.path().join("run").exists(), "nothing written");
 }
 
+#[test]
+fn a_model_folder_that_is_not_there_is_an_error_before_the_run_folder() {
+    // a recipe whose model has not been fetched yet (SmolLM2's, on a fresh clone)
+    let d = tempfile::tempdir().unwrap();
+    let r = recipe(d.path(), "");
+    let text = std::fs::read_to_string(&r).unwrap().replace(
+        "preset = \"tiny\"\ntokenizer = \"byte\"\n",
+        "path = \"/nonexistent/smollm2\"\n",
+    );
+    std::fs::write(&r, text).unwrap();
+    let out = train(&r);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("model.path = /nonexistent/smollm2")
+            && err.contains("no model folder at /nonexistent/smollm2")
+            && err.contains("checkpoints/README.md"),
+        "{err}"
+    );
+    assert!(!d.path().join("run").exists(), "nothing written");
+}
+
 /// The last `loss` a run's train.log reports.
 fn last_loss(run: &Path) -> f64 {
     let log = std::fs::read_to_string(run.join("train.log")).unwrap();

@@ -265,6 +265,13 @@ pub fn load_model_and_tokenizer<B: Backend>(
     dir: &Path,
     device: &B::Device,
 ) -> Result<(Llama<B>, Tokenizer)> {
+    if !dir.is_dir() {
+        bail!(
+            "no model folder at {} (an HF folder with config.json, model.safetensors and \
+             tokenizer.json; checkpoints/README.md says how to make the ones the recipes use)",
+            dir.display()
+        );
+    }
     let tok = Tokenizer::load(dir)?;
     let model = load_model::<B>(dir, device)?;
     tok.check_fits(model.config.vocab_size)

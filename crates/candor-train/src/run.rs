@@ -22,9 +22,12 @@ pub fn recipe_hash(r: &Recipe) -> String {
 }
 
 pub fn run_recipe<B: Backend>(r: &Recipe, device: B::Device) -> Result<()> {
-    // refuse a dtype the backend cannot compute in before anything is written
+    // refuse a dtype the backend cannot compute in, or a model that is not there, before
+    // anything is written
     crate::pipeline::compute_dtype::<B>(r, &device)?;
     let t0 = Instant::now();
+    type A<B> = Autodiff<B>;
+    let (model, tok) = load_model::<A<B>>(r, &device)?;
     let run = r.run_dir();
     std::fs::create_dir_all(&run)?;
     write_text(&run.join("recipe.toml"), &r.to_toml())?;
@@ -32,8 +35,6 @@ pub fn run_recipe<B: Backend>(r: &Recipe, device: B::Device) -> Result<()> {
         "run folder: {} (resolved recipe saved as recipe.toml)",
         run.display()
     );
-    type A<B> = Autodiff<B>;
-    let (model, tok) = load_model::<A<B>>(r, &device)?;
     let base = model.valid();
     let (examples, summary) = build_dataset(r, &base, &tok, &device)?;
     eprint!("{}", summary.render());
