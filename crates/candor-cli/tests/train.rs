@@ -240,6 +240,14 @@ fn a_model_folder_that_is_not_there_is_an_error_before_the_run_folder() {
     assert!(!d.path().join("run").exists(), "nothing written");
 }
 
+/// checkpoints/tiny-arith, from the crate folder as cargo reports it at run time (see
+/// tests/eval.rs).
+fn tiny_arith() -> PathBuf {
+    let crate_dir: String =
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    Path::new(&crate_dir).join("../../checkpoints/tiny-arith")
+}
+
 /// The last `loss` a run's train.log reports.
 fn last_loss(run: &Path) -> f64 {
     let log = std::fs::read_to_string(run.join("train.log")).unwrap();
@@ -258,9 +266,7 @@ fn the_whole_pipeline_runs_on_wgpu_as_on_the_cpu() {
     // tiny-arith through answering, labels, full fine-tuning, export and evaluation on a GPU
     // backend (lavapipe in CI: the same cubecl runtime as CUDA, another compiler): the same
     // greedy answers as the CPU's before training, and nearly the same training loss after it
-    let crate_dir: String =
-        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
-    let model = Path::new(&crate_dir).join("../../checkpoints/tiny-arith");
+    let model = tiny_arith();
     let d = tempfile::tempdir().unwrap();
     let mut runs = vec![];
     for device in ["cpu", "wgpu"] {
@@ -334,10 +340,7 @@ fn a_model_folder_whose_tokenizer_outgrows_its_embeddings_is_an_error_not_a_pani
     // tiny-arith's byte tokenizer with one more added token (id 259) than its 259 rows: the
     // token would index past the embedding table, so loading must say so by name
     let d = tempfile::tempdir().unwrap();
-    // the crate folder as cargo reports it at run time (see tests/eval.rs)
-    let crate_dir: String =
-        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
-    let src = Path::new(&crate_dir).join("../../checkpoints/tiny-arith");
+    let src = tiny_arith();
     let model = d.path().join("model");
     std::fs::create_dir(&model).unwrap();
     for f in std::fs::read_dir(&src).unwrap() {
