@@ -15,8 +15,7 @@ fn setup() -> (Llama<Flex>, Tokenizer, tempfile::TempDir) {
     candor_model::tokenizer::write_byte_tokenizer(dir.path()).unwrap();
     let tok = Tokenizer::load(dir.path()).unwrap();
     let cfg = ModelConfig::preset("tiny", tok.inner.get_vocab_size(true)).unwrap();
-    <Flex as burn::tensor::backend::Backend>::seed(&Default::default(), 3);
-    (Llama::init(&cfg, &Default::default()), tok, dir)
+    (Llama::init(&cfg, 3, &Default::default()), tok, dir)
 }
 
 fn data() -> DataConfig {

@@ -10,6 +10,55 @@ use crate::fused;
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Distribution, Int, Tensor, TensorData};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+/// Random weights drawn on the host from one seeded generator, in a fixed order, then uploaded:
+/// a seed gives the same model on every backend and whatever else draws random numbers.
+/// (`Tensor::random` draws from the device's generator, which differs between backends and,
+/// on the CPU backend, is one global generator shared by every thread.)
+pub struct HostRng(StdRng);
+
+impl HostRng {
+    pub fn new(seed: u64) -> Self {
+        Self(StdRng::seed_from_u64(seed))
+    }
+
+    fn tensor<B: Backend, const D: usize>(
+        &mut self,
+        shape: [usize; D],
+        dist: impl rand_distr::Distribution<f32>,
+        device: &B::Device,
+    ) -> Tensor<B, D> {
+        let n = shape.iter().product();
+        let data: Vec<f32> = (&mut self.0).sample_iter(dist).take(n).collect();
+        Tensor::from_data(TensorData::new(data, shape), device)
+    }
+
+    /// Normal(0, std), as HF's `initializer_range`.
+    pub fn normal<B: Backend, const D: usize>(
+        &mut self,
+        shape: [usize; D],
+        std: f32,
+        device: &B::Device,
+    ) -> Tensor<B, D> {
+        let dist = rand_distr::Normal::new(0.0, std).expect("a finite, non-negative std");
+        self.tensor(shape, dist, device)
+    }
+
+    /// Uniform on [-bound, bound).
+    pub fn uniform<B: Backend, const D: usize>(
+        &mut self,
+        shape: [usize; D],
+        bound: f32,
+        device: &B::Device,
+    ) -> Tensor<B, D> {
+        self.tensor(
+            shape,
+            rand_distr::Uniform::new(-bound, bound).unwrap(),
+            device,
+        )
+    }
+}
 
 /// `t` in `dtype`; `t` itself, with no cast in the autodiff graph, when it already is. The
 /// weights are f32 (the optimizer's precision); a bf16 model ([`Llama::compute`]) casts each
@@ -64,15 +113,18 @@ impl<B: Backend> Linear<B> {
     }
 
     /// Attach a fresh LoRA adapter (the base weight should be frozen by the caller).
-    pub fn add_lora(&mut self, rank: usize, alpha: f64, dropout: f64, device: &B::Device) {
+    pub fn add_lora(
+        &mut self,
+        rank: usize,
+        alpha: f64,
+        dropout: f64,
+        rng: &mut HostRng,
+        device: &B::Device,
+    ) {
         let [d_in, d_out] = self.weight.dims();
-        let bound = 1.0 / (d_in as f64).sqrt();
+        let bound = 1.0 / (d_in as f32).sqrt();
         self.lora = Some(Lora {
-            a: Param::from_tensor(Tensor::random(
-                [rank, d_in],
-                Distribution::Uniform(-bound, bound),
-                device,
-            )),
+            a: Param::from_tensor(rng.uniform([rank, d_in], bound, device)),
             b: Param::from_tensor(Tensor::zeros([d_out, rank], device)),
             scale: alpha / rank as f64,
             dropout,
@@ -90,8 +142,14 @@ impl<B: Backend> Linear<B> {
     }
 
     /// Random init (normal, std 0.02 as HF's `initializer_range`), zero bias.
-    pub fn init(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Self {
-        let w = Tensor::random([d_out, d_in], Distribution::Normal(0.0, 0.02), device);
+    pub fn init(
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        rng: &mut HostRng,
+        device: &B::Device,
+    ) -> Self {
+        let w = rng.normal([d_out, d_in], 0.02, device);
         Self::new(w, bias.then(|| Tensor::zeros([d_out], device)))
     }
 
@@ -400,19 +458,22 @@ impl<B: Backend> Llama<B> {
         out
     }
 
-    /// Freeze every weight and attach LoRA adapters to the named projections.
+    /// Freeze every weight and attach LoRA adapters to the named projections, their `A`
+    /// factors drawn from `seed` (the same on every backend).
     pub fn with_lora(
         self,
         targets: &[String],
         rank: usize,
         alpha: f64,
         dropout: f64,
+        seed: u64,
         device: &B::Device,
     ) -> Self {
         let mut m = self.no_grad();
+        let mut rng = HostRng::new(seed);
         for (name, lin) in m.linears_mut() {
             if targets.iter().any(|t| t == name) {
-                lin.add_lora(rank, alpha, dropout, device);
+                lin.add_lora(rank, alpha, dropout, &mut rng, device);
             }
         }
         m
@@ -425,37 +486,51 @@ impl<B: Backend> Llama<B> {
         }
     }
 
-    /// A randomly initialised model (normal std 0.02, norms 1), for presets trained from scratch.
-    pub fn init(config: &ModelConfig, device: &B::Device) -> Self {
+    /// A randomly initialised model (normal std 0.02, norms 1), for presets trained from
+    /// scratch: the same weights for a seed on every backend.
+    pub fn init(config: &ModelConfig, seed: u64, device: &B::Device) -> Self {
         let c = config;
+        let rng = &mut HostRng::new(seed);
+        // drawn in a fixed order: the embeddings, then each layer's projections, then the head
+        let embed_tokens =
+            Param::from_tensor(rng.normal([c.vocab_size, c.hidden_size], 0.02, device));
         let (d, kvd) = (c.hidden_size, c.num_key_value_heads * c.head_dim);
         let norm = || RmsNorm::new(Tensor::ones([d], device), c.rms_norm_eps);
         let layers = (0..c.num_hidden_layers)
             .map(|_| Block {
                 input_layernorm: norm(),
                 self_attn: Attention {
-                    q_proj: Linear::init(d, c.num_attention_heads * c.head_dim, c.qkv_bias, device),
-                    k_proj: Linear::init(d, kvd, c.qkv_bias, device),
-                    v_proj: Linear::init(d, kvd, c.qkv_bias, device),
-                    o_proj: Linear::init(c.num_attention_heads * c.head_dim, d, c.o_bias, device),
+                    q_proj: Linear::init(
+                        d,
+                        c.num_attention_heads * c.head_dim,
+                        c.qkv_bias,
+                        rng,
+                        device,
+                    ),
+                    k_proj: Linear::init(d, kvd, c.qkv_bias, rng, device),
+                    v_proj: Linear::init(d, kvd, c.qkv_bias, rng, device),
+                    o_proj: Linear::init(
+                        c.num_attention_heads * c.head_dim,
+                        d,
+                        c.o_bias,
+                        rng,
+                        device,
+                    ),
                 },
                 post_attention_layernorm: norm(),
                 mlp: Mlp {
-                    gate_proj: Linear::init(d, c.intermediate_size, c.mlp_bias, device),
-                    up_proj: Linear::init(d, c.intermediate_size, c.mlp_bias, device),
-                    down_proj: Linear::init(c.intermediate_size, d, c.mlp_bias, device),
+                    gate_proj: Linear::init(d, c.intermediate_size, c.mlp_bias, rng, device),
+                    up_proj: Linear::init(d, c.intermediate_size, c.mlp_bias, rng, device),
+                    down_proj: Linear::init(c.intermediate_size, d, c.mlp_bias, rng, device),
                 },
             })
             .collect();
         Llama {
-            embed_tokens: Param::from_tensor(Tensor::random(
-                [c.vocab_size, d],
-                Distribution::Normal(0.0, 0.02),
-                device,
-            )),
+            embed_tokens,
             layers,
             norm: norm(),
-            lm_head: (!c.tie_word_embeddings).then(|| Linear::init(d, c.vocab_size, false, device)),
+            lm_head: (!c.tie_word_embeddings)
+                .then(|| Linear::init(d, c.vocab_size, false, rng, device)),
             config: config.clone(),
             compute: DType::F32,
         }

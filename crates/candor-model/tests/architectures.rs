@@ -228,6 +228,48 @@ fn checkpoint_errors_name_the_tensor_and_both_shapes() {
 }
 
 #[test]
+fn a_seeded_init_depends_on_the_seed_alone() {
+    // whatever else drew from the backend's generator before (another test's thread, say):
+    // `noise` values from a generator seeded with `noise`
+    let c = variants()[0].1.clone();
+    let dev = Default::default();
+    let init = |seed, noise: usize| {
+        <B as burn::tensor::backend::Backend>::seed(&dev, noise as u64);
+        let _: Tensor<B, 1> = Tensor::random([noise], burn::tensor::Distribution::Default, &dev);
+        let targets = ["v_proj".to_string()];
+        let m = Llama::<B>::init(&c, seed, &dev).with_lora(&targets, 2, 4.0, 0.0, seed, &dev);
+        let a: Vec<f32> = m.layers[0]
+            .self_attn
+            .v_proj
+            .lora
+            .as_ref()
+            .unwrap()
+            .a
+            .val()
+            .into_data()
+            .to_vec()
+            .unwrap();
+        let w: Vec<Vec<f32>> = model_to_tensors(&m).into_values().map(|t| t.data).collect();
+        (w, a)
+    };
+    let (w1, a1) = init(1, 5);
+    let (w1b, a1b) = init(1, 6);
+    let (w2, a2) = init(2, 5);
+    assert!(
+        w1 == w1b && a1 == a1b,
+        "the same seed gives the same weights"
+    );
+    assert!(w1 != w2 && a1 != a2, "another seed gives other weights");
+    // the init's scale: normal std 0.02 for the embeddings, uniform ±1/√in for LoRA's A
+    let embed = &w1[0];
+    let std = (embed.iter().map(|x| x * x).sum::<f32>() / embed.len() as f32).sqrt();
+    assert!((std - 0.02).abs() < 0.001, "embedding std {std}");
+    let bound = 1.0 / (c.hidden_size as f32).sqrt();
+    assert!(a1.iter().all(|x| x.abs() <= bound));
+    assert!(a1.iter().any(|x| x.abs() > 0.9 * bound));
+}
+
+#[test]
 fn bad_configs_are_clear_errors() {
     let e = ModelConfig::from_hf_json(r#"{"model_type":"gpt_neox","vocab_size":10,"hidden_size":8,"intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":2}"#).unwrap_err();
     assert!(

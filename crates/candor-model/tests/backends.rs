@@ -111,6 +111,50 @@ fn tiny_model_bf16_on_cuda_is_as_close_to_f32_as_cpu_bf16() {
     );
 }
 
+/// A seeded model and its LoRA factors, as host tensors: the weights under their HF names
+/// and each adapter's `A` (`B` is zero).
+struct Init(ModelConfig);
+impl BackendTask for Init {
+    type Output = Vec<(String, Vec<f32>)>;
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
+        let targets = ["q_proj", "down_proj"].map(String::from);
+        let mut m =
+            Llama::<B>::init(&self.0, 9, &device).with_lora(&targets, 4, 8.0, 0.0, 10, &device);
+        let mut out: Vec<(String, Vec<f32>)> = candor_model::checkpoint::model_to_tensors(&m)
+            .into_iter()
+            .map(|(name, t)| (name, t.data))
+            .collect();
+        for (i, (name, lin)) in m.linears_mut().into_iter().enumerate() {
+            if let Some(l) = &lin.lora {
+                let a = l.a.val().into_data().iter::<f32>().collect();
+                out.push((format!("{i} {name} lora A"), a));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A seed gives the same initial weights and LoRA factors on the GPU as on the CPU, bit for
+/// bit: they are drawn on the host (`HostRng`), not by each backend's own generator.
+#[test]
+fn a_seeded_init_is_the_same_on_the_gpu() {
+    let spec: DeviceSpec = if cfg!(feature = "wgpu") {
+        DeviceSpec::Wgpu(None)
+    } else if std::env::var("CANDOR_TEST_CUDA").is_ok() {
+        DeviceSpec::Cuda(0)
+    } else {
+        eprintln!("SKIPPED: set CANDOR_TEST_CUDA=1 on a machine with an NVIDIA GPU");
+        return;
+    };
+    let cpu = Init(tiny()).run::<Flex>(Default::default()).unwrap();
+    let gpu = candor_model::run_on(spec, Init(tiny())).unwrap();
+    assert_eq!(cpu.len(), gpu.len());
+    assert!(cpu.iter().filter(|(n, _)| n.ends_with("lora A")).count() == 8);
+    for ((name, a), (_, b)) in cpu.iter().zip(&gpu) {
+        assert!(a == b, "{spec}: {name} differs from the cpu's");
+    }
+}
+
 /// SmolLM2 against the HF reference on a GPU backend: `CANDOR_GPU_PARITY=cuda` or `=wgpu`.
 #[test]
 fn smollm2_parity_on_gpu() {

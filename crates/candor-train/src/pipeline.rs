@@ -49,8 +49,7 @@ fn load_model_f32<B: Backend>(r: &Recipe, device: &B::Device) -> Result<(Llama<B
             let tok = Tokenizer::load(&tdir)?;
             let vocab = tok.inner.get_vocab_size(true);
             let cfg = ModelConfig::preset(preset, vocab)?;
-            B::seed(device, r.train.seed);
-            Ok((Llama::init(&cfg, device), tok))
+            Ok((Llama::init(&cfg, r.train.seed, device), tok))
         }
         (None, None) => unreachable!("validated"),
     }

@@ -46,8 +46,8 @@ pub fn run_recipe<B: Backend>(r: &Recipe, device: B::Device) -> Result<()> {
     };
     let mut model = model;
     if let Some(l) = &r.lora {
-        <A<B> as Backend>::seed(&device, r.train.seed ^ 0x10_4A);
-        model = model.with_lora(&l.targets, l.rank, l.alpha, l.dropout, &device);
+        let seed = r.train.seed ^ 0x10_4A;
+        model = model.with_lora(&l.targets, l.rank, l.alpha, l.dropout, seed, &device);
     }
     let trained = train(r, model, &tok, &train_ex, &device)?;
     eprintln!(

@@ -19,8 +19,7 @@ fn setup() -> (Llama<A>, Tokenizer, Vec<Seq>, tempfile::TempDir) {
     candor_model::tokenizer::write_byte_tokenizer(dir.path()).unwrap();
     let tok = Tokenizer::load(dir.path()).unwrap();
     let cfg = ModelConfig::preset("tiny", 259).unwrap();
-    A::seed(&Default::default(), 11);
-    let model = Llama::<A>::init(&cfg, &Default::default());
+    let model = Llama::<A>::init(&cfg, 11, &Default::default());
     let data = DataConfig {
         subtasks: vec!["+:1:1".into(), "-:3:3".into()],
         per_subtask: 16,
@@ -191,7 +190,7 @@ fn lora_forward_equals_merged_forward_and_only_adapters_train() {
     let dev = Default::default();
     let targets: Vec<String> = ["q_proj", "v_proj", "down_proj"].map(String::from).to_vec();
     let base_model = model.valid();
-    let mut m = model.with_lora(&targets, 4, 8.0, 0.0, &dev);
+    let mut m = model.with_lora(&targets, 4, 8.0, 0.0, 12, &dev);
     // make B non-zero so the adapter changes the output
     for (_, lin) in m.linears_mut() {
         if let Some(l) = lin.lora.as_mut() {
