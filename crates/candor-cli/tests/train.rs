@@ -249,6 +249,7 @@ fn tiny_arith() -> PathBuf {
 }
 
 /// The last `loss` a run's train.log reports.
+#[cfg(feature = "wgpu")]
 fn last_loss(run: &Path) -> f64 {
     let log = std::fs::read_to_string(run.join("train.log")).unwrap();
     let line = log.lines().rev().find(|l| l.starts_with("step ")).unwrap();
