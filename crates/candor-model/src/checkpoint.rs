@@ -251,8 +251,16 @@ pub fn model_from_tensors<B: Backend>(
     })
 }
 
-/// Load `config.json` + safetensors from an HF folder.
+/// Load `config.json` + safetensors from an HF folder (a folder that is not there is an error
+/// saying what it should hold).
 pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>> {
+    if !dir.is_dir() {
+        bail!(
+            "no model folder at {} (an HF folder with config.json, model.safetensors and \
+             tokenizer.json; checkpoints/README.md says how to make the ones the recipes use)",
+            dir.display()
+        );
+    }
     let config = ModelConfig::from_hf_file(&dir.join("config.json"))?;
     let tensors = read_safetensors_dir(dir)?;
     model_from_tensors(&config, tensors, device)
@@ -265,15 +273,8 @@ pub fn load_model_and_tokenizer<B: Backend>(
     dir: &Path,
     device: &B::Device,
 ) -> Result<(Llama<B>, Tokenizer)> {
-    if !dir.is_dir() {
-        bail!(
-            "no model folder at {} (an HF folder with config.json, model.safetensors and \
-             tokenizer.json; checkpoints/README.md says how to make the ones the recipes use)",
-            dir.display()
-        );
-    }
-    let tok = Tokenizer::load(dir)?;
     let model = load_model::<B>(dir, device)?;
+    let tok = Tokenizer::load(dir)?;
     tok.check_fits(model.config.vocab_size)
         .with_context(|| format!("loading {}", dir.display()))?;
     Ok((model, tok))

@@ -25,7 +25,7 @@ pub fn load_model<B: Backend>(r: &Recipe, device: &B::Device) -> Result<(Llama<B
 }
 
 /// The dtype the model computes in, checked against what the backend can do.
-pub fn compute_dtype<B: Backend>(r: &Recipe, device: &B::Device) -> Result<DType> {
+fn compute_dtype<B: Backend>(r: &Recipe, device: &B::Device) -> Result<DType> {
     match r.model.dtype {
         Dtype::F32 => Ok(DType::F32),
         Dtype::Bf16 if B::supports_dtype(device, DType::BF16) => Ok(DType::BF16),

