@@ -278,6 +278,10 @@ pub struct LabelsConfig {
     pub deepconf_window: usize,
     /// Skip answers longer than this many words (UaIT uses 6; 0 = no limit).
     pub max_answer_words: usize,
+    /// Leave out of training the questions of sub-tasks whose greedy accuracy (percent) is
+    /// below this (Lin et al. leave out sub-tasks the model never gets right); 0 = keep all.
+    #[serde(deserialize_with = "bounded::percent")]
+    pub min_subtask_accuracy: f64,
 }
 
 impl Default for LabelsConfig {
@@ -303,6 +307,7 @@ impl Default for LabelsConfig {
             format: ConfidenceFormat::Percent,
             deepconf_window: 8,
             max_answer_words: 0,
+            min_subtask_accuracy: 0.0,
         }
     }
 }

@@ -51,6 +51,14 @@ pub struct Example {
     pub target: String,
     /// The model's greedy answer.
     pub answer: String,
+    /// Its tokens exactly as generated (the answer only, no stop token): what training puts
+    /// after the prompt under `train.loss_on = "confidence"`, so training matches inference.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answer_tokens: Vec<u32>,
+    /// The answering model's top-k `(token, log-prob)` at each answer token: the starting
+    /// model's distribution that `train.answer_kl` keeps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answer_top: Vec<Vec<(u32, f32)>>,
     pub gold: String,
     pub grade: Grade,
     pub correct: bool,
@@ -62,6 +70,9 @@ pub struct Example {
     pub heldout: bool,
     /// Dropped because the answer is longer than `max_answer_words`.
     pub too_long: bool,
+    /// Dropped because its sub-task's accuracy is below `labels.min_subtask_accuracy`.
+    #[serde(default)]
+    pub below_floor: bool,
     pub signals: Signals,
 }
 
@@ -69,6 +80,7 @@ impl Example {
     pub fn kept(&self) -> bool {
         !self.heldout
             && !self.too_long
+            && !self.below_floor
             && matches!(self.verdict, Verdict::KeptCorrect | Verdict::KeptWrong)
     }
 }
@@ -111,6 +123,9 @@ pub struct Summary {
     pub dropped_unsure_correct: usize,
     pub dropped_confident_wrong: usize,
     pub dropped_too_long: usize,
+    /// Questions of sub-tasks below `labels.min_subtask_accuracy`.
+    #[serde(default)]
+    pub dropped_below_floor: usize,
     pub heldout: usize,
     /// AUROC of each signal (oriented so that higher = more confident) against correctness,
     /// over all questions; `None` when one class is absent.
@@ -248,6 +263,8 @@ pub fn label(
             prompt: a.prompt.clone(),
             target: String::new(),
             answer: a.greedy.text.clone(),
+            answer_tokens: a.greedy.tokens[..n].to_vec(),
+            answer_top: a.greedy.top[..n].to_vec(),
             gold: gold_for_target(a),
             grade,
             correct,
@@ -256,6 +273,7 @@ pub fn label(
             verdict: Verdict::KeptCorrect,
             heldout: labels.teacher == Teacher::Sar && is_heldout(&a.item.id, labels.heldout),
             too_long: labels.max_answer_words > 0 && words > labels.max_answer_words,
+            below_floor: false,
             signals,
         });
         on_progress(i + 1, answers.len());
@@ -309,6 +327,12 @@ pub fn label(
             map = Some(m);
         }
     }
+    if labels.min_subtask_accuracy > 0.0 {
+        let acc = teacher::empirical_subtask(ex.iter().map(|e| (e.subtask.as_str(), e.correct)));
+        for e in ex.iter_mut() {
+            e.below_floor = acc[&e.subtask] < labels.min_subtask_accuracy;
+        }
+    }
     for e in ex.iter_mut() {
         e.verdict = teacher::distill(e.correct, e.confidence, labels.tau_hi, labels.tau_lo);
         let answer = if e.correct { &e.gold } else { &e.answer };
@@ -340,6 +364,10 @@ pub fn label(
         }
         if e.too_long {
             s.dropped_too_long += 1;
+            continue;
+        }
+        if e.below_floor {
+            s.dropped_below_floor += 1;
             continue;
         }
         match e.verdict {
@@ -429,12 +457,13 @@ impl Summary {
         o += &format!("teacher labels   {}\n", h(&self.label_histogram));
         o += &format!("kept labels      {}\n", h(&self.kept_histogram));
         o += &format!(
-            "filter: kept {} correct + {} wrong; dropped {} unsure-correct, {} confident-wrong, {} too long; {} held out for the map\n",
+            "filter: kept {} correct + {} wrong; dropped {} unsure-correct, {} confident-wrong, {} too long, {} below the sub-task accuracy floor; {} held out for the map\n",
             self.kept_correct,
             self.kept_wrong,
             self.dropped_unsure_correct,
             self.dropped_confident_wrong,
             self.dropped_too_long,
+            self.dropped_below_floor,
             self.heldout
         );
         o += "AUROC vs correctness:";
@@ -483,6 +512,8 @@ pub fn gold_examples(
                 prompt: tok.prompt(&it.question, style)?,
                 target: gold.clone(),
                 answer: gold.clone(),
+                answer_tokens: vec![],
+                answer_top: vec![],
                 gold,
                 grade: Grade::Correct,
                 correct: true,
@@ -491,6 +522,7 @@ pub fn gold_examples(
                 verdict: Verdict::KeptCorrect,
                 heldout: false,
                 too_long: false,
+                below_floor: false,
                 signals: Signals::default(),
             })
         })

@@ -38,6 +38,9 @@ pub struct SetResult {
     pub model: String,
     pub n: usize,
     pub accuracy: f64,
+    /// 95% bootstrap interval of the accuracy.
+    #[serde(default)]
+    pub accuracy_ci: Option<(f64, f64)>,
     /// Share of answers with a parseable verbalized confidence.
     pub parse_rate: f64,
     pub parse_failures: BTreeMap<String, usize>,
@@ -77,6 +80,82 @@ pub struct Report {
     pub seed: u64,
     pub bootstrap: usize,
     pub results: Vec<SetResult>,
+    /// Accuracy after training minus before, per set (when both models were evaluated).
+    #[serde(default)]
+    pub accuracy_changes: Vec<AccuracyChange>,
+}
+
+/// How accuracy moved on one set between two models that answered the same questions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AccuracyChange {
+    pub set: String,
+    /// Questions both models answered (matched by id).
+    pub n: usize,
+    pub before: f64,
+    pub after: f64,
+    /// after − before, and its 95% interval from a paired bootstrap over the questions.
+    pub diff: f64,
+    pub diff_ci: Option<(f64, f64)>,
+}
+
+impl AccuracyChange {
+    /// Paired bootstrap of `after − before` accuracy over the questions both sets share.
+    pub fn new(set: &str, before: &[Scored], after: &[Scored], reps: usize, seed: u64) -> Self {
+        let by_id: BTreeMap<&str, bool> =
+            after.iter().map(|s| (s.id.as_str(), s.correct)).collect();
+        let pairs: Vec<(bool, bool)> = before
+            .iter()
+            .filter_map(|b| by_id.get(b.id.as_str()).map(|&a| (b.correct, a)))
+            .collect();
+        let n = pairs.len();
+        let acc = |f: &dyn Fn(&(bool, bool)) -> bool| {
+            pairs.iter().filter(|p| f(p)).count() as f64 / n.max(1) as f64
+        };
+        let (b, a) = (acc(&|p| p.0), acc(&|p| p.1));
+        // the per-question difference (−1, 0, 1) as a "confidence" column: its mean is the
+        // accuracy change, resampled with the same seeded bootstrap as the metrics
+        let d: Vec<f64> = pairs
+            .iter()
+            .map(|p| p.1 as u8 as f64 - p.0 as u8 as f64)
+            .collect();
+        let dummy = vec![false; n];
+        let diff_ci = bootstrap_ci(&d, &dummy, reps, seed, |d, _| {
+            Some(d.iter().sum::<f64>() / d.len() as f64)
+        });
+        Self {
+            set: set.into(),
+            n,
+            before: b,
+            after: a,
+            diff: a - b,
+            diff_ci,
+        }
+    }
+
+    /// True when accuracy after is lower beyond the interval (its upper end below 0).
+    pub fn fell(&self) -> bool {
+        self.diff_ci.is_some_and(|(_, hi)| hi < 0.0)
+    }
+
+    /// One line for people: the change, its interval, and a warning when it fell.
+    pub fn describe(&self) -> String {
+        let ci = self
+            .diff_ci
+            .map(|(a, b)| format!(" [95% CI {:+.1}, {:+.1}]", 100.0 * a, 100.0 * b))
+            .unwrap_or_default();
+        let mut o = format!(
+            "{}: accuracy {:.1}% → {:.1}% ({:+.1} points{ci}, {} questions)",
+            self.set,
+            100.0 * self.before,
+            100.0 * self.after,
+            100.0 * self.diff,
+            self.n
+        );
+        if self.fell() {
+            o += " — WARNING: training lowered accuracy beyond the interval; the confidences it learned describe answers the model no longer gives";
+        }
+        o
+    }
 }
 
 pub struct ParseStats {
@@ -137,11 +216,15 @@ pub fn set_result(
         e.0 += 1;
         e.1 += s.correct as usize;
     }
+    let ones: Vec<f64> = correct.iter().map(|&c| c as u8 as f64).collect();
     SetResult {
         set: set.into(),
         model: model.into(),
         n,
         accuracy: correct.iter().filter(|&&b| b).count() as f64 / n.max(1) as f64,
+        accuracy_ci: bootstrap_ci(&ones, &correct, bootstrap, seed, |c, _| {
+            Some(c.iter().sum::<f64>() / c.len() as f64)
+        }),
         parse_rate: parse.parsed as f64 / n.max(1) as f64,
         parse_failures: parse.failures,
         parse_examples: parse.examples,
@@ -283,6 +366,17 @@ impl Report {
     /// The readable summary.
     pub fn markdown(&self, figure_files: &[String]) -> String {
         let mut o = String::from("# Calibration report\n\n");
+        let fell: Vec<&AccuracyChange> =
+            self.accuracy_changes.iter().filter(|c| c.fell()).collect();
+        if !fell.is_empty() {
+            o += "**Warning: accuracy fell after training** beyond the 95% interval on ";
+            o += &fell
+                .iter()
+                .map(|c| format!("{} ({:+.1} points)", c.set, 100.0 * c.diff))
+                .collect::<Vec<_>>()
+                .join(", ");
+            o += ". A confidence learned for answers the model no longer gives is not calibration.\n\n";
+        }
         for (k, v) in &self.models {
             o += &format!("- model ({k}): `{v}`\n");
         }
@@ -299,11 +393,16 @@ impl Report {
             let rows: Vec<&SetResult> = self.results.iter().filter(|r| r.set == set).collect();
             o += &format!("## {set}\n\n");
             for r in &rows {
+                let ci = r
+                    .accuracy_ci
+                    .map(|(a, b)| format!(" [95% CI {:.1}, {:.1}]", 100.0 * a, 100.0 * b))
+                    .unwrap_or_default();
                 o += &format!(
-                    "- {}: {} questions, accuracy {:.1}%, verbalized confidence parsed in {:.1}%",
+                    "- {}: {} questions, accuracy {:.1}%{ci} ({} right), verbalized confidence parsed in {:.1}%",
                     r.model,
                     r.n,
                     100.0 * r.accuracy,
+                    (r.accuracy * r.n as f64).round(),
                     100.0 * r.parse_rate
                 );
                 if !r.parse_failures.is_empty() {
@@ -315,6 +414,9 @@ impl Report {
                     o += &format!(" (failures: {})", fails.join(", "));
                 }
                 o += "\n";
+            }
+            for c in self.accuracy_changes.iter().filter(|c| c.set == set) {
+                o += &format!("- {}\n", c.describe());
             }
             o += "\n| model | readout | n | ECE-10 [95% CI] | ECE-15 | Brier | AUROC [95% CI] | MAD-20 | AURC | AUPRC |\n|---|---|---|---|---|---|---|---|---|---|\n";
             // best per column (lower is better except AUROC/AUPRC)

@@ -34,6 +34,7 @@ fn report() -> (String, String) {
         examples: vec!["no confidence here".into()],
     };
     let r = Report {
+        accuracy_changes: vec![],
         models: BTreeMap::from([("before".to_string(), "m0".to_string())]),
         recipe_hash: Some("abc".into()),
         seed: 3,

@@ -305,3 +305,46 @@ pub fn score<B: Backend>(
         })
         .collect()
 }
+
+/// Teacher-forced states at the end of each row (rows left-padded into one batch): the final
+/// hidden state (after the last norm) at the last `k` positions, `[row][k][hidden]`, and the
+/// next-token log-probs after the last token, `[row][vocab]`. What the expected-confidence and
+/// probe readouts read after an answer.
+pub fn tail_states<B: Backend>(
+    model: &Llama<B>,
+    rows: &[Vec<u32>],
+    k: usize,
+    pad_id: u32,
+    device: &B::Device,
+) -> (Vec<Vec<Vec<f32>>>, Vec<Vec<f32>>) {
+    let n = rows.len();
+    if n == 0 {
+        return (vec![], vec![]);
+    }
+    assert!(
+        rows.iter().all(|r| r.len() >= k && k >= 1),
+        "rows need at least k ≥ 1 tokens"
+    );
+    let (toks, valid) = left_pad(rows, pad_id);
+    let t = valid[0].len();
+    let pos = Positions::new(&model.config, &valid, t, device);
+    let mut cache = KvCache::new(model.config.num_hidden_layers);
+    let tokens = tokens_tensor::<B>(&toks, device);
+    let hidden = model.forward_hidden_from(tokens, &pos, &mut cache, t - k); // [n, k, d]
+    let d = model.config.hidden_size;
+    let last = hidden.clone().narrow(1, k - 1, 1);
+    let v = model.config.vocab_size;
+    let logits: Vec<f32> = model.logits(last).into_data().iter::<f32>().collect();
+    let h: Vec<f32> = hidden.into_data().iter::<f32>().collect();
+    let states = (0..n)
+        .map(|i| {
+            (0..k)
+                .map(|j| h[(i * k + j) * d..(i * k + j + 1) * d].to_vec())
+                .collect()
+        })
+        .collect();
+    let lps = (0..n)
+        .map(|i| log_softmax(&logits[i * v..(i + 1) * v]))
+        .collect();
+    (states, lps)
+}

@@ -1,14 +1,18 @@
 //! Evaluation: the model answers each evaluation question once (greedy, the whole reply so the
 //! verbalized confidence is included), and every readout is computed from that generation:
 //! verbalized confidence, answer logit (sequence probability and its length-normalised form),
-//! indirect logit P(True), DeepConf token confidence, and the best constant. Then metrics,
-//! figures and the report (`candor_eval::report`).
+//! indirect logit P(True), DeepConf token confidence, the best constant; and, teacher-forced
+//! after the model's own answer, the expected confidence under its distribution over the
+//! confidence values (`verbalized_expected`) and a linear probe on its hidden state there
+//! (`probe`, fitted on the training set's graded answers). Then metrics, figures and the report
+//! (`candor_eval::report`).
 
 use crate::recipe::EvalSection;
 use anyhow::Result;
 use burn::tensor::backend::Backend;
 use candor_confidence::sar::DEFAULT_T;
 use candor_confidence::similarity::{sar_scores, SarSample, Similarity};
+use candor_confidence::{values, Probe, ValueSet};
 use candor_data::answering::prompt_style;
 use candor_data::answering::row_seed;
 use candor_data::calibratedmath::Grade;
@@ -17,6 +21,7 @@ use candor_data::dataset::sar_sample_from;
 use candor_data::{load_items, DataConfig, Item};
 use candor_eval::report::{ParseStats, Scored};
 use candor_eval::verbalized::parse_verbalized;
+use candor_model::generate::tail_states;
 use candor_model::generate::{Finish, Generation};
 use candor_model::tokenizer::Message;
 use candor_model::{generate, score, GenConfig, Llama, Tokenizer};
@@ -58,6 +63,43 @@ fn answer_tokens(tok: &Tokenizer, g: &Generation) -> usize {
         n
     }
 }
+
+/// The prompt, the answer's tokens and the shared start of the confidence line: where the
+/// expected-confidence readout reads the next token, and (one position before the confidence
+/// line) where the probe reads the hidden state.
+pub fn answer_context(prompt: &[u32], answer: &[u32], vs: &ValueSet) -> Vec<u32> {
+    [prompt, answer, &vs.prefix].concat()
+}
+
+/// Fit the probe of `model` on graded answers: `(prompt + answer tokens, correct)`; the
+/// feature is the final hidden state at the answer's last token. `None` when one class is
+/// absent.
+pub fn fit_probe<B: Backend>(
+    model: &Llama<B>,
+    tok: &Tokenizer,
+    answered: &[(Vec<u32>, bool)],
+    batch: usize,
+    device: &B::Device,
+) -> Result<Option<Probe>> {
+    let vs = ValueSet::new(tok)?;
+    let mut x = vec![];
+    let mut y = vec![];
+    for chunk in answered.chunks(batch.max(1)) {
+        let rows: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|(ids, _)| [ids.as_slice(), &vs.prefix].concat())
+            .collect();
+        let (states, _) = tail_states(model, &rows, vs.prefix.len() + 1, tok.pad_id, device);
+        for (st, (_, c)) in states.into_iter().zip(chunk) {
+            x.push(st.into_iter().next().expect("k ≥ 1"));
+            y.push(*c);
+        }
+    }
+    Ok(Probe::fit(&x, &y, PROBE_L2))
+}
+
+/// The probe's L2 penalty on standardised features.
+pub const PROBE_L2: f64 = 1.0;
 
 /// Rank-normalise scores to [0, 1] (average ranks for ties): for readouts that only rank.
 fn ranks(v: &[f64]) -> Vec<f64> {
@@ -116,10 +158,12 @@ pub fn evaluate_set<B: Backend>(
     set: &DataConfig,
     ev: &EvalSection,
     constant: Option<f64>,
+    probe: Option<&Probe>,
     mut sim: Option<&mut dyn Similarity>,
     device: &B::Device,
     pb: &indicatif::ProgressBar,
 ) -> Result<Vec<EvalRecord>> {
+    let vs = ValueSet::new(tok)?;
     let items: Vec<Item> = load_items(set)?;
     let style = prompt_style(set.style);
     let how = set.matcher();
@@ -143,7 +187,8 @@ pub fn evaluate_set<B: Backend>(
             .collect::<Result<_>>()?;
         let gens = generate(model, tok, &prompts, &cfg, device)?;
         let mut answers = vec![];
-        for (it, g) in chunk.iter().zip(&gens) {
+        let mut after_answer = vec![];
+        for ((it, g), prompt) in chunk.iter().zip(&gens).zip(&prompts) {
             let text = g.text.trim().to_string();
             let first = text.lines().next().unwrap_or("").trim().to_string();
             let (answer, verbal) = match parse_verbalized(&text) {
@@ -155,6 +200,7 @@ pub fn evaluate_set<B: Backend>(
                 Err(_) => (first.clone(), None),
             };
             let n = answer_tokens(tok, g);
+            after_answer.push(answer_context(prompt, &g.tokens[..n], &vs));
             let lp: Vec<f64> = g.logprobs[..n].iter().map(|&l| l as f64).collect();
             let mut conf = BTreeMap::new();
             if let Some(v) = verbal {
@@ -189,8 +235,23 @@ pub fn evaluate_set<B: Backend>(
                 conf,
             });
         }
-        // indirect logit: P(True) after the answer, from the next-token distribution
         let base = out.len() - chunk.len();
+        // teacher-forced after the answer: the expected confidence and the probe
+        let (states, lps) = tail_states(
+            model,
+            &after_answer,
+            vs.prefix.len() + 1,
+            tok.pad_id,
+            device,
+        );
+        for (k, (st, lp)) in states.iter().zip(&lps).enumerate() {
+            let conf = &mut out[base + k].conf;
+            conf.insert("verbalized_expected".into(), values::expected(&vs, lp));
+            if let Some(p) = probe {
+                conf.insert("probe".into(), p.predict(&st[0]));
+            }
+        }
+        // indirect logit: P(True) after the answer, from the next-token distribution
         let mut pp = vec![];
         let mut cont = vec![];
         for (it, a) in chunk.iter().zip(&answers) {
@@ -301,11 +362,13 @@ fn generation_key(
     set: &DataConfig,
     ev: &EvalSection,
     constant: Option<f64>,
+    probe: &Option<String>,
 ) -> Option<String> {
     let model = candor_model::checkpoint::weights_fingerprint(std::path::Path::new(model_path))?;
     let key = serde_json::json!({
         // bump when the readouts computed from a generation change
-        "readouts_version": 2,
+        "readouts_version": 3,
+        "probe_data": probe,
         "model": model,
         "set": set,
         "max_new_tokens": ev.max_new_tokens,
@@ -369,14 +432,26 @@ pub fn evaluate_and_report<B: Backend>(
     constant: Option<f64>,
     recipe_hash: Option<String>,
     out: &std::path::Path,
+    probe_data: Option<&[(Vec<u32>, bool)]>,
     mut sim: Option<&mut dyn Similarity>,
     device: &B::Device,
 ) -> Result<candor_eval::report::Report> {
-    use candor_eval::report::{figures, set_result, Report};
+    use candor_eval::report::{figures, set_result, AccuracyChange, Report};
     use candor_model::checkpoint::write_atomic;
     std::fs::create_dir_all(out)?;
     let mut results = vec![];
+    let mut accuracy_changes = vec![];
     let mut figure_files = vec![];
+    // each model's probe, fitted the first time a set is evaluated afresh
+    let mut probes: BTreeMap<String, Option<Probe>> = BTreeMap::new();
+    let probe_key = probe_data.map(|d| {
+        let h = d.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, (ids, c)| {
+            ids.iter()
+                .chain(std::iter::once(&(*c as u32)))
+                .fold(h, |h, &x| (h ^ x as u64).wrapping_mul(0x100_0000_01b3))
+        });
+        format!("{}:{h:016x}", d.len())
+    });
     for set in sets {
         let name = set.display_name();
         let slug = candor_eval::report::slug(&name);
@@ -385,13 +460,26 @@ pub fn evaluate_and_report<B: Backend>(
             let path = out.join(format!("generations-{slug}-{label}.jsonl"));
             let key = model_paths
                 .get(*label)
-                .and_then(|p| generation_key(p, set, ev, constant));
+                .and_then(|p| generation_key(p, set, ev, constant, &probe_key));
             let recs = match reuse_generations(&path, &key, set)? {
                 Some(recs) => {
                     eprintln!("eval {name} ({label}): reusing {}", path.display());
                     recs
                 }
                 None => {
+                    if !probes.contains_key(*label) {
+                        let p = match probe_data {
+                            Some(d) => fit_probe(*model, tok, d, ev.batch_size, device)?,
+                            None => None,
+                        };
+                        if let Some(p) = &p {
+                            eprintln!(
+                                "probe ({label}): logistic regression on the hidden state after the answer, fitted on {} training answers",
+                                p.fitted_on
+                            );
+                        }
+                        probes.insert(label.to_string(), p);
+                    }
                     let pb = crate::pipeline::bar(0, &format!("eval {name} ({label})"));
                     let recs = evaluate_set(
                         *model,
@@ -399,6 +487,7 @@ pub fn evaluate_and_report<B: Backend>(
                         set,
                         ev,
                         constant,
+                        probes[*label].as_ref(),
                         sim.as_mut().map(|s| &mut **s as &mut dyn Similarity),
                         device,
                         &pb,
@@ -427,6 +516,10 @@ pub fn evaluate_and_report<B: Backend>(
             ));
             per_model.push((label.to_string(), scored));
         }
+        let find = |l: &str| per_model.iter().find(|(m, _)| m == l).map(|(_, s)| s);
+        if let (Some(b), Some(a)) = (find("before"), find("after")) {
+            accuracy_changes.push(AccuracyChange::new(&name, b, a, ev.bootstrap, ev.seed));
+        }
         let refs: Vec<(&str, &[Scored])> = per_model
             .iter()
             .map(|(l, s)| (l.as_str(), s.as_slice()))
@@ -442,6 +535,7 @@ pub fn evaluate_and_report<B: Backend>(
         seed: ev.seed,
         bootstrap: ev.bootstrap,
         results,
+        accuracy_changes,
     };
     write_atomic(
         &out.join("report.json"),

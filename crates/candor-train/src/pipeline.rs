@@ -218,6 +218,68 @@ pub fn build_dataset<B: Backend>(
     Ok((ex, s))
 }
 
+/// The rehearsal rows of `train.rehearsal`: each set answered by the starting model (greedy,
+/// top-k kept; resumable, in `<run>/data/rehearsal-<set>.jsonl`), as rows whose answer tokens
+/// carry only the answer-keeping term.
+pub fn rehearsal_seqs<B: Backend>(
+    r: &Recipe,
+    model: &Llama<B>,
+    tok: &Tokenizer,
+    device: &B::Device,
+) -> Result<Vec<crate::trainer::Seq>> {
+    let mut out = vec![];
+    let who = match (&r.model.path, &r.model.preset) {
+        (Some(p), _) => candor_model::checkpoint::weights_fingerprint(p)
+            .unwrap_or_else(|| p.display().to_string()),
+        (None, p) => format!("preset {}", p.clone().unwrap_or_default()),
+    };
+    for set in &r.train.rehearsal {
+        let items = load_items(set)?;
+        let labels = candor_data::LabelsConfig {
+            samples: 0,
+            ..r.labels.clone()
+        };
+        let settings = AnswerSettings::new(&who, set, &labels);
+        let path = r.run_dir().join("data").join(format!(
+            "rehearsal-{}.jsonl",
+            candor_eval::report::slug(&set.display_name())
+        ));
+        eprintln!(
+            "rehearsal: answering {} questions ({}) → {}",
+            items.len(),
+            set.display_name(),
+            path.display()
+        );
+        let pb = bar(items.len() as u64, "rehearsal");
+        let answers = run_answers(
+            model,
+            tok,
+            &items,
+            &settings,
+            &path,
+            device,
+            &mut |p: &Progress| pb.set_position(p.done as u64),
+        )?;
+        pb.finish_and_clear();
+        for a in &answers {
+            let n = a.greedy.answer_len();
+            if n == 0 {
+                continue;
+            }
+            let prompt = tok.encode(&a.prompt, false)?;
+            if prompt.len() + n > set.max_length {
+                continue;
+            }
+            out.push(crate::trainer::rehearsal_seq(
+                prompt,
+                &a.greedy.tokens[..n],
+                &a.greedy.top[..n],
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// The recipe's answer similarity (`labels.similarity`): MiniLM embeddings or ROUGE-L.
 pub fn load_similarity<B: Backend>(r: &Recipe, device: &B::Device) -> Result<Box<dyn Similarity>> {
     Ok(if r.labels.similarity == SimilarityKind::Minilm {

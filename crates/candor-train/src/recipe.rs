@@ -105,6 +105,77 @@ pub struct TrainSection {
     pub global_batch: usize,
     /// Seed of shuffling, dropout and LoRA initialisation.
     pub seed: u64,
+    /// Which tokens carry the loss in a labelled run: `confidence` (the answer is context, only
+    /// the confidence line and the end of turn are trained) or `response` (answer and
+    /// confidence, the whole response). Runs with `labels.teacher = "gold"` always train the
+    /// response (there is no confidence).
+    pub loss_on: LossOn,
+    /// The answer put before the confidence under `loss_on = "confidence"`: `own` (what the
+    /// model itself wrote, greedy, right or wrong: training matches inference) or
+    /// `gold-for-correct` (UaIT: the reference answer for correct examples).
+    pub answer: AnswerSource,
+    /// The loss at the token that decides the confidence value: `ce` (cross-entropy on the
+    /// written label), `brier` (Σ q(v)·(v − target)² over the model's distribution q over the
+    /// value set) or `log` (log loss of the expected value Σ q(v)·v against the target).
+    pub confidence_loss: ConfidenceLoss,
+    /// What `brier` and `log` score against: `teacher` (the teacher's probability) or
+    /// `correct` (0/1 correctness of the answer).
+    pub confidence_target: ConfidenceTarget,
+    /// Weight of the answer-keeping term under `loss_on = "confidence"`: KL from the starting
+    /// model's distribution (its top-k log-probs, kept by the answering run) to the model's at
+    /// every answer token. 0 = off.
+    #[serde(deserialize_with = "bounded::non_negative")]
+    pub answer_kl: f64,
+    /// Under `loss_on = "confidence"`: stop the confidence loss's gradient at the keys and
+    /// values of the prompt and answer (computed once, held fixed while the confidence line
+    /// attends to them), so the confidence is learned from what the model computes there
+    /// rather than by reshaping the answer positions.
+    pub detach_context: bool,
+    /// Rehearsal sets (each shaped like `[data]`, `[[train.rehearsal]]`): questions the
+    /// starting model answers once (greedy, top-k kept), whose answer tokens carry only the
+    /// `answer_kl` term, no confidence. Each step adds a batch of them beside the calibration
+    /// batch, so the answers stay put beyond the calibration set's questions.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rehearsal: Vec<DataConfig>,
+    /// `label-bin`: weight each example by 1 / (examples in its 10-point teacher-label bin),
+    /// normalised to mean 1, so every label bin weighs the same; `none`: no balancing.
+    pub balance: Balance,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossOn {
+    Confidence,
+    Response,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnswerSource {
+    Own,
+    GoldForCorrect,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConfidenceLoss {
+    Ce,
+    Brier,
+    Log,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConfidenceTarget {
+    Teacher,
+    Correct,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    None,
+    LabelBin,
 }
 
 impl Default for TrainSection {
@@ -115,6 +186,14 @@ impl Default for TrainSection {
             micro_batch: 8,
             global_batch: 32,
             seed: 0,
+            loss_on: LossOn::Confidence,
+            answer: AnswerSource::Own,
+            confidence_loss: ConfidenceLoss::Brier,
+            confidence_target: ConfidenceTarget::Teacher,
+            answer_kl: 1.0,
+            detach_context: true,
+            rehearsal: vec![],
+            balance: Balance::None,
         }
     }
 }
@@ -408,6 +487,9 @@ impl Recipe {
                 self.train.micro_batch
             );
         }
+        if !self.train.rehearsal.is_empty() && self.train.answer_kl == 0.0 {
+            bail!("train.rehearsal keeps answers through train.answer_kl, which is 0: set answer_kl > 0 or drop the rehearsal sets");
+        }
         if self.eval.samples == 1 {
             bail!("eval.samples = 1: SAR compares samples with each other; use 0 (no SAR) or at least 2");
         }
@@ -441,6 +523,15 @@ impl Recipe {
                 "weighting.w_min = {} is above weighting.w_max = {}",
                 self.weighting.w_min,
                 self.weighting.w_max
+            );
+        }
+        if self.train.loss_on == LossOn::Confidence
+            && self.train.confidence_loss != ConfidenceLoss::Ce
+            && self.labels.format != candor_data::config::ConfidenceFormat::Percent
+        {
+            bail!(
+                "train.confidence_loss = \"{}\" scores a distribution over percent values; it needs labels.format = \"percent\" (or use confidence_loss = \"ce\")",
+                format!("{:?}", self.train.confidence_loss).to_lowercase()
             );
         }
         self.labels.validate()?;

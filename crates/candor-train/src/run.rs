@@ -48,7 +48,8 @@ pub fn run_recipe<B: Backend>(r: &Recipe, device: B::Device) -> Result<()> {
         let seed = r.train.seed ^ 0x10_4A;
         model = model.with_lora(&l.targets, l.rank, l.alpha, l.dropout, seed, &device);
     }
-    let trained = train(r, model, &tok, &train_ex, &device)?;
+    let rehearsal = crate::pipeline::rehearsal_seqs(r, &base, &tok, &device)?;
+    let trained = train(r, model, &tok, &train_ex, &rehearsal, &device)?;
     eprintln!(
         "trained {} steps, last loss {:.4}, {:.0} tokens/s",
         trained.steps, trained.last_loss, trained.tokens_per_s
@@ -78,6 +79,7 @@ pub fn run_recipe<B: Backend>(r: &Recipe, device: B::Device) -> Result<()> {
         names.insert("after".to_string(), final_dir.display().to_string());
         models.push(("after", &after));
         let out = run.join("report");
+        let probe = probe_data(r, &tok, &train_ex)?;
         let mut sim = if r.eval.samples >= 2 {
             Some(crate::pipeline::load_similarity::<B>(r, &device)?)
         } else {
@@ -92,6 +94,7 @@ pub fn run_recipe<B: Backend>(r: &Recipe, device: B::Device) -> Result<()> {
             constant,
             Some(recipe_hash(r)),
             &out,
+            probe.as_deref(),
             sim.as_mut()
                 .map(|s| &mut **s as &mut dyn candor_confidence::Similarity),
             &device,
@@ -101,6 +104,27 @@ pub fn run_recipe<B: Backend>(r: &Recipe, device: B::Device) -> Result<()> {
     }
     eprintln!("done in {:.1} min", t0.elapsed().as_secs_f64() / 60.0);
     Ok(())
+}
+
+/// What the `probe` readout is fitted on: the training examples' prompts and the model's own
+/// answer tokens, with their grades. `None` for `labels.teacher = "gold"` (no answers).
+pub fn probe_data(
+    r: &Recipe,
+    tok: &candor_model::Tokenizer,
+    examples: &[candor_data::Example],
+) -> Result<Option<Vec<(Vec<u32>, bool)>>> {
+    if r.labels.teacher == candor_data::config::Teacher::Gold {
+        return Ok(None);
+    }
+    let rows = examples
+        .iter()
+        .map(|e| {
+            let mut ids = tok.encode(&e.prompt, false)?;
+            ids.extend(&e.answer_tokens);
+            Ok((ids, e.correct))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(rows))
 }
 
 /// Before/after lines for the terminal: accuracy, parse rate, ECE, Brier, AUROC of the
@@ -123,6 +147,10 @@ pub fn headline(rep: &candor_eval::report::Report) -> String {
             f(v.map(|v| v.metrics.brier)),
             f(v.and_then(|v| v.metrics.auroc)),
         );
+    }
+    for c in &rep.accuracy_changes {
+        o += &c.describe();
+        o += "\n";
     }
     o
 }

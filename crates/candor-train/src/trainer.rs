@@ -1,11 +1,18 @@
-//! The training loop: examples → token sequences with a loss mask (response tokens and the end
-//! of turn only) → micro-batches with gradient accumulation, loss normalised by the response
-//! tokens of the whole global batch → AdamW step → logs and checkpoints.
+//! The training loop: examples → token sequences with a loss mask → micro-batches with gradient
+//! accumulation, loss normalised by the trained tokens of the whole global batch → AdamW step →
+//! logs and checkpoints.
+//!
+//! The loss mask (`Objective`, `encode`): under `loss_on = "confidence"` the prompt and the
+//! model's own answer are context; the confidence line and the end of turn carry cross-entropy,
+//! except the token that decides the value, which carries a proper scoring rule over the
+//! model's distribution on the value set (`value_loss`); and each answer token carries a soft
+//! cross-entropy to the starting model's distribution there (`answer_kl`), so the answers stay.
+//! Under `loss_on = "response"` the whole response carries cross-entropy.
 
 use crate::checkpoint;
 use crate::curriculum;
 use crate::optim::AdamW;
-use crate::recipe::Recipe;
+use crate::recipe::{AnswerSource, ConfidenceLoss, ConfidenceTarget, LossOn, Recipe};
 use crate::schedule::lr_at;
 use crate::weighting;
 use anyhow::{bail, Result};
@@ -13,6 +20,7 @@ use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
+use candor_confidence::ValueSet;
 use candor_data::config::Style;
 use candor_data::Example;
 use candor_model::model::{tokens_tensor, KvCache, Positions};
@@ -20,13 +28,111 @@ use candor_model::{Llama, Tokenizer};
 use std::io::Write;
 use std::time::Instant;
 
-/// One training sequence: prompt + response + end of turn; loss on `ids[start..]`.
+/// One training sequence: prompt + response + end of turn, and which of its tokens carry
+/// which loss. Token `p` is predicted at position `p − 1`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Seq {
     pub ids: Vec<u32>,
-    /// Index of the first response token.
+    /// Index of the first response token (the answer).
     pub start: usize,
     pub weight: f32,
+    /// Index of the first token trained with cross-entropy: `start` when the whole response is
+    /// trained, the confidence line's first token under `loss_on = "confidence"`.
+    pub ce_from: usize,
+    /// Soft targets (the starting model's distribution, probabilities) for the answer tokens
+    /// `ids[start..start + soft.len()]`: the answer-keeping term. Empty when off.
+    pub soft: Vec<Vec<(u32, f32)>>,
+    /// The token that decides the confidence value, trained with the scoring rule instead of
+    /// cross-entropy, and the target probability.
+    pub value: Option<(usize, f32)>,
+}
+
+impl Seq {
+    /// A sequence whose whole response (`ids[start..]`) is trained with cross-entropy.
+    pub fn response(ids: Vec<u32>, start: usize, weight: f32) -> Self {
+        Self {
+            ids,
+            start,
+            weight,
+            ce_from: start,
+            soft: vec![],
+            value: None,
+        }
+    }
+
+    /// Tokens the loss is normalised by: the trained response tokens (the value token
+    /// included, the soft answer targets not).
+    pub fn loss_tokens(&self) -> usize {
+        self.ids.len() - self.ce_from
+    }
+
+    /// The first token that carries any loss.
+    fn first_loss(&self) -> usize {
+        if self.soft.is_empty() {
+            self.ce_from
+        } else {
+            self.start.min(self.ce_from)
+        }
+    }
+}
+
+/// What the loss is: the training settings that shape it, and the confidence value set.
+#[derive(Clone, Debug)]
+pub struct Objective {
+    pub loss_on: LossOn,
+    pub answer: AnswerSource,
+    pub confidence_loss: ConfidenceLoss,
+    pub confidence_target: ConfidenceTarget,
+    pub answer_kl: f64,
+    /// Stop the confidence loss's gradient at the context's keys and values
+    /// (`train.detach_context`).
+    pub detach_context: bool,
+    /// Needed under `loss_on = "confidence"` (the written values and the deciding token).
+    pub values: Option<ValueSet>,
+}
+
+impl Objective {
+    /// Today's objective before confidence training: cross-entropy on the whole response.
+    pub fn response() -> Self {
+        Self {
+            loss_on: LossOn::Response,
+            answer: AnswerSource::GoldForCorrect,
+            confidence_loss: ConfidenceLoss::Ce,
+            confidence_target: ConfidenceTarget::Teacher,
+            answer_kl: 0.0,
+            detach_context: false,
+            values: None,
+        }
+    }
+
+    /// The recipe's objective (the value set from the tokenizer when it needs one).
+    pub fn from_recipe(r: &Recipe, tok: &Tokenizer) -> Result<Self> {
+        let t = &r.train;
+        let confidence = t.loss_on == LossOn::Confidence
+            && r.labels.teacher != candor_data::config::Teacher::Gold;
+        Ok(Self {
+            loss_on: if confidence {
+                LossOn::Confidence
+            } else {
+                LossOn::Response
+            },
+            answer: t.answer,
+            confidence_loss: t.confidence_loss,
+            confidence_target: t.confidence_target,
+            answer_kl: t.answer_kl,
+            detach_context: confidence && t.detach_context,
+            values: if confidence {
+                Some(ValueSet::new(tok)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// The scoring rule at the value token, when there is one (not for `ce`).
+    fn scores_value(&self) -> bool {
+        self.loss_on == LossOn::Confidence && self.confidence_loss != ConfidenceLoss::Ce
+    }
 }
 
 /// The text that follows the prompt: plain prompts (`…\nA:`) get a space before the answer.
@@ -37,6 +143,37 @@ pub fn response_text(style: Style, target: &str) -> String {
     }
 }
 
+/// Probabilities under this are left out of the answer-keeping soft targets (the rest is
+/// renormalised): they would cost an output-layer row each and carry almost no loss.
+const SOFT_MIN_P: f32 = 1e-3;
+
+/// Soft targets from top-k log-probs: probabilities ≥ [`SOFT_MIN_P`], renormalised.
+fn soft_targets(top: &[(u32, f32)]) -> Vec<(u32, f32)> {
+    let kept: Vec<(u32, f32)> = top
+        .iter()
+        .map(|&(t, lp)| (t, lp.exp()))
+        .filter(|&(_, p)| p >= SOFT_MIN_P)
+        .collect();
+    let z: f32 = kept.iter().map(|p| p.1).sum();
+    kept.into_iter().map(|(t, p)| (t, p / z)).collect()
+}
+
+/// Rehearsal rows: a prompt and the starting model's own answer, whose answer tokens carry
+/// only the soft cross-entropy to its top-k there (no confidence, no cross-entropy).
+pub fn rehearsal_seq(prompt: Vec<u32>, answer: &[u32], top: &[Vec<(u32, f32)>]) -> Seq {
+    let start = prompt.len();
+    let ids = [prompt, answer.to_vec()].concat();
+    let ce_from = ids.len();
+    Seq {
+        ids,
+        start,
+        weight: 1.0,
+        ce_from,
+        soft: top.iter().map(|t| soft_targets(t)).collect(),
+        value: None,
+    }
+}
+
 /// Tokenise examples; those longer than `max_len` tokens are dropped (counted).
 pub fn encode(
     tok: &Tokenizer,
@@ -44,6 +181,7 @@ pub fn encode(
     weights: &[f64],
     style: Style,
     max_len: usize,
+    obj: &Objective,
 ) -> Result<(Vec<Seq>, Vec<usize>, usize)> {
     let eos = *tok.stop_ids.first().ok_or_else(|| {
         anyhow::anyhow!("the tokenizer has no end-of-turn / EOS token to train on")
@@ -54,87 +192,364 @@ pub fn encode(
     for (i, e) in examples.iter().enumerate() {
         let mut ids = tok.encode(&e.prompt, false)?;
         let start = ids.len();
-        ids.extend(tok.encode(&response_text(style, &e.target), false)?);
-        ids.push(eos);
-        if ids.len() > max_len {
+        let w = weights[i] as f32;
+        let seq = match (&obj.values, obj.loss_on) {
+            (Some(vs), LossOn::Confidence) if e.teacher != "gold" => {
+                // the answer as context: the model's own tokens, or the reference for a correct one
+                let own = obj.answer == AnswerSource::Own || !e.correct;
+                let soft = if own && !e.answer_tokens.is_empty() {
+                    ids.extend(&e.answer_tokens);
+                    if obj.answer_kl > 0.0 {
+                        e.answer_top.iter().map(|t| soft_targets(t)).collect()
+                    } else {
+                        vec![]
+                    }
+                } else {
+                    let answer = if own { &e.answer } else { &e.gold };
+                    if !answer.trim().is_empty() {
+                        ids.extend(tok.encode(&response_text(style, answer.trim()), false)?);
+                    }
+                    vec![]
+                };
+                let v = vs.nearest(e.confidence);
+                let ce_from = ids.len();
+                ids.extend(vs.line(v));
+                ids.push(eos);
+                let target = match obj.confidence_target {
+                    ConfidenceTarget::Teacher => (e.confidence / 100.0).clamp(0.0, 1.0) as f32,
+                    ConfidenceTarget::Correct => e.correct as u8 as f32,
+                };
+                Seq {
+                    ids,
+                    start,
+                    weight: w,
+                    ce_from,
+                    soft,
+                    value: obj
+                        .scores_value()
+                        .then_some((ce_from + vs.prefix.len(), target)),
+                }
+            }
+            _ => {
+                ids.extend(tok.encode(&response_text(style, &e.target), false)?);
+                ids.push(eos);
+                Seq::response(ids, start, w)
+            }
+        };
+        if seq.ids.len() > max_len {
             dropped += 1;
             continue;
         }
-        seqs.push(Seq {
-            ids,
-            start,
-            weight: weights[i] as f32,
-        });
+        seqs.push(seq);
         kept_idx.push(i);
     }
     Ok((seqs, kept_idx, dropped))
 }
 
-/// Sum over the batch of `weight · NLL` of each response token, and the number of those
-/// tokens. Logits are computed only at the positions that predict a response token.
+/// The loss of a batch: Σ over sequences of `weight ·` (cross-entropy of each trained token
+/// + the scoring rule at the value token + `answer_kl ·` the soft cross-entropy to the starting
+/// model at each answer token), and the number of trained tokens ([`Seq::loss_tokens`]).
+/// Logits are computed only at the positions that carry a loss.
 pub fn batch_loss<B: Backend>(
     model: &Llama<B>,
     seqs: &[&Seq],
+    obj: &Objective,
     device: &B::Device,
 ) -> (Tensor<B, 1>, usize) {
-    let b = seqs.len();
-    let t = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(1);
-    let pad = 0u32;
-    let rows: Vec<Vec<u32>> = seqs
-        .iter()
-        .map(|s| {
-            let mut r = s.ids.clone();
-            r.resize(t, pad);
-            r
-        })
-        .collect();
-    let valid: Vec<Vec<bool>> = seqs
-        .iter()
-        .map(|s| (0..t).map(|j| j < s.ids.len()).collect())
-        .collect();
-    let pos = Positions::new(&model.config, &valid, t, device);
-    let mut cache = KvCache::new(model.config.num_hidden_layers);
-    // the first position that predicts a response token; the last layer skips those before it
-    let from = seqs.iter().map(|s| s.start.max(1) - 1).min().unwrap_or(0);
-    let tokens = tokens_tensor::<B>(&rows, device);
-    let hidden = model.forward_hidden_from(tokens, &pos, &mut cache, from);
-    let (d, tail) = (model.config.hidden_size, t - from);
-    let mut at = vec![];
-    let mut targets = vec![];
-    let mut w = vec![];
+    // (row, position, target, weight) of every cross-entropy term, soft targets included,
+    // and (row, position, target probability, weight) of every value term; position p
+    // predicts token p + 1
+    let (mut ce, mut val) = (vec![], vec![]);
+    let kl = obj.answer_kl as f32;
     for (i, s) in seqs.iter().enumerate() {
-        for p in s.start..s.ids.len() {
-            at.push((i * tail + p - 1 - from) as i64);
-            targets.push(s.ids[p]);
-            w.push(s.weight);
+        for (j, soft) in s.soft.iter().enumerate() {
+            for &(tk, p) in soft {
+                ce.push((i, s.start + j - 1, tk, s.weight * kl * p));
+            }
+        }
+        for p in s.ce_from..s.ids.len() {
+            match s.value {
+                Some((vp, y)) if vp == p => val.push((i, p - 1, y, s.weight)),
+                _ => ce.push((i, p - 1, s.ids[p], s.weight)),
+            }
         }
     }
-    let n = at.len();
-    let h = hidden.reshape([b * tail, d]).select(
-        0,
-        Tensor::<B, 1, Int>::from_data(TensorData::new(at, [n]), device),
+    let n_tokens = seqs.iter().map(|s| s.loss_tokens()).sum();
+    let hidden = if obj.detach_context {
+        Hidden::two_pass(model, seqs, device)
+    } else {
+        Hidden::one_pass(model, seqs, device)
+    };
+    let mut loss = if ce.is_empty() {
+        Tensor::<B, 1>::zeros([1], device)
+    } else {
+        let at: Vec<(usize, usize)> = ce.iter().map(|c| (c.0, c.1)).collect();
+        let targets: Vec<u32> = ce.iter().map(|c| c.2).collect();
+        let w: Vec<f32> = ce.iter().map(|c| c.3).collect();
+        model.nll(hidden.rows(&at, device), &targets, &w)
+    };
+    if !val.is_empty() {
+        let vs = obj
+            .values
+            .as_ref()
+            .expect("a value token implies a value set");
+        let at: Vec<(usize, usize)> = val.iter().map(|c| (c.0, c.1)).collect();
+        let y: Vec<f32> = val.iter().map(|c| c.2).collect();
+        let w: Vec<f32> = val.iter().map(|c| c.3).collect();
+        let logits = model.logits(hidden.rows(&at, device));
+        loss = loss + value_loss(logits, vs, obj.confidence_loss, &y, &w, device);
+    }
+    (loss, n_tokens)
+}
+
+/// Final hidden states of a batch, readable at any `(row, position)` that carries a loss.
+enum Hidden<B: Backend> {
+    /// One pass over the right-padded rows: `[b·(t − from), d]`, position p of row i at
+    /// `i·(t − from) + p − from`.
+    One {
+        flat: Tensor<B, 2>,
+        from: usize,
+        tail: usize,
+    },
+    /// The context (`ids[..split]`, left-padded to `p1`) and the rest (right-padded to `t2`),
+    /// the second pass attending to the first's keys and values with the gradient stopped.
+    Two {
+        first: Tensor<B, 2>,
+        from1: usize,
+        tail1: usize,
+        second: Tensor<B, 2>,
+        t2: usize,
+        p1: usize,
+        split: Vec<usize>,
+    },
+}
+
+impl<B: Backend> Hidden<B> {
+    fn one_pass(model: &Llama<B>, seqs: &[&Seq], device: &B::Device) -> Self {
+        let t = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(1);
+        let rows: Vec<Vec<u32>> = seqs
+            .iter()
+            .map(|s| {
+                let mut r = s.ids.clone();
+                r.resize(t, 0);
+                r
+            })
+            .collect();
+        let valid: Vec<Vec<bool>> = seqs
+            .iter()
+            .map(|s| (0..t).map(|j| j < s.ids.len()).collect())
+            .collect();
+        let pos = Positions::new(&model.config, &valid, t, device);
+        let mut cache = KvCache::new(model.config.num_hidden_layers);
+        // the first position that predicts a trained token; the last layer skips those before it
+        let from = seqs
+            .iter()
+            .map(|s| s.first_loss().max(1) - 1)
+            .min()
+            .unwrap_or(0);
+        let tokens = tokens_tensor::<B>(&rows, device);
+        let hidden = model.forward_hidden_from(tokens, &pos, &mut cache, from);
+        let tail = t - from;
+        let flat = hidden.reshape([seqs.len() * tail, model.config.hidden_size]);
+        Hidden::One { flat, from, tail }
+    }
+
+    /// The confidence line learns from what the model computes over the prompt and answer
+    /// without reshaping it: the context's keys and values are detached before the line
+    /// attends to them. The split is one token before the line, so the position that writes
+    /// the line's first token (after the answer's last token) still trains.
+    fn two_pass(model: &Llama<B>, seqs: &[&Seq], device: &B::Device) -> Self {
+        let split: Vec<usize> = seqs.iter().map(|s| s.ce_from.max(2) - 1).collect();
+        let p1 = *split.iter().max().expect("a batch has rows");
+        let rows1: Vec<Vec<u32>> = seqs
+            .iter()
+            .zip(&split)
+            .map(|(s, &k)| [vec![0; p1 - k], s.ids[..k].to_vec()].concat())
+            .collect();
+        let valid1: Vec<Vec<bool>> = split
+            .iter()
+            .map(|&k| (0..p1).map(|j| j >= p1 - k).collect())
+            .collect();
+        let pos1 = Positions::new(&model.config, &valid1, p1, device);
+        let mut cache = KvCache::new(model.config.num_hidden_layers);
+        // the first context position that predicts a trained (soft) token
+        let from1 = seqs
+            .iter()
+            .zip(&split)
+            .filter(|(s, _)| !s.soft.is_empty())
+            .map(|(s, &k)| p1 - k + s.start - 1)
+            .min()
+            .unwrap_or(p1 - 1);
+        let first =
+            model.forward_hidden_from(tokens_tensor::<B>(&rows1, device), &pos1, &mut cache, from1);
+        for (k, v) in cache.layers.iter_mut().flatten() {
+            *k = k.clone().detach();
+            *v = v.clone().detach();
+        }
+        let t2 = seqs
+            .iter()
+            .zip(&split)
+            .map(|(s, &k)| s.ids.len() - k)
+            .max()
+            .unwrap_or(1);
+        let rows2: Vec<Vec<u32>> = seqs
+            .iter()
+            .zip(&split)
+            .map(|(s, &k)| {
+                let mut r = s.ids[k..].to_vec();
+                r.resize(t2, 0);
+                r
+            })
+            .collect();
+        let valid: Vec<Vec<bool>> = seqs
+            .iter()
+            .zip(&valid1)
+            .zip(&split)
+            .map(|((s, v1), &k)| {
+                let mut v = v1.clone();
+                v.extend((0..t2).map(|j| k + j < s.ids.len()));
+                v
+            })
+            .collect();
+        let pos2 = Positions::new(&model.config, &valid, t2, device);
+        let second = model.forward_hidden(tokens_tensor::<B>(&rows2, device), &pos2, &mut cache);
+        let d = model.config.hidden_size;
+        let tail1 = p1 - from1;
+        Hidden::Two {
+            first: first.reshape([seqs.len() * tail1, d]),
+            from1,
+            tail1,
+            second: second.reshape([seqs.len() * t2, d]),
+            t2,
+            p1,
+            split,
+        }
+    }
+
+    /// The hidden states at `(row, position)`, in that order, `[n, d]`.
+    fn rows(&self, at: &[(usize, usize)], device: &B::Device) -> Tensor<B, 2> {
+        let pick = |flat: &Tensor<B, 2>, idx: Vec<i64>| {
+            let n = idx.len();
+            flat.clone().select(
+                0,
+                Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [n]), device),
+            )
+        };
+        match self {
+            Hidden::One { flat, from, tail } => pick(
+                flat,
+                at.iter()
+                    .map(|&(i, p)| (i * tail + p - from) as i64)
+                    .collect(),
+            ),
+            Hidden::Two {
+                first,
+                from1,
+                tail1,
+                second,
+                t2,
+                p1,
+                split,
+            } => {
+                // keep the order of `at`: gather from each pass, then put rows back in place
+                let (mut i1, mut i2, mut order) = (vec![], vec![], vec![]);
+                for &(i, p) in at {
+                    if p < split[i] {
+                        order.push((0, i1.len()));
+                        i1.push((i * tail1 + p1 - split[i] + p - from1) as i64);
+                    } else {
+                        order.push((1, i2.len()));
+                        i2.push((i * t2 + p - split[i]) as i64);
+                    }
+                }
+                let n1 = i1.len();
+                let mut parts = vec![];
+                if !i1.is_empty() {
+                    parts.push(pick(first, i1));
+                }
+                if !i2.is_empty() {
+                    parts.push(pick(second, i2));
+                }
+                let both = Tensor::cat(parts, 0);
+                let idx: Vec<i64> = order
+                    .iter()
+                    .map(|&(which, k)| {
+                        if which == 0 {
+                            k as i64
+                        } else {
+                            (n1 + k) as i64
+                        }
+                    })
+                    .collect();
+                pick(&both, idx)
+            }
+        }
+    }
+}
+
+/// The scoring rule at the value token, summed over rows (`logits` `[n, vocab]`): with q the
+/// softmax of the logits restricted to the value tokens and m = log Σ_v p(v) the log of the
+/// probability on any value token,
+/// `brier`: Σ_v q(v)·(v − y)² − m, `log`: −[y·ln ē + (1 − y)·ln(1 − ē)] − m with ē = Σ_v q(v)·v.
+/// The −m term keeps the value token where the value belongs (it is the cross-entropy of
+/// "some value"). Weighted by `weights`.
+pub fn value_loss<B: Backend>(
+    logits: Tensor<B, 2>,
+    vs: &ValueSet,
+    kind: ConfidenceLoss,
+    targets: &[f32],
+    weights: &[f32],
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let n = targets.len();
+    let k = vs.tokens.len();
+    let lse = |z: Tensor<B, 2>| {
+        let m = z.clone().max_dim(1).detach();
+        (z - m.clone()).exp().sum_dim(1).log() + m
+    };
+    let idx: Vec<i64> = vs.tokens.iter().map(|&t| t as i64).collect();
+    let zv = logits.clone().select(
+        1,
+        Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [k]), device),
     );
-    (model.nll(h, &targets, &w), n)
+    let all = lse(logits); // [n, 1]
+    let on_values = lse(zv.clone()); // [n, 1]
+    let mass_nll = all - on_values.clone(); // −log Σ_v p(v)
+    let q = (zv - on_values).exp(); // [n, k]
+    let vals: Vec<f32> = vs.values.iter().map(|&v| v as f32 / 100.0).collect();
+    let vals = Tensor::<B, 2>::from_data(TensorData::new(vals, [1, k]), device);
+    let y = Tensor::<B, 2>::from_data(TensorData::new(targets.to_vec(), [n, 1]), device);
+    let score = match kind {
+        ConfidenceLoss::Brier => (q * (vals - y).powi_scalar(2)).sum_dim(1),
+        ConfidenceLoss::Log => {
+            let e = (q * vals).sum_dim(1).clamp(1e-4, 1.0 - 1e-4);
+            (y.clone() * e.clone().log() + (y.neg() + 1.0) * (e.neg() + 1.0).log()).neg()
+        }
+        ConfidenceLoss::Ce => unreachable!("ce trains the value token with cross-entropy"),
+    };
+    let w = Tensor::<B, 2>::from_data(TensorData::new(weights.to_vec(), [n, 1]), device);
+    ((score + mass_nll) * w).sum().reshape([1])
 }
 
 /// Gradients of one optimizer step over `batch`, in micro-batches of `micro`: each micro-batch
-/// loss is divided by the response tokens of the *whole* batch, so the summed gradients are
-/// the same whatever the split. Returns the gradients and the batch loss (mean weighted NLL
-/// per response token).
+/// loss is divided by the trained tokens of the *whole* batch, so the summed gradients are
+/// the same whatever the split. Returns the gradients and the batch loss (mean weighted loss
+/// per trained token).
 pub fn accumulate<B: AutodiffBackend>(
     model: &Llama<B>,
     batch: &[&Seq],
+    obj: &Objective,
     micro: usize,
     seed: u64,
     step: usize,
     device: &B::Device,
 ) -> (GradientsParams, f64) {
-    let resp_tokens: usize = batch.iter().map(|s| s.ids.len() - s.start).sum();
+    let resp_tokens: usize = batch.iter().map(|s| s.loss_tokens()).sum();
     let mut acc = GradientsAccumulator::<Llama<B>>::new();
     let mut loss_sum = 0.0;
     for (mi, m) in batch.chunks(micro.max(1)).enumerate() {
         B::seed(device, step_seed(seed, step, mi));
-        let (loss, _) = batch_loss(model, m, device);
+        let (loss, _) = batch_loss(model, m, obj, device);
         let loss = loss / resp_tokens as f64;
         loss_sum += loss.clone().into_scalar().elem::<f64>();
         let grads = GradientsParams::from_grads(loss.backward(), model);
@@ -162,6 +577,7 @@ pub fn train<B: AutodiffBackend>(
     mut model: Llama<B>,
     tok: &Tokenizer,
     examples: &[Example],
+    rehearsal: &[Seq],
     device: &B::Device,
 ) -> Result<Trained<B>> {
     let run = r.run_dir();
@@ -175,11 +591,58 @@ pub fn train<B: AutodiffBackend>(
         let _ = writeln!(log, "{line}");
     };
     let conf: Vec<(f64, bool)> = examples.iter().map(|e| (e.confidence, e.correct)).collect();
-    let weights = weighting::weights(&r.weighting, &conf);
+    let mut weights = weighting::weights(&r.weighting, &conf);
     if r.weighting.enabled {
         say(format!("loss weights: {}", weighting::histogram(&weights)));
     }
-    let (seqs, kept, dropped) = encode(tok, examples, &weights, r.data.style, r.data.max_length)?;
+    if r.train.balance == crate::recipe::Balance::LabelBin {
+        let labels: Vec<f64> = conf.iter().map(|c| c.0).collect();
+        let b = weighting::balance_by_label_bin(&labels);
+        for (w, b) in weights.iter_mut().zip(&b) {
+            *w *= b;
+        }
+        say(format!(
+            "label balancing (train.balance = \"label-bin\"): {}",
+            weighting::bin_summary(&labels, &weights)
+        ));
+    }
+    let obj = Objective::from_recipe(r, tok)?;
+    if !rehearsal.is_empty() {
+        say(format!(
+            "rehearsal: {} answers of the starting model keep their answer distribution (answer_kl {}), {} per step beside the calibration batch",
+            rehearsal.len(),
+            obj.answer_kl,
+            r.train.global_batch
+        ));
+    }
+    say(match (&obj.values, obj.loss_on) {
+        (Some(vs), LossOn::Confidence) => format!(
+            "loss on the confidence line only (answer: {}, answer_kl {}), value token loss {}, values {}",
+            match obj.answer {
+                AnswerSource::Own => "the model's own",
+                AnswerSource::GoldForCorrect => "gold for correct, own for wrong",
+            },
+            obj.answer_kl,
+            match obj.confidence_loss {
+                ConfidenceLoss::Ce => "cross-entropy".to_string(),
+                l => format!(
+                    "{} against {}",
+                    format!("{l:?}").to_lowercase(),
+                    format!("{:?}", obj.confidence_target).to_lowercase()
+                ),
+            },
+            vs.describe(tok)
+        ),
+        _ => "loss on the whole response (cross-entropy)".into(),
+    });
+    let (seqs, kept, dropped) = encode(
+        tok,
+        examples,
+        &weights,
+        r.data.style,
+        r.data.max_length,
+        &obj,
+    )?;
     if dropped > 0 {
         say(format!(
             "dropped {dropped} examples longer than data.max_length = {} tokens",
@@ -237,10 +700,20 @@ pub fn train<B: AutodiffBackend>(
     let mut last_loss = f64::NAN;
     for step in start..total {
         let idx = curriculum::step_batch(&r.curriculum, &ordered, r.train.seed, step, total, g);
-        let batch: Vec<&Seq> = idx.iter().map(|&i| &seqs[i]).collect();
+        let mut batch: Vec<&Seq> = idx.iter().map(|&i| &seqs[i]).collect();
+        if !rehearsal.is_empty() {
+            // as many rehearsal rows as calibration rows, in shuffled passes of their own
+            let all: Vec<usize> = (0..rehearsal.len()).collect();
+            let plain = crate::recipe::CurriculumSection::default();
+            let seed = r.train.seed ^ 0x5245_4845;
+            for i in curriculum::step_batch(&plain, &all, seed, step, total, g) {
+                batch.push(&rehearsal[i]);
+            }
+        }
         let (grads, loss_sum) = accumulate(
             &model,
             &batch,
+            &obj,
             r.train.micro_batch,
             r.train.seed,
             step,

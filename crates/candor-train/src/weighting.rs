@@ -28,6 +28,50 @@ pub fn weights(w: &WeightingSection, examples: &[(f64, bool)]) -> Vec<f64> {
     raw.iter().map(|r| r / mean).collect()
 }
 
+/// The 10-point bin of a teacher label (percent): [0,10) … [90,100].
+fn label_bin(percent: f64) -> usize {
+    ((percent / 10.0).floor().max(0.0) as usize).min(9)
+}
+
+/// Label balancing (Self-Calibration balances its training set by label bin): each example
+/// weighs 1 / (examples in its 10-point label bin), normalised to mean 1, so that every
+/// occupied bin carries the same total weight.
+pub fn balance_by_label_bin(labels: &[f64]) -> Vec<f64> {
+    let mut count = [0usize; 10];
+    for &l in labels {
+        count[label_bin(l)] += 1;
+    }
+    let raw: Vec<f64> = labels
+        .iter()
+        .map(|&l| 1.0 / count[label_bin(l)] as f64)
+        .collect();
+    let mean = raw.iter().sum::<f64>() / raw.len().max(1) as f64;
+    raw.iter().map(|r| r / mean).collect()
+}
+
+/// Per label bin: examples and their summed weight (the effective count), for the log.
+pub fn bin_summary(labels: &[f64], weights: &[f64]) -> String {
+    let mut n = [0usize; 10];
+    let mut eff = [0f64; 10];
+    for (&l, &w) in labels.iter().zip(weights) {
+        n[label_bin(l)] += 1;
+        eff[label_bin(l)] += w;
+    }
+    (0..10)
+        .filter(|&i| n[i] > 0)
+        .map(|i| {
+            format!(
+                "{}-{}%: {} → {:.1}",
+                i * 10,
+                i * 10 + 9 + (i == 9) as usize,
+                n[i],
+                eff[i]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A one-line histogram of weights for the log: counts in 8 bins over [min, max].
 pub fn histogram(ws: &[f64]) -> String {
     if ws.is_empty() {

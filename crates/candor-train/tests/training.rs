@@ -10,7 +10,7 @@ use burn::tensor::Tensor;
 use candor_data::config::Style;
 use candor_data::{dataset, load_items, DataConfig};
 use candor_model::{Llama, ModelConfig, Tokenizer};
-use candor_train::trainer::{accumulate, batch_loss, encode, Seq};
+use candor_train::trainer::{accumulate, batch_loss, encode, Objective, Seq};
 
 type A = Autodiff<Flex>;
 
@@ -28,7 +28,8 @@ fn setup() -> (Llama<A>, Tokenizer, Vec<Seq>, tempfile::TempDir) {
     let items = load_items(&data).unwrap();
     let ex = dataset::gold_examples(&items, &tok, Style::Chat).unwrap();
     let w = vec![1.0; ex.len()];
-    let (seqs, _, dropped) = encode(&tok, &ex, &w, Style::Chat, 256).unwrap();
+    let (seqs, _, dropped) =
+        encode(&tok, &ex, &w, Style::Chat, 256, &Objective::response()).unwrap();
     assert_eq!((seqs.len(), dropped), (32, 0));
     (model, tok, seqs, dir)
 }
@@ -60,9 +61,9 @@ fn gradient_accumulation_is_split_invariant() {
     let (model, _tok, seqs, _d) = setup();
     let batch: Vec<&Seq> = seqs.iter().collect();
     let dev = Default::default();
-    let (g1, l1) = accumulate(&model, &batch, 32, 0, 0, &dev);
-    let (g4, l4) = accumulate(&model, &batch, 8, 0, 0, &dev);
-    let (g3, _) = accumulate(&model, &batch, 11, 0, 0, &dev); // uneven micro-batches
+    let (g1, l1) = accumulate(&model, &batch, &Objective::response(), 32, 0, 0, &dev);
+    let (g4, l4) = accumulate(&model, &batch, &Objective::response(), 8, 0, 0, &dev);
+    let (g3, _) = accumulate(&model, &batch, &Objective::response(), 11, 0, 0, &dev); // uneven micro-batches
     assert!((l1 - l4).abs() < 1e-5 * l1.abs(), "{l1} vs {l4}");
     let (a, b, c) = (
         grads_of(&model, &g1),
@@ -82,16 +83,16 @@ fn gradient_accumulation_is_split_invariant() {
     }
     // and the naive mean of per-micro-batch means (what a wrong normaliser gives) differs
     let uneven: Vec<&Seq> = seqs.iter().take(9).collect();
-    let (_, l_split) = accumulate(&model, &uneven, 3, 0, 0, &dev);
+    let (_, l_split) = accumulate(&model, &uneven, &Objective::response(), 3, 0, 0, &dev);
     let per: Vec<f64> = uneven
         .chunks(3)
         .map(|m| {
-            let (loss, n) = batch_loss(&model, m, &dev);
+            let (loss, n) = batch_loss(&model, m, &Objective::response(), &dev);
             loss.into_scalar() as f64 / n as f64
         })
         .collect();
     let naive = per.iter().sum::<f64>() / per.len() as f64;
-    let (whole, n) = batch_loss(&model, &uneven, &dev);
+    let (whole, n) = batch_loss(&model, &uneven, &Objective::response(), &dev);
     let whole = whole.into_scalar() as f64 / n as f64;
     assert!((l_split - whole).abs() < 1e-5, "{l_split} vs {whole}");
     assert!(
@@ -130,7 +131,7 @@ fn batch_loss_equals_the_loss_from_full_logits() {
         batch.iter().any(|s| s.ids.len() != batch[0].ids.len()),
         "rows of different lengths (padding)"
     );
-    let (fast, n) = batch_loss(&model, &batch, &Default::default());
+    let (fast, n) = batch_loss(&model, &batch, &Objective::response(), &Default::default());
     let slow = loss_from_full_logits(&model, &batch);
     let (f, s) = (
         fast.clone().into_scalar() as f64,
@@ -215,7 +216,7 @@ fn lora_forward_equals_merged_forward_and_only_adapters_train() {
     assert!(moved > 1e-3, "the adapter must change the output ({moved})");
     // gradients reach only the adapters
     let batch: Vec<&Seq> = seqs.iter().take(4).collect();
-    let (g, _) = accumulate(&m, &batch, 4, 0, 0, &dev);
+    let (g, _) = accumulate(&m, &batch, &Objective::response(), 4, 0, 0, &dev);
     let n_with_grad = grads_of(&m, &g).len();
     assert_eq!(n_with_grad, 2 * 3 * 4, "A and B of 3 targets × 4 layers");
 }
@@ -253,8 +254,8 @@ fn fused_adamw_equals_tensor_op_adamw() {
     let (mut a, mut b) = (model.clone(), model);
     let mut clipped = false;
     for step in 0..4 {
-        let (ga, _) = accumulate(&a, &batch, 16, 0, step, &dev);
-        let (gb, _) = accumulate(&b, &batch, 16, 0, step, &dev);
+        let (ga, _) = accumulate(&a, &batch, &Objective::response(), 16, 0, step, &dev);
+        let (gb, _) = accumulate(&b, &batch, &Objective::response(), 16, 0, step, &dev);
         let (na, nb);
         (a, na) = fused.step(a, ga, 1e-3);
         (b, nb) = ops.step(b, gb, 1e-3);
@@ -305,8 +306,8 @@ fn bf16_compute_gives_f32_gradients_close_to_the_f32_ones() {
     assert_eq!(bf.logits(hidden).dtype(), DType::F32);
 
     let batch: Vec<&Seq> = seqs.iter().step_by(3).collect();
-    let (g32, l32) = accumulate(&model, &batch, 4, 0, 0, &dev);
-    let (g16, l16) = accumulate(&bf, &batch, 4, 0, 0, &dev);
+    let (g32, l32) = accumulate(&model, &batch, &Objective::response(), 4, 0, 0, &dev);
+    let (g16, l16) = accumulate(&bf, &batch, &Objective::response(), 4, 0, 0, &dev);
     let (a, b) = (grads_of(&model, &g32), grads_of(&bf, &g16));
     assert_eq!(a.len(), b.len());
     let rel = (l16 - l32).abs() / l32.abs();

@@ -22,7 +22,7 @@ use candor_cli::peak_rss_mb;
 use candor_model::{load_model, run_on, BackendTask, DeviceSpec, Llama, ModelConfig};
 use candor_train::optim::AdamW;
 use candor_train::recipe::OptimSection;
-use candor_train::trainer::{batch_loss, Seq};
+use candor_train::trainer::{batch_loss, Objective, Seq};
 use clap::Parser;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::path::PathBuf;
@@ -183,15 +183,18 @@ fn child<B: burn::tensor::backend::AutodiffBackend>(
     let vocab = model.config.vocab_size as u32;
     let mut rng = StdRng::seed_from_u64(0);
     let seqs: Vec<Seq> = (0..a.batch)
-        .map(|_| Seq {
-            ids: (0..a.seq)
-                .map(|_| rng.random_range(100..vocab - 100))
-                .collect(),
-            start,
-            weight: 1.0,
+        .map(|_| {
+            Seq::response(
+                (0..a.seq)
+                    .map(|_| rng.random_range(100..vocab - 100))
+                    .collect(),
+                start,
+                1.0,
+            )
         })
         .collect();
     let refs: Vec<&Seq> = seqs.iter().collect();
+    let obj = Objective::response();
     let mut opt = AdamW::<B>::new(OptimSection::default());
     let mut times = vec![];
     let mut phases = vec![];
@@ -203,7 +206,7 @@ fn child<B: burn::tensor::backend::AutodiffBackend>(
     for step in 0..=a.steps {
         // the same work as `trainer::accumulate` with one micro-batch, timed per phase
         let t = Instant::now();
-        let (l, _) = batch_loss(&model, &refs, device);
+        let (l, _) = batch_loss(&model, &refs, &obj, device);
         let l = l / resp as f64;
         loss = l.clone().into_scalar().elem::<f64>();
         let t_fwd = t.elapsed().as_secs_f64();

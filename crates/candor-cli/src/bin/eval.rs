@@ -67,6 +67,14 @@ impl BackendTask for Task {
         } else {
             None
         };
+        // the probe is fitted on the run's training set when the run folder has one
+        let ds = r.run_dir().join("data").join("dataset.jsonl");
+        let probe = if ds.exists() {
+            let ex = candor_data::dataset::read(&ds)?;
+            candor_train::run::probe_data(&r, &tok, &ex)?
+        } else {
+            None
+        };
         let rep = candor_train::evaluate::evaluate_and_report(
             &models,
             names,
@@ -76,6 +84,7 @@ impl BackendTask for Task {
             a.constant,
             Some(candor_train::run::recipe_hash(&r)),
             &out,
+            probe.as_deref(),
             sim.as_mut()
                 .map(|s| &mut **s as &mut dyn candor_confidence::Similarity),
             &device,

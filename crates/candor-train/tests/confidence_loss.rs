@@ -1,0 +1,450 @@
+//! The calibration objective on a tiny random model: under `loss_on = "confidence"` the
+//! answer tokens carry no loss (only the confidence line and the end of turn do); the
+//! proper-scoring loss at the value token and its gradient equal a direct computation from the
+//! full logits; the answer-keeping soft targets are where they belong; label balancing gives
+//! every bin the same weight; the expected-confidence readout equals a hand computation.
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use candor_confidence::{values, ValueSet};
+use candor_data::config::Style;
+use candor_data::{dataset, load_items, DataConfig, Example};
+use candor_model::{Llama, ModelConfig, Tokenizer};
+use candor_train::recipe::{AnswerSource, ConfidenceLoss, ConfidenceTarget, LossOn};
+use candor_train::trainer::{batch_loss, encode, Objective, Seq};
+use candor_train::weighting::balance_by_label_bin;
+
+type A = Autodiff<Flex>;
+
+fn tokenizer() -> (Tokenizer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    candor_model::tokenizer::write_byte_tokenizer(dir.path()).unwrap();
+    (Tokenizer::load(dir.path()).unwrap(), dir)
+}
+
+/// Labelled examples as an answering run leaves them: the model's own answer tokens (here a
+/// wrong answer for every third question), its top-k there, a teacher confidence.
+fn labelled(tok: &Tokenizer) -> Vec<Example> {
+    let data = DataConfig {
+        subtasks: vec!["+:1:1".into(), "-:2:2".into()],
+        per_subtask: 6,
+        style: Style::Plain,
+        ..Default::default()
+    };
+    let items = load_items(&data).unwrap();
+    let mut ex = dataset::gold_examples(&items, tok, Style::Plain).unwrap();
+    for (i, e) in ex.iter_mut().enumerate() {
+        let wrong = i % 3 == 0;
+        let answer = if wrong {
+            "77".to_string()
+        } else {
+            e.gold.clone()
+        };
+        e.answer = answer.clone();
+        e.answer_tokens = tok.encode(&format!(" {answer}"), false).unwrap();
+        e.answer_top = e
+            .answer_tokens
+            .iter()
+            .map(|&t| vec![(t, -0.2f32), ((t + 1) % 256, -1.8), ((t + 2) % 256, -9.0)])
+            .collect();
+        e.correct = !wrong;
+        e.confidence = [0.0, 13.0, 47.0, 66.0, 91.0, 100.0][i % 6];
+        e.teacher = "empirical-subtask".into();
+    }
+    ex
+}
+
+fn objective(tok: &Tokenizer, loss: ConfidenceLoss, kl: f64) -> Objective {
+    Objective {
+        loss_on: LossOn::Confidence,
+        answer: AnswerSource::Own,
+        confidence_loss: loss,
+        confidence_target: ConfidenceTarget::Teacher,
+        answer_kl: kl,
+        detach_context: false,
+        values: Some(ValueSet::new(tok).unwrap()),
+    }
+}
+
+struct Ids(Vec<ParamId>);
+impl<B: Backend> ModuleVisitor<B> for Ids {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+        self.0.push(p.id);
+    }
+}
+
+fn grads_of(model: &Llama<A>, g: &GradientsParams) -> Vec<Vec<f32>> {
+    let mut ids = Ids(vec![]);
+    model.visit(&mut ids);
+    let mut out = vec![];
+    for id in ids.0 {
+        if let Some(t) = g.get::<Flex, 2>(id) {
+            out.push(t.into_data().into_vec::<f32>().unwrap());
+        } else if let Some(t) = g.get::<Flex, 1>(id) {
+            out.push(t.into_data().into_vec::<f32>().unwrap());
+        }
+    }
+    out
+}
+
+#[test]
+fn the_byte_tokenizer_gets_the_extreme_deciles() {
+    let (tok, _d) = tokenizer();
+    let vs = ValueSet::new(&tok).unwrap();
+    // digits are single bytes: `1` starts both 10% and 100%, and 100% is kept
+    assert_eq!(vs.values, vec![0, 20, 30, 40, 50, 60, 70, 80, 90, 100]);
+    assert_eq!(
+        tok.decode(&vs.prefix, false).unwrap(),
+        "\nConfidence: ",
+        "the shared part of every line"
+    );
+    for (i, v) in vs.values.iter().enumerate() {
+        let line = tok.decode(vs.line(i), false).unwrap();
+        assert_eq!(line, format!("\nConfidence: {v}%"));
+        assert_eq!(vs.line(i)[vs.prefix.len()], vs.tokens[i]);
+    }
+    assert_eq!(vs.values[vs.nearest(13.0)], 20);
+    assert_eq!(vs.values[vs.nearest(4.0)], 0);
+    assert_eq!(vs.values[vs.nearest(96.0)], 100);
+}
+
+#[test]
+fn confidence_only_sequences_keep_the_own_answer_as_context() {
+    let (tok, _d) = tokenizer();
+    let ex = labelled(&tok);
+    let w = vec![1.0; ex.len()];
+    let obj = objective(&tok, ConfidenceLoss::Brier, 1.0);
+    let (seqs, kept, dropped) = encode(&tok, &ex, &w, Style::Plain, 256, &obj).unwrap();
+    assert_eq!((seqs.len(), dropped), (ex.len(), 0));
+    let vs = obj.values.as_ref().unwrap();
+    for (s, &i) in seqs.iter().zip(&kept) {
+        let e = &ex[i];
+        // the model's own answer tokens, wrong ones included, sit between prompt and line
+        assert_eq!(&s.ids[s.start..s.ce_from], e.answer_tokens.as_slice());
+        let line = tok.decode(&s.ids[s.ce_from..], false).unwrap();
+        let v = vs.values[vs.nearest(e.confidence)];
+        assert_eq!(line, format!("\nConfidence: {v}%<|im_end|>"));
+        // soft targets at every answer token, from the top-k (the 1e-4 one left out)
+        assert_eq!(s.soft.len(), e.answer_tokens.len());
+        for soft in &s.soft {
+            assert_eq!(soft.len(), 2);
+            let z: f32 = soft.iter().map(|p| p.1).sum();
+            assert!((z - 1.0).abs() < 1e-5);
+        }
+        let (vp, y) = s.value.unwrap();
+        assert_eq!(vp, s.ce_from + vs.prefix.len());
+        assert_eq!(y, (e.confidence / 100.0) as f32);
+    }
+}
+
+/// The loss from the full logits of every position, written out directly: cross-entropy on
+/// each confidence-line token but the value token; at the value token, with q the softmax over
+/// the value tokens' logits and m = log Σ_v p(v): Σ_v q(v)(v − y)² − m (brier),
+/// −[y ln ē + (1 − y) ln(1 − ē)] − m with ē = Σ q(v)·v (log), or its cross-entropy (ce);
+/// `kl` × the soft cross-entropy at each answer token; `with_answer_ce` adds (wrongly) the
+/// cross-entropy of the answer tokens, to show that the test can tell.
+fn direct_loss(
+    model: &Llama<A>,
+    seqs: &[&Seq],
+    vs: &ValueSet,
+    kind: ConfidenceLoss,
+    kl: f64,
+    with_answer_ce: bool,
+) -> Tensor<A, 1> {
+    let dev = Default::default();
+    let mut total = Tensor::<A, 1>::zeros([1], &dev);
+    for s in seqs {
+        let logits = model.forward_logits(std::slice::from_ref(&s.ids), &dev);
+        let [_, t, v] = logits.dims();
+        let lp = burn::tensor::activation::log_softmax(logits.reshape([t, v]), 1);
+        let at = |p: usize, id: u32| {
+            let id = id as usize;
+            lp.clone().slice([p - 1..p, id..id + 1]).reshape([1])
+        };
+        let w = s.weight as f64;
+        for (j, soft) in s.soft.iter().enumerate() {
+            for &(tk, p) in soft {
+                total = total - at(s.start + j, tk) * (w * kl * p as f64);
+            }
+        }
+        if with_answer_ce {
+            for p in s.start..s.ce_from {
+                total = total - at(p, s.ids[p]);
+            }
+        }
+        for p in s.ce_from..s.ids.len() {
+            match s.value {
+                Some((vp, y)) if vp == p => {
+                    let lps: Vec<Tensor<A, 1>> = vs.tokens.iter().map(|&t| at(p, t)).collect();
+                    let mass = lps
+                        .iter()
+                        .map(|l| l.clone().exp())
+                        .reduce(|a, b| a + b)
+                        .unwrap();
+                    let q: Vec<Tensor<A, 1>> =
+                        lps.iter().map(|l| l.clone().exp() / mass.clone()).collect();
+                    let y = y as f64;
+                    let score = match kind {
+                        ConfidenceLoss::Brier => q
+                            .iter()
+                            .zip(&vs.values)
+                            .map(|(q, &val)| q.clone() * (val as f64 / 100.0 - y).powi(2))
+                            .reduce(|a, b| a + b)
+                            .unwrap(),
+                        ConfidenceLoss::Log => {
+                            let e = q
+                                .iter()
+                                .zip(&vs.values)
+                                .map(|(q, &val)| q.clone() * (val as f64 / 100.0))
+                                .reduce(|a, b| a + b)
+                                .unwrap();
+                            (e.clone().log() * y + (e.neg() + 1.0).log() * (1.0 - y)).neg()
+                        }
+                        ConfidenceLoss::Ce => unreachable!(),
+                    };
+                    total = total + (score - mass.log()) * w;
+                }
+                _ => total = total - at(p, s.ids[p]) * w,
+            }
+        }
+    }
+    total
+}
+
+/// batch_loss against direct_loss: value and every parameter's gradient; and the direct loss
+/// with the answers' cross-entropy added must differ (the answers carry no loss).
+fn check_against_direct(kind: ConfidenceLoss, kl: f64) {
+    let (tok, _d) = tokenizer();
+    let ex = labelled(&tok);
+    let w: Vec<f64> = (0..ex.len()).map(|i| 0.5 + (i % 4) as f64 * 0.5).collect();
+    let obj = objective(&tok, kind, kl);
+    let (seqs, _, _) = encode(&tok, &ex, &w, Style::Plain, 256, &obj).unwrap();
+    let cfg = ModelConfig::preset("tiny", 259).unwrap();
+    let model = Llama::<A>::init(&cfg, 5, &Default::default());
+    let batch: Vec<&Seq> = seqs.iter().step_by(2).collect();
+    assert!(batch
+        .iter()
+        .all(|s| s.ce_from > s.start && s.value.is_some() == (kind != ConfidenceLoss::Ce)));
+    assert!(batch.iter().all(|s| s.soft.is_empty() == (kl == 0.0)));
+    let vs = obj.values.as_ref().unwrap();
+    let (fast, n) = batch_loss(&model, &batch, &obj, &Default::default());
+    let slow = direct_loss(&model, &batch, vs, kind, kl, false);
+    let wrong = direct_loss(&model, &batch, vs, kind, kl, true);
+    let (f, s, x) = (
+        fast.clone().into_scalar() as f64,
+        slow.clone().into_scalar() as f64,
+        wrong.into_scalar() as f64,
+    );
+    assert_eq!(
+        n,
+        batch.iter().map(|s| s.ids.len() - s.ce_from).sum::<usize>()
+    );
+    assert!((f - s).abs() < 1e-4 * s.abs(), "{kind:?}: {f} vs {s}");
+    assert!(
+        (f - x).abs() > 1e-2 * s.abs(),
+        "{kind:?}: answer CE must change the loss: {f} vs {x}"
+    );
+    let gf = grads_of(
+        &model,
+        &GradientsParams::from_grads(fast.backward(), &model),
+    );
+    let gs = grads_of(
+        &model,
+        &GradientsParams::from_grads(slow.backward(), &model),
+    );
+    assert_eq!(gf.len(), gs.len());
+    let scale = gs.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+    assert!(scale > 0.0);
+    for (i, (a, b)) in gf.iter().zip(&gs).enumerate() {
+        for (p, q) in a.iter().zip(b) {
+            assert!(
+                (p - q).abs() <= 2e-4 * scale,
+                "{kind:?} parameter {i}: {p} vs {q}"
+            );
+        }
+    }
+}
+
+#[test]
+fn brier_loss_and_gradient_match_a_direct_computation_with_the_answer_keeping_term() {
+    check_against_direct(ConfidenceLoss::Brier, 0.7);
+}
+
+#[test]
+fn answer_tokens_carry_no_loss_under_each_confidence_loss() {
+    // answer_kl = 0: the loss and its gradient are those of the confidence line alone
+    for kind in [
+        ConfidenceLoss::Brier,
+        ConfidenceLoss::Log,
+        ConfidenceLoss::Ce,
+    ] {
+        check_against_direct(kind, 0.0);
+    }
+}
+
+#[test]
+fn label_balancing_gives_every_bin_the_same_weight() {
+    let labels = [
+        0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 5.0, 9.0, 33.0, 35.0, 100.0, 95.0,
+    ];
+    let w = balance_by_label_bin(&labels);
+    let mean = w.iter().sum::<f64>() / w.len() as f64;
+    assert!((mean - 1.0).abs() < 1e-12);
+    let mut per_bin = std::collections::BTreeMap::new();
+    for (l, w) in labels.iter().zip(&w) {
+        *per_bin
+            .entry(((l / 10.0).floor() as usize).min(9))
+            .or_insert(0.0) += w;
+    }
+    let v: Vec<f64> = per_bin.values().cloned().collect();
+    assert_eq!(v.len(), 3, "bins 0, 3 and 9");
+    for x in &v {
+        assert!((x - v[0]).abs() < 1e-12, "{per_bin:?}");
+    }
+}
+
+#[test]
+fn the_expected_readout_equals_a_hand_computation() {
+    let (tok, _d) = tokenizer();
+    let vs = ValueSet::new(&tok).unwrap();
+    let cfg = ModelConfig::preset("tiny", 259).unwrap();
+    let model = Llama::<Flex>::init(&cfg, 3, &Default::default());
+    let prompt = tok.encode("Q: What is 2 + 2?\nA:", false).unwrap();
+    let answer = tok.encode(" 4", false).unwrap();
+    let row = candor_train::evaluate::answer_context(&prompt, &answer, &vs);
+    let (states, lps) = candor_model::generate::tail_states(
+        &model,
+        std::slice::from_ref(&row),
+        vs.prefix.len() + 1,
+        tok.pad_id,
+        &Default::default(),
+    );
+    // by hand: the full logits of the row, softmax at the last position, restricted to the
+    // value tokens and renormalised, then Σ q·v
+    let logits = model.forward_logits(std::slice::from_ref(&row), &Default::default());
+    let [_, t, v] = logits.dims();
+    let all: Vec<f32> = logits.into_data().into_vec::<f32>().unwrap();
+    let last = &all[(t - 1) * v..t * v];
+    let e: Vec<f64> = vs
+        .tokens
+        .iter()
+        .map(|&k| (last[k as usize] as f64).exp())
+        .collect();
+    let z: f64 = e.iter().sum();
+    let hand: f64 = e
+        .iter()
+        .zip(&vs.values)
+        .map(|(e, &v)| e / z * v as f64 / 100.0)
+        .sum();
+    let got = values::expected(&vs, &lps[0]);
+    assert!((got - hand).abs() < 1e-5, "{got} vs {hand}");
+    // the probe's feature: the hidden state at the answer's last token, k positions back
+    assert_eq!(states[0].len(), vs.prefix.len() + 1);
+    assert_eq!(states[0][0].len(), cfg.hidden_size);
+    let (st2, _) = candor_model::generate::tail_states(
+        &model,
+        &[[prompt.as_slice(), answer.as_slice()].concat()],
+        1,
+        tok.pad_id,
+        &Default::default(),
+    );
+    for (a, b) in states[0][0].iter().zip(&st2[0][0]) {
+        assert!((a - b).abs() < 1e-4);
+    }
+}
+
+#[test]
+fn a_detached_context_gives_the_same_loss_and_other_gradients() {
+    // the two-pass forward (context, then the line attending to the context's detached keys
+    // and values) computes the same loss as one pass: same positions, masks and padding;
+    // only the gradient differs, since none flows back into the context through attention
+    let (tok, _d) = tokenizer();
+    let ex = labelled(&tok);
+    let w: Vec<f64> = (0..ex.len()).map(|i| 1.0 + (i % 3) as f64).collect();
+    let cfg = ModelConfig::preset("tiny", 259).unwrap();
+    let model = Llama::<A>::init(&cfg, 21, &Default::default());
+    for (kind, kl) in [(ConfidenceLoss::Brier, 0.5), (ConfidenceLoss::Ce, 0.0)] {
+        let mut obj = objective(&tok, kind, kl);
+        let (seqs, _, _) = encode(&tok, &ex, &w, Style::Plain, 256, &obj).unwrap();
+        let batch: Vec<&Seq> = seqs.iter().skip(1).step_by(2).collect();
+        assert!(
+            batch.iter().any(|s| s.ce_from != batch[0].ce_from),
+            "ragged contexts"
+        );
+        let (one, n1) = batch_loss(&model, &batch, &obj, &Default::default());
+        obj.detach_context = true;
+        let (two, n2) = batch_loss(&model, &batch, &obj, &Default::default());
+        let (a, b) = (
+            one.clone().into_scalar() as f64,
+            two.clone().into_scalar() as f64,
+        );
+        assert_eq!(n1, n2);
+        assert!((a - b).abs() < 1e-4 * a.abs(), "{kind:?}: {a} vs {b}");
+        let g1 = grads_of(&model, &GradientsParams::from_grads(one.backward(), &model));
+        let g2 = grads_of(&model, &GradientsParams::from_grads(two.backward(), &model));
+        let differ = g1
+            .iter()
+            .flatten()
+            .zip(g2.iter().flatten())
+            .filter(|(x, y)| (*x - *y).abs() > 1e-6)
+            .count();
+        assert!(
+            differ > 100,
+            "{kind:?}: the detached gradient must differ ({differ})"
+        );
+    }
+}
+
+#[test]
+fn the_answer_keeping_term_is_the_starting_models_entropy_on_its_own_answers() {
+    // on the model that wrote the answers, the soft cross-entropy to its own top-k equals the
+    // entropy of that top-k (KL = 0): the rows line up with the positions that generated them
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../checkpoints/tiny-arith");
+    let dev = Default::default();
+    let (model, tok) = candor_model::load_model_and_tokenizer::<A>(&dir, &dev).unwrap();
+    let prompts: Vec<Vec<u32>> = ["What is 8 + 3?", "What is 52 + 47?", "What is 7 * 6?"]
+        .iter()
+        .map(|q| tok.prompt_ids(q, candor_model::PromptStyle::Plain).unwrap())
+        .collect();
+    let cfg = candor_model::GenConfig {
+        max_new_tokens: 8,
+        stop_ids: tok.stop_ids.clone(),
+        stop_strings: vec!["\n".into()],
+        ..Default::default()
+    };
+    use burn::module::AutodiffModule;
+    let gens = candor_model::generate(&model.valid(), &tok, &prompts, &cfg, &dev).unwrap();
+    let mut entropy = 0f64;
+    let seqs: Vec<Seq> = prompts
+        .iter()
+        .zip(&gens)
+        .map(|(p, g)| {
+            let n = g.tokens.len() - 1;
+            let s = candor_train::trainer::rehearsal_seq(p.clone(), &g.tokens[..n], &g.top[..n]);
+            for soft in &s.soft {
+                entropy -= soft
+                    .iter()
+                    .map(|&(_, q)| q as f64 * (q as f64).ln())
+                    .sum::<f64>();
+            }
+            s
+        })
+        .collect();
+    let batch: Vec<&Seq> = seqs.iter().collect();
+    for detach in [false, true] {
+        let mut obj = objective(&tok, ConfidenceLoss::Brier, 1.0);
+        obj.detach_context = detach;
+        let (loss, n) = batch_loss(&model, &batch, &obj, &dev);
+        assert_eq!(n, 0, "rehearsal rows carry no trained tokens");
+        let l = loss.into_scalar() as f64;
+        // cross-entropy = entropy + KL; the KL is that of the renormalised top-k (≥ 0.001),
+        // small; a row off by one position would cost nats per token
+        assert!(
+            l >= entropy - 1e-3 && l - entropy < 0.05,
+            "detach {detach}: {l} vs entropy {entropy}"
+        );
+    }
+}
