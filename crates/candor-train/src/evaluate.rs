@@ -71,13 +71,16 @@ pub fn answer_context(prompt: &[u32], answer: &[u32], vs: &ValueSet) -> Vec<u32>
     [prompt, answer, &vs.prefix].concat()
 }
 
+/// A graded answer as the probe is fitted on: prompt + answer tokens, and whether it is right.
+pub type GradedAnswer = (Vec<u32>, bool);
+
 /// Fit the probe of `model` on graded answers: `(prompt + answer tokens, correct)`; the
 /// feature is the final hidden state at the answer's last token. `None` when one class is
 /// absent.
 pub fn fit_probe<B: Backend>(
     model: &Llama<B>,
     tok: &Tokenizer,
-    answered: &[(Vec<u32>, bool)],
+    answered: &[GradedAnswer],
     batch: usize,
     device: &B::Device,
 ) -> Result<Option<Probe>> {
@@ -432,7 +435,7 @@ pub fn evaluate_and_report<B: Backend>(
     constant: Option<f64>,
     recipe_hash: Option<String>,
     out: &std::path::Path,
-    probe_data: Option<&[(Vec<u32>, bool)]>,
+    probe_data: Option<&[GradedAnswer]>,
     mut sim: Option<&mut dyn Similarity>,
     device: &B::Device,
 ) -> Result<candor_eval::report::Report> {

@@ -112,7 +112,7 @@ pub fn probe_data(
     r: &Recipe,
     tok: &candor_model::Tokenizer,
     examples: &[candor_data::Example],
-) -> Result<Option<Vec<(Vec<u32>, bool)>>> {
+) -> Result<Option<Vec<crate::evaluate::GradedAnswer>>> {
     if r.labels.teacher == candor_data::config::Teacher::Gold {
         return Ok(None);
     }

@@ -246,10 +246,10 @@ pub fn encode(
     Ok((seqs, kept_idx, dropped))
 }
 
-/// The loss of a batch: Σ over sequences of `weight ·` (cross-entropy of each trained token
-/// + the scoring rule at the value token + `answer_kl ·` the soft cross-entropy to the starting
-/// model at each answer token), and the number of trained tokens ([`Seq::loss_tokens`]).
-/// Logits are computed only at the positions that carry a loss.
+/// The loss of a batch: Σ over sequences of `weight ·` (cross-entropy of each trained token,
+/// plus the scoring rule at the value token, plus `answer_kl ·` the soft cross-entropy to the
+/// starting model at each answer token), and the number of trained tokens
+/// ([`Seq::loss_tokens`]). Logits are computed only at the positions that carry a loss.
 pub fn batch_loss<B: Backend>(
     model: &Llama<B>,
     seqs: &[&Seq],

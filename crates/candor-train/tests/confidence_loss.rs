@@ -4,10 +4,8 @@
 //! full logits; the answer-keeping soft targets are where they belong; label balancing gives
 //! every bin the same weight; the expected-confidence readout equals a hand computation.
 
-use burn::backend::{Autodiff, Flex};
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::backend::Flex;
 use burn::optim::GradientsParams;
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use candor_confidence::{values, ValueSet};
 use candor_data::config::Style;
@@ -17,7 +15,8 @@ use candor_train::recipe::{AnswerSource, ConfidenceLoss, ConfidenceTarget, LossO
 use candor_train::trainer::{batch_loss, encode, Objective, Seq};
 use candor_train::weighting::balance_by_label_bin;
 
-type A = Autodiff<Flex>;
+mod common;
+use common::{assert_same_gradients, grads_of, A};
 
 fn tokenizer() -> (Tokenizer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -67,27 +66,6 @@ fn objective(tok: &Tokenizer, loss: ConfidenceLoss, kl: f64) -> Objective {
         detach_context: false,
         values: Some(ValueSet::new(tok).unwrap()),
     }
-}
-
-struct Ids(Vec<ParamId>);
-impl<B: Backend> ModuleVisitor<B> for Ids {
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
-        self.0.push(p.id);
-    }
-}
-
-fn grads_of(model: &Llama<A>, g: &GradientsParams) -> Vec<Vec<f32>> {
-    let mut ids = Ids(vec![]);
-    model.visit(&mut ids);
-    let mut out = vec![];
-    for id in ids.0 {
-        if let Some(t) = g.get::<Flex, 2>(id) {
-            out.push(t.into_data().into_vec::<f32>().unwrap());
-        } else if let Some(t) = g.get::<Flex, 1>(id) {
-            out.push(t.into_data().into_vec::<f32>().unwrap());
-        }
-    }
-    out
 }
 
 #[test]
@@ -247,25 +225,7 @@ fn check_against_direct(kind: ConfidenceLoss, kl: f64) {
         (f - x).abs() > 1e-2 * s.abs(),
         "{kind:?}: answer CE must change the loss: {f} vs {x}"
     );
-    let gf = grads_of(
-        &model,
-        &GradientsParams::from_grads(fast.backward(), &model),
-    );
-    let gs = grads_of(
-        &model,
-        &GradientsParams::from_grads(slow.backward(), &model),
-    );
-    assert_eq!(gf.len(), gs.len());
-    let scale = gs.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
-    assert!(scale > 0.0);
-    for (i, (a, b)) in gf.iter().zip(&gs).enumerate() {
-        for (p, q) in a.iter().zip(b) {
-            assert!(
-                (p - q).abs() <= 2e-4 * scale,
-                "{kind:?} parameter {i}: {p} vs {q}"
-            );
-        }
-    }
+    assert_same_gradients(&model, fast, slow, 2e-4, &format!("{kind:?}"));
 }
 
 #[test]

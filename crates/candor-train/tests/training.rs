@@ -2,9 +2,7 @@
 //! whatever the split, the loss covers only response tokens (end of turn included), and a LoRA
 //! model's forward equals its merged forward.
 
-use burn::backend::{Autodiff, Flex};
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
-use burn::optim::GradientsParams;
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use candor_data::config::Style;
@@ -12,7 +10,8 @@ use candor_data::{dataset, load_items, DataConfig};
 use candor_model::{Llama, ModelConfig, Tokenizer};
 use candor_train::trainer::{accumulate, batch_loss, encode, Objective, Seq};
 
-type A = Autodiff<Flex>;
+mod common;
+use common::{assert_same_gradients, grads_of, A};
 
 fn setup() -> (Llama<A>, Tokenizer, Vec<Seq>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -32,28 +31,6 @@ fn setup() -> (Llama<A>, Tokenizer, Vec<Seq>, tempfile::TempDir) {
         encode(&tok, &ex, &w, Style::Chat, 256, &Objective::response()).unwrap();
     assert_eq!((seqs.len(), dropped), (32, 0));
     (model, tok, seqs, dir)
-}
-
-struct Ids(Vec<ParamId>);
-impl<B: Backend> ModuleVisitor<B> for Ids {
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
-        self.0.push(p.id);
-    }
-}
-
-fn grads_of(model: &Llama<A>, g: &GradientsParams) -> Vec<Vec<f32>> {
-    let mut ids = Ids(vec![]);
-    model.visit(&mut ids);
-    let mut out = vec![];
-    for id in ids.0 {
-        // every parameter of this model is 1-D or 2-D
-        if let Some(t) = g.get::<Flex, 2>(id) {
-            out.push(t.into_data().into_vec::<f32>().unwrap());
-        } else if let Some(t) = g.get::<Flex, 1>(id) {
-            out.push(t.into_data().into_vec::<f32>().unwrap());
-        }
-    }
-    out
 }
 
 #[test]
@@ -139,21 +116,7 @@ fn batch_loss_equals_the_loss_from_full_logits() {
     );
     assert!(n > batch.len());
     assert!((f - s).abs() < 1e-5 * s.abs(), "{f} vs {s}");
-    let gf = grads_of(
-        &model,
-        &GradientsParams::from_grads(fast.backward(), &model),
-    );
-    let gs = grads_of(
-        &model,
-        &GradientsParams::from_grads(slow.backward(), &model),
-    );
-    assert_eq!(gf.len(), gs.len());
-    let scale = gs.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
-    for (i, (a, b)) in gf.iter().zip(&gs).enumerate() {
-        for (p, q) in a.iter().zip(b) {
-            assert!((p - q).abs() <= 1e-4 * scale, "parameter {i}: {p} vs {q}");
-        }
-    }
+    assert_same_gradients(&model, fast, slow, 1e-4, "batch_loss vs full logits");
 }
 
 #[test]
