@@ -84,17 +84,13 @@ pub fn fit_probe<B: Backend>(
     batch: usize,
     device: &B::Device,
 ) -> Result<Option<Probe>> {
-    let vs = ValueSet::new(tok)?;
     let mut x = vec![];
     let mut y = vec![];
     for chunk in answered.chunks(batch.max(1)) {
-        let rows: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|(ids, _)| [ids.as_slice(), &vs.prefix].concat())
-            .collect();
-        let (states, _) = tail_states(model, &rows, vs.prefix.len() + 1, tok.pad_id, device);
+        let rows: Vec<Vec<u32>> = chunk.iter().map(|(ids, _)| ids.clone()).collect();
+        let (states, _) = tail_states(model, &rows, 1, tok.pad_id, device);
         for (st, (_, c)) in states.into_iter().zip(chunk) {
-            x.push(st.into_iter().next().expect("k ≥ 1"));
+            x.push(st.into_iter().next().expect("k = 1"));
             y.push(*c);
         }
     }

@@ -129,6 +129,16 @@ impl TermLike for LogLines {
     }
 }
 
+/// Which model answers (`AnswerSettings::model`): the weights' fingerprint, or the preset, so
+/// that new weights mean new answers.
+fn answering_model(r: &Recipe) -> String {
+    match (&r.model.path, &r.model.preset) {
+        (Some(p), _) => candor_model::checkpoint::weights_fingerprint(p)
+            .unwrap_or_else(|| p.display().to_string()),
+        (None, p) => format!("preset {}", p.clone().unwrap_or_default()),
+    }
+}
+
 /// Build (or finish building) the labelled dataset of a recipe in `<run>/data/`.
 pub fn build_dataset<B: Backend>(
     r: &Recipe,
@@ -157,11 +167,7 @@ pub fn build_dataset<B: Backend>(
         );
         return Ok((ex, s));
     }
-    let who = match (&r.model.path, &r.model.preset) {
-        (Some(p), _) => candor_model::checkpoint::weights_fingerprint(p)
-            .unwrap_or_else(|| p.display().to_string()),
-        (None, p) => format!("preset {}", p.clone().unwrap_or_default()),
-    };
+    let who = answering_model(r);
     let settings = AnswerSettings::new(&who, &r.data, &r.labels);
     eprintln!(
         "answering {} questions ({}; greedy + {} samples at T={}) → {}",
@@ -228,11 +234,7 @@ pub fn rehearsal_seqs<B: Backend>(
     device: &B::Device,
 ) -> Result<Vec<crate::trainer::Seq>> {
     let mut out = vec![];
-    let who = match (&r.model.path, &r.model.preset) {
-        (Some(p), _) => candor_model::checkpoint::weights_fingerprint(p)
-            .unwrap_or_else(|| p.display().to_string()),
-        (None, p) => format!("preset {}", p.clone().unwrap_or_default()),
-    };
+    let who = answering_model(r);
     for set in &r.train.rehearsal {
         let items = load_items(set)?;
         let labels = candor_data::LabelsConfig {

@@ -302,26 +302,50 @@ pub fn batch_loss<B: Backend>(
     (loss, n_tokens)
 }
 
-/// Final hidden states of a batch, readable at any `(row, position)` that carries a loss.
-enum Hidden<B: Backend> {
-    /// One pass over the right-padded rows: `[b·(t − from), d]`, position p of row i at
-    /// `i·(t − from) + p − from`.
-    One {
-        flat: Tensor<B, 2>,
-        from: usize,
-        tail: usize,
-    },
-    /// The context (`ids[..split]`, left-padded to `p1`) and the rest (right-padded to `t2`),
-    /// the second pass attending to the first's keys and values with the gradient stopped.
+/// Final hidden states of a batch, `[n, d]`, readable at any `(row, position)` that carries a
+/// loss through `layout`.
+struct Hidden<B: Backend> {
+    flat: Tensor<B, 2>,
+    layout: Layout,
+}
+
+/// Where position p of row i sits in [`Hidden::flat`].
+enum Layout {
+    /// One pass over the right-padded rows, from position `from` on: `i·tail + p − from`.
+    One { from: usize, tail: usize },
+    /// The context (`ids[..split]`, left-padded to `p1`, from position `from1` on) and, after
+    /// its `n1` rows, the rest (right-padded to `t2`), which attended to the context's keys and
+    /// values with the gradient stopped.
     Two {
-        first: Tensor<B, 2>,
         from1: usize,
         tail1: usize,
-        second: Tensor<B, 2>,
+        n1: usize,
         t2: usize,
         p1: usize,
         split: Vec<usize>,
     },
+}
+
+impl Layout {
+    fn index(&self, i: usize, p: usize) -> i64 {
+        (match self {
+            Layout::One { from, tail } => i * tail + p - from,
+            Layout::Two {
+                from1,
+                tail1,
+                n1,
+                t2,
+                p1,
+                split,
+            } => {
+                if p < split[i] {
+                    i * tail1 + p1 - split[i] + p - from1
+                } else {
+                    n1 + i * t2 + p - split[i]
+                }
+            }
+        }) as i64
+    }
 }
 
 impl<B: Backend> Hidden<B> {
@@ -351,7 +375,10 @@ impl<B: Backend> Hidden<B> {
         let hidden = model.forward_hidden_from(tokens, &pos, &mut cache, from);
         let tail = t - from;
         let flat = hidden.reshape([seqs.len() * tail, model.config.hidden_size]);
-        Hidden::One { flat, from, tail }
+        Hidden {
+            flat,
+            layout: Layout::One { from, tail },
+        }
     }
 
     /// The confidence line learns from what the model computes over the prompt and answer
@@ -415,75 +442,32 @@ impl<B: Backend> Hidden<B> {
         let second = model.forward_hidden(tokens_tensor::<B>(&rows2, device), &pos2, &mut cache);
         let d = model.config.hidden_size;
         let tail1 = p1 - from1;
-        Hidden::Two {
-            first: first.reshape([seqs.len() * tail1, d]),
-            from1,
-            tail1,
-            second: second.reshape([seqs.len() * t2, d]),
-            t2,
-            p1,
-            split,
+        let n1 = seqs.len() * tail1;
+        let flat = Tensor::cat(
+            vec![first.reshape([n1, d]), second.reshape([seqs.len() * t2, d])],
+            0,
+        );
+        Hidden {
+            flat,
+            layout: Layout::Two {
+                from1,
+                tail1,
+                n1,
+                t2,
+                p1,
+                split,
+            },
         }
     }
 
     /// The hidden states at `(row, position)`, in that order, `[n, d]`.
     fn rows(&self, at: &[(usize, usize)], device: &B::Device) -> Tensor<B, 2> {
-        let pick = |flat: &Tensor<B, 2>, idx: Vec<i64>| {
-            let n = idx.len();
-            flat.clone().select(
-                0,
-                Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [n]), device),
-            )
-        };
-        match self {
-            Hidden::One { flat, from, tail } => pick(
-                flat,
-                at.iter()
-                    .map(|&(i, p)| (i * tail + p - from) as i64)
-                    .collect(),
-            ),
-            Hidden::Two {
-                first,
-                from1,
-                tail1,
-                second,
-                t2,
-                p1,
-                split,
-            } => {
-                // keep the order of `at`: gather from each pass, then put rows back in place
-                let (mut i1, mut i2, mut order) = (vec![], vec![], vec![]);
-                for &(i, p) in at {
-                    if p < split[i] {
-                        order.push((0, i1.len()));
-                        i1.push((i * tail1 + p1 - split[i] + p - from1) as i64);
-                    } else {
-                        order.push((1, i2.len()));
-                        i2.push((i * t2 + p - split[i]) as i64);
-                    }
-                }
-                let n1 = i1.len();
-                let mut parts = vec![];
-                if !i1.is_empty() {
-                    parts.push(pick(first, i1));
-                }
-                if !i2.is_empty() {
-                    parts.push(pick(second, i2));
-                }
-                let both = Tensor::cat(parts, 0);
-                let idx: Vec<i64> = order
-                    .iter()
-                    .map(|&(which, k)| {
-                        if which == 0 {
-                            k as i64
-                        } else {
-                            (n1 + k) as i64
-                        }
-                    })
-                    .collect();
-                pick(&both, idx)
-            }
-        }
+        let idx: Vec<i64> = at.iter().map(|&(i, p)| self.layout.index(i, p)).collect();
+        let n = idx.len();
+        self.flat.clone().select(
+            0,
+            Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [n]), device),
+        )
     }
 }
 
@@ -698,17 +682,15 @@ pub fn train<B: AutodiffBackend>(
     let t0 = Instant::now();
     let mut tokens_seen = 0usize;
     let mut last_loss = f64::NAN;
+    let rehearsal_all: Vec<usize> = (0..rehearsal.len()).collect();
+    let plain = crate::recipe::CurriculumSection::default();
+    let rehearsal_seed = r.train.seed ^ 0x5245_4845;
     for step in start..total {
         let idx = curriculum::step_batch(&r.curriculum, &ordered, r.train.seed, step, total, g);
         let mut batch: Vec<&Seq> = idx.iter().map(|&i| &seqs[i]).collect();
-        if !rehearsal.is_empty() {
-            // as many rehearsal rows as calibration rows, in shuffled passes of their own
-            let all: Vec<usize> = (0..rehearsal.len()).collect();
-            let plain = crate::recipe::CurriculumSection::default();
-            let seed = r.train.seed ^ 0x5245_4845;
-            for i in curriculum::step_batch(&plain, &all, seed, step, total, g) {
-                batch.push(&rehearsal[i]);
-            }
+        // as many rehearsal rows as calibration rows, in shuffled passes of their own
+        for i in curriculum::step_batch(&plain, &rehearsal_all, rehearsal_seed, step, total, g) {
+            batch.push(&rehearsal[i]);
         }
         let (grads, loss_sum) = accumulate(
             &model,
