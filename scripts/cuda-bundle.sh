@@ -9,7 +9,7 @@
 # API of the CUDA version in CUDARC_CUDA_VERSION (default 13000 = 13.0; set it to the target
 # driver's version as `nvidia-smi` prints it, e.g. 12080 for 12.8).
 # The build shares target/ with the other builds: it re-links target/release/train and friends
-# as CUDA binaries (the next `cargo test --features wgpu` re-links them back).
+# as CUDA binaries (the next `scripts/test.sh` re-links them back).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-.gpu}

