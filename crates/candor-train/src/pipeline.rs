@@ -276,6 +276,7 @@ pub fn rehearsal_seqs<B: Backend>(
                 prompt,
                 &a.greedy.tokens[..n],
                 &a.greedy.top[..n],
+                r.train.answer_target,
             ));
         }
     }

@@ -126,6 +126,11 @@ pub struct TrainSection {
     /// every answer token. 0 = off.
     #[serde(deserialize_with = "bounded::non_negative")]
     pub answer_kl: f64,
+    /// What the answer-keeping term (`answer_kl`) pulls each answer token towards:
+    /// `distribution` (the starting model's top-k distribution there: a KL) or `greedy` (the
+    /// token the starting model wrote, as a cross-entropy target: its greedy answers kept and
+    /// their margins widened, so that a small drift cannot flip a near tie).
+    pub answer_target: AnswerTarget,
     /// Under `loss_on = "confidence"`: stop the confidence loss's gradient at the keys and
     /// values of the prompt and answer (computed once, held fixed while the confidence line
     /// attends to them), so the confidence is learned from what the model computes there
@@ -147,6 +152,13 @@ pub struct TrainSection {
 pub enum LossOn {
     Confidence,
     Response,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnswerTarget {
+    Distribution,
+    Greedy,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,6 +203,7 @@ impl Default for TrainSection {
             confidence_loss: ConfidenceLoss::Brier,
             confidence_target: ConfidenceTarget::Teacher,
             answer_kl: 1.0,
+            answer_target: AnswerTarget::Distribution,
             detach_context: true,
             rehearsal: vec![],
             balance: Balance::None,

@@ -12,7 +12,7 @@
 use crate::checkpoint;
 use crate::curriculum;
 use crate::optim::AdamW;
-use crate::recipe::{AnswerSource, ConfidenceLoss, ConfidenceTarget, LossOn, Recipe};
+use crate::recipe::{AnswerSource, AnswerTarget, ConfidenceLoss, ConfidenceTarget, LossOn, Recipe};
 use crate::schedule::lr_at;
 use crate::weighting;
 use anyhow::{bail, Result};
@@ -84,6 +84,7 @@ pub struct Objective {
     pub confidence_loss: ConfidenceLoss,
     pub confidence_target: ConfidenceTarget,
     pub answer_kl: f64,
+    pub answer_target: AnswerTarget,
     /// Stop the confidence loss's gradient at the context's keys and values
     /// (`train.detach_context`).
     pub detach_context: bool,
@@ -100,6 +101,7 @@ impl Objective {
             confidence_loss: ConfidenceLoss::Ce,
             confidence_target: ConfidenceTarget::Teacher,
             answer_kl: 0.0,
+            answer_target: AnswerTarget::Distribution,
             detach_context: false,
             values: None,
         }
@@ -120,6 +122,7 @@ impl Objective {
             confidence_loss: t.confidence_loss,
             confidence_target: t.confidence_target,
             answer_kl: t.answer_kl,
+            answer_target: t.answer_target,
             detach_context: confidence && t.detach_context,
             values: if confidence {
                 Some(ValueSet::new(tok)?)
@@ -158,9 +161,27 @@ fn soft_targets(top: &[(u32, f32)]) -> Vec<(u32, f32)> {
     kept.into_iter().map(|(t, p)| (t, p / z)).collect()
 }
 
+/// The answer-keeping targets at each answer token: the starting model's top-k distribution,
+/// or the token it wrote (`train.answer_target`).
+fn answer_targets(
+    target: AnswerTarget,
+    answer: &[u32],
+    top: &[Vec<(u32, f32)>],
+) -> Vec<Vec<(u32, f32)>> {
+    match target {
+        AnswerTarget::Distribution => top.iter().map(|t| soft_targets(t)).collect(),
+        AnswerTarget::Greedy => answer.iter().map(|&t| vec![(t, 1.0)]).collect(),
+    }
+}
+
 /// Rehearsal rows: a prompt and the starting model's own answer, whose answer tokens carry
-/// only the soft cross-entropy to its top-k there (no confidence, no cross-entropy).
-pub fn rehearsal_seq(prompt: Vec<u32>, answer: &[u32], top: &[Vec<(u32, f32)>]) -> Seq {
+/// only the answer-keeping term ([`answer_targets`]; no confidence, no cross-entropy).
+pub fn rehearsal_seq(
+    prompt: Vec<u32>,
+    answer: &[u32],
+    top: &[Vec<(u32, f32)>],
+    target: AnswerTarget,
+) -> Seq {
     let start = prompt.len();
     let ids = [prompt, answer.to_vec()].concat();
     let ce_from = ids.len();
@@ -169,7 +190,7 @@ pub fn rehearsal_seq(prompt: Vec<u32>, answer: &[u32], top: &[Vec<(u32, f32)>]) 
         start,
         weight: 1.0,
         ce_from,
-        soft: top.iter().map(|t| soft_targets(t)).collect(),
+        soft: answer_targets(target, answer, top),
         value: None,
     }
 }
@@ -200,7 +221,7 @@ pub fn encode(
                 let soft = if own && !e.answer_tokens.is_empty() {
                     ids.extend(&e.answer_tokens);
                     if obj.answer_kl > 0.0 {
-                        e.answer_top.iter().map(|t| soft_targets(t)).collect()
+                        answer_targets(obj.answer_target, &e.answer_tokens, &e.answer_top)
                     } else {
                         vec![]
                     }
@@ -593,8 +614,12 @@ pub fn train<B: AutodiffBackend>(
     let obj = Objective::from_recipe(r, tok)?;
     if !rehearsal.is_empty() {
         say(format!(
-            "rehearsal: {} answers of the starting model keep their answer distribution (answer_kl {}), {} per step beside the calibration batch",
+            "rehearsal: {} answers of the starting model keep their answer {} (answer_kl {}), {} per step beside the calibration batch",
             rehearsal.len(),
+            match obj.answer_target {
+                AnswerTarget::Distribution => "distribution",
+                AnswerTarget::Greedy => "tokens",
+            },
             obj.answer_kl,
             r.train.global_batch
         ));

@@ -63,6 +63,7 @@ fn objective(tok: &Tokenizer, loss: ConfidenceLoss, kl: f64) -> Objective {
         confidence_loss: loss,
         confidence_target: ConfidenceTarget::Teacher,
         answer_kl: kl,
+        answer_target: candor_train::recipe::AnswerTarget::Distribution,
         detach_context: false,
         values: Some(ValueSet::new(tok).unwrap()),
     }
@@ -383,7 +384,12 @@ fn the_answer_keeping_term_is_the_starting_models_entropy_on_its_own_answers() {
         .zip(&gens)
         .map(|(p, g)| {
             let n = g.tokens.len() - 1;
-            let s = candor_train::trainer::rehearsal_seq(p.clone(), &g.tokens[..n], &g.top[..n]);
+            let s = candor_train::trainer::rehearsal_seq(
+                p.clone(),
+                &g.tokens[..n],
+                &g.top[..n],
+                candor_train::recipe::AnswerTarget::Distribution,
+            );
             for soft in &s.soft {
                 entropy -= soft
                     .iter()
@@ -407,4 +413,35 @@ fn the_answer_keeping_term_is_the_starting_models_entropy_on_its_own_answers() {
             "detach {detach}: {l} vs entropy {entropy}"
         );
     }
+    // `answer_target = "greedy"`: one target per answer token, the token written, so the term
+    // is the model's negative log-likelihood of its own greedy answers (its generation's
+    // log-probs)
+    let mut nll = 0f64;
+    let greedy: Vec<Seq> = prompts
+        .iter()
+        .zip(&gens)
+        .map(|(p, g)| {
+            let n = g.tokens.len() - 1;
+            nll -= g.logprobs[..n].iter().map(|&x| x as f64).sum::<f64>();
+            let s = candor_train::trainer::rehearsal_seq(
+                p.clone(),
+                &g.tokens[..n],
+                &g.top[..n],
+                candor_train::recipe::AnswerTarget::Greedy,
+            );
+            assert!(s
+                .soft
+                .iter()
+                .zip(&g.tokens)
+                .all(|(t, &id)| t == &[(id, 1.0)]));
+            s
+        })
+        .collect();
+    let batch: Vec<&Seq> = greedy.iter().collect();
+    let obj = objective(&tok, ConfidenceLoss::Brier, 1.0);
+    let l = batch_loss(&model, &batch, &obj, &dev).0.into_scalar() as f64;
+    assert!(
+        (l - nll).abs() < 1e-3 * nll.max(1.0),
+        "greedy target: {l} vs the generation's NLL {nll}"
+    );
 }
