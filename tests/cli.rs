@@ -57,6 +57,18 @@ fn bad_device_and_missing_model_are_clear_errors() {
     );
 }
 
+/// `generate`'s arguments to answer "hi" with tiny-arith on `device`.
+fn hi_on(device: &str) -> [&str; 6] {
+    [
+        "--model",
+        "checkpoints/tiny-arith",
+        "--prompt",
+        "hi",
+        "--device",
+        device,
+    ]
+}
+
 /// A GPU device that cannot start is an error that names it and says why, not a panic: WGPU with
 /// no Vulkan driver at all (the loader pointed at a file that does not exist), WGPU asking for a
 /// discrete GPU this machine does not have, and (in a CUDA build) a CUDA device index past the
@@ -71,17 +83,7 @@ fn a_gpu_device_that_cannot_start_is_a_clear_error() {
         if feature {
             continue;
         }
-        let o = run(
-            gen,
-            &[
-                "--model",
-                "checkpoints/tiny-arith",
-                "--prompt",
-                "hi",
-                "--device",
-                device,
-            ],
-        );
+        let o = run(gen, &hi_on(device));
         let err = stderr(&o);
         assert!(
             !o.status.success()
@@ -102,15 +104,7 @@ fn a_gpu_device_that_cannot_start_is_a_clear_error() {
     }
     for (device, icd, why) in cases {
         let mut c = Command::new(gen);
-        c.args([
-            "--model",
-            "checkpoints/tiny-arith",
-            "--prompt",
-            "hi",
-            "--device",
-            device,
-        ])
-        .current_dir(root());
+        c.args(hi_on(device)).current_dir(root());
         if let Some(icd) = icd {
             c.env("VK_ICD_FILENAMES", icd);
         }
