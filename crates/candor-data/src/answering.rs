@@ -1,7 +1,10 @@
 //! Answering runs: the base model answers every question greedily plus K samples, batched, with
 //! per-token log-probs and top-k log-probs kept. Results are appended to a JSONL file one
 //! question per line (fsynced per batch); a restarted run skips the questions already there, so
-//! a kill loses at most the batch in flight. A torn last line is dropped on restart.
+//! a kill loses at most the batch in flight. A torn last line is dropped on restart, and the
+//! batch a kill cut is answered again whole, so a resumed run's records are bit-identical to an
+//! uninterrupted run's (batches are fixed slices of the question list: same `batch_size`, same
+//! batches). Questions whose prompt does not fit the model's context are skipped and counted.
 
 use crate::config::{DataConfig, LabelsConfig, Style};
 use crate::item::Item;
@@ -138,9 +141,14 @@ pub fn read_answers(path: &Path) -> Result<Vec<Answered>> {
                     "{}: dropping a torn last line (an interrupted write); it will be redone",
                     path.display()
                 );
-                let f = std::fs::OpenOptions::new().write(true).open(path)?;
-                f.set_len(good_len as u64)?;
-                f.sync_all()?;
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                f.set_len(good_len as u64)
+                    .with_context(|| format!("truncating {}", path.display()))?;
+                f.sync_all()
+                    .with_context(|| format!("truncating {}", path.display()))?;
             }
             Err(e) => bail!(
                 "{}: line {} is not an answer record: {e}",
@@ -179,17 +187,14 @@ pub fn run_answers<B: Backend>(
         }
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     candor_model::checkpoint::write_atomic(&meta_path, meta.as_bytes())?;
     let mut done: HashMap<String, Answered> = read_answers(path)?
         .into_iter()
         .map(|a| (a.item.id.clone(), a))
         .collect();
-    let todo: Vec<&Item> = items
-        .iter()
-        .filter(|it| !done.contains_key(&it.id))
-        .collect();
+    let todo = items.iter().filter(|it| !done.contains_key(&it.id)).count();
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -206,23 +211,40 @@ pub fn run_answers<B: Backend>(
         stop_strings: vec!["\n".into()],
         row_seeds: vec![],
     };
+    let context = model.config.max_position_embeddings;
+    let mut too_long: Vec<(String, usize)> = vec![];
     let t0 = Instant::now();
     let mut progress = Progress {
-        done: items.len() - todo.len(),
+        done: items.len() - todo,
         total: items.len(),
         new_tokens: 0,
         elapsed_s: 0.0,
     };
     on_progress(&progress);
-    for batch in todo.chunks(s.batch_size.max(1)) {
-        let prompts: Vec<String> = batch
-            .iter()
-            .map(|it| tok.prompt(&it.question, style))
-            .collect::<Result<_>>()?;
-        let ids: Vec<Vec<u32>> = prompts
-            .iter()
-            .map(|p| tok.encode(p, false))
-            .collect::<Result<_>>()?;
+    // Batches are fixed slices of `items`, whatever is already done: a batch cut by a kill is
+    // answered again whole (its finished records are not written twice), so every record is
+    // computed in the same batch as in an uninterrupted run, bit for bit.
+    for chunk in items.chunks(s.batch_size.max(1)) {
+        if chunk.iter().all(|it| done.contains_key(&it.id)) {
+            continue;
+        }
+        let mut batch: Vec<&Item> = vec![];
+        let mut prompts: Vec<String> = vec![];
+        let mut ids: Vec<Vec<u32>> = vec![];
+        for it in chunk {
+            let p = tok.prompt(&it.question, style)?;
+            let t = tok.encode(&p, false)?;
+            if t.len() + s.max_new_tokens > context {
+                too_long.push((it.id.clone(), t.len()));
+                continue;
+            }
+            batch.push(it);
+            prompts.push(p);
+            ids.push(t);
+        }
+        if batch.is_empty() {
+            continue;
+        }
         let greedy = generate(model, tok, &ids, &base, device)?;
         let mut sampled: Vec<Vec<Sample>> = vec![vec![]; batch.len()];
         if s.samples > 0 {
@@ -246,13 +268,22 @@ pub fn run_answers<B: Backend>(
             }
         }
         let mut out = String::new();
-        for (((it, p), g), samples) in batch.iter().zip(&prompts).zip(greedy).zip(sampled) {
+        let rows = batch
+            .iter()
+            .zip(&prompts)
+            .zip(&ids)
+            .zip(greedy)
+            .zip(sampled);
+        for ((((it, p), t), g), samples) in rows {
+            if done.contains_key(&it.id) {
+                continue; // written before the kill; recomputed only to keep the batch whole
+            }
             progress.new_tokens +=
                 g.tokens.len() + samples.iter().map(|x| x.tokens.len()).sum::<usize>();
             let a = Answered {
                 item: (*it).clone(),
                 prompt: p.clone(),
-                prompt_tokens: tok.encode(p, false)?.len(),
+                prompt_tokens: t.len(),
                 greedy: to_sample(g),
                 samples,
             };
@@ -260,17 +291,41 @@ pub fn run_answers<B: Backend>(
             out.push('\n');
             done.insert(it.id.clone(), a);
         }
-        file.write_all(out.as_bytes())?;
-        file.sync_data()?;
-        progress.done += batch.len();
+        file.write_all(out.as_bytes())
+            .and_then(|_| file.sync_data())
+            .with_context(|| format!("writing {}", path.display()))?;
+        progress.done = (done.len() + too_long.len()).min(items.len());
         progress.elapsed_s = t0.elapsed().as_secs_f64();
         on_progress(&progress);
     }
-    items
+    if !too_long.is_empty() {
+        eprintln!(
+            "{}",
+            describe_too_long(&too_long, context, s.max_new_tokens)
+        );
+    }
+    // the questions too long for the context have no record
+    Ok(items.iter().filter_map(|it| done.remove(&it.id)).collect())
+}
+
+/// The warning for questions skipped because prompt + answer would not fit the model's
+/// context: how many, and their ids (the first ten, then a count).
+pub fn describe_too_long(skipped: &[(String, usize)], context: usize, new: usize) -> String {
+    let shown: Vec<String> = skipped
         .iter()
-        .map(|it| {
-            done.remove(&it.id)
-                .with_context(|| format!("question {} has no answer", it.id))
-        })
-        .collect()
+        .take(10)
+        .map(|(id, n)| format!("{id} ({n} tokens)"))
+        .collect();
+    let more = skipped.len().saturating_sub(shown.len());
+    format!(
+        "warning: skipped {} question(s) whose prompt plus {new} answer tokens does not fit the \
+         model's context of {context} tokens (not answered, not allocated): {}{}",
+        skipped.len(),
+        shown.join(", "),
+        if more > 0 {
+            format!(", and {more} more")
+        } else {
+            String::new()
+        }
+    )
 }

@@ -532,7 +532,7 @@ pub fn gold_examples(
 /// Write `labels.jsonl` (all), `dataset.jsonl` (kept), `summary.json` and, for SAR,
 /// `confidence_map.json`, each atomically.
 pub fn write(dir: &Path, ex: &[Example], s: &Summary) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let lines = |keep: &dyn Fn(&Example) -> bool| -> Result<String> {
         let mut o = String::new();
         for e in ex.iter().filter(|e| keep(e)) {

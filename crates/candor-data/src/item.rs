@@ -75,43 +75,81 @@ pub fn load_items(cfg: &DataConfig) -> Result<Vec<Item>> {
     Ok(items)
 }
 
+/// The most questions one set may hold (data, a rehearsal set, an evaluation set): a recipe
+/// asking for more is refused before anything is generated or read.
+pub const MAX_QUESTIONS: usize = 1_000_000;
+
+/// How many questions a set will hold, checked against [`MAX_QUESTIONS`] without generating
+/// them: exact for CalibratedMath; for a JSONL file, `limit` when set, else not known
+/// (`None`; the file's reader bounds each line).
+pub fn count_items(cfg: &DataConfig) -> Result<Option<usize>> {
+    let n = match cfg.source {
+        Source::Calibratedmath => {
+            let mut n = 0usize;
+            for st in chosen_subtasks(cfg)? {
+                let k = cfg
+                    .per_subtask_overrides
+                    .get(&st.id())
+                    .copied()
+                    .unwrap_or(cfg.per_subtask);
+                n = n.saturating_add(k);
+            }
+            Some(n)
+        }
+        Source::Jsonl => (cfg.limit > 0).then_some(cfg.limit),
+    };
+    if let Some(n) = n.filter(|&n| n > MAX_QUESTIONS) {
+        bail!(
+            "{n} questions (per_subtask = {} over the chosen sub-tasks, with overrides) is over \
+             the limit of {MAX_QUESTIONS} per set; lower per_subtask",
+            cfg.per_subtask
+        );
+    }
+    Ok(n)
+}
+
+/// The CalibratedMath sub-tasks a set selects (groups, tasks, sub-task ids), checked.
+fn chosen_subtasks(cfg: &DataConfig) -> Result<Vec<calibratedmath::SubTask>> {
+    let groups: &[Group] = &cfg.groups;
+    let all = calibratedmath::subtasks();
+    for t in &cfg.tasks {
+        if !all.iter().any(|s| s.task() == t || s.op == *t) {
+            let names: Vec<&str> = calibratedmath::TASKS.iter().map(|t| t.1).collect();
+            bail!(
+                "data.tasks: unknown CalibratedMath task `{t}` (allowed: {})",
+                names.join(", ")
+            );
+        }
+    }
+    for id in &cfg.subtasks {
+        if !all.iter().any(|s| s.id() == *id) {
+            bail!("data.subtasks: unknown CalibratedMath sub-task `{id}` (ids look like `+:1:4,` = op:digits:digits:separator; see `dataset --list-subtasks`)");
+        }
+    }
+    let chosen: Vec<_> = all
+        .into_iter()
+        .filter(|s| groups.is_empty() || groups.contains(&s.group()))
+        .filter(|s| cfg.tasks.is_empty() || cfg.tasks.iter().any(|t| s.task() == t || s.op == *t))
+        .filter(|s| cfg.subtasks.is_empty() || cfg.subtasks.contains(&s.id()))
+        .collect();
+    if chosen.is_empty() {
+        bail!("data: the selection (groups {:?}, tasks {:?}, subtasks {:?}) matches no CalibratedMath sub-task", cfg.groups, cfg.tasks, cfg.subtasks);
+    }
+    if let Some(k) = cfg
+        .per_subtask_overrides
+        .keys()
+        .find(|k| !chosen.iter().any(|s| &s.id() == *k))
+    {
+        bail!("data.per_subtask_overrides: sub-task {k:?} is not in the selection (see `dataset --list-subtasks`)");
+    }
+    Ok(chosen)
+}
+
 fn load_raw(cfg: &DataConfig) -> Result<Vec<Item>> {
     match cfg.source {
         Source::Calibratedmath => {
-            let groups: &[Group] = &cfg.groups;
-            let all = calibratedmath::subtasks();
-            for t in &cfg.tasks {
-                if !all.iter().any(|s| s.task() == t || s.op == *t) {
-                    let names: Vec<&str> = calibratedmath::TASKS.iter().map(|t| t.1).collect();
-                    bail!(
-                        "data.tasks: unknown CalibratedMath task `{t}` (allowed: {})",
-                        names.join(", ")
-                    );
-                }
-            }
-            for id in &cfg.subtasks {
-                if !all.iter().any(|s| s.id() == *id) {
-                    bail!("data.subtasks: unknown CalibratedMath sub-task `{id}` (ids look like `+:1:4,` = op:digits:digits:separator; see `dataset --list-subtasks`)");
-                }
-            }
-            let chosen: Vec<_> = all
-                .into_iter()
-                .filter(|s| groups.is_empty() || groups.contains(&s.group()))
-                .filter(|s| {
-                    cfg.tasks.is_empty() || cfg.tasks.iter().any(|t| s.task() == t || s.op == *t)
-                })
-                .filter(|s| cfg.subtasks.is_empty() || cfg.subtasks.contains(&s.id()))
-                .collect();
-            if chosen.is_empty() {
-                bail!("data: the selection (groups {:?}, tasks {:?}, subtasks {:?}) matches no CalibratedMath sub-task", cfg.groups, cfg.tasks, cfg.subtasks);
-            }
-            if let Some(k) = cfg
-                .per_subtask_overrides
-                .keys()
-                .find(|k| !chosen.iter().any(|s| &s.id() == *k))
-            {
-                bail!("data.per_subtask_overrides: sub-task {k:?} is not in the selection (see `dataset --list-subtasks`)");
-            }
+            count_items(cfg)?;
+            let chosen = chosen_subtasks(cfg)?;
             Ok(chosen
                 .iter()
                 .flat_map(|st| {

@@ -6,7 +6,6 @@
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::path::Path;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -156,21 +155,82 @@ fn parse_line(line: &str, lineno: usize) -> Result<QaItem> {
     })
 }
 
-/// Read a JSONL file. Blank lines are skipped; unreadable ones are listed in `malformed`.
+/// The longest JSONL line read as a question (1 MiB): a longer one is counted as malformed
+/// and skipped without being held in memory. No model's context holds a question that long.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// Read a JSONL file. Blank lines are skipped; unreadable ones (and lines over
+/// [`MAX_LINE_BYTES`]) are listed in `malformed`.
 pub fn load_jsonl(path: &Path) -> Result<Loaded> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    read_jsonl(std::io::BufReader::new(f)).with_context(|| format!("reading {}", path.display()))
+}
+
+/// [`load_jsonl`] on any reader (the fuzzing harness feeds it bytes).
+pub fn read_jsonl(mut r: impl std::io::BufRead) -> Result<Loaded> {
     let mut out = Loaded::default();
-    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let line = line.with_context(|| format!("{}: reading line {}", path.display(), i + 1))?;
+    let mut buf = Vec::new();
+    for i in 1usize.. {
+        let read = read_line_bounded(&mut r, &mut buf, MAX_LINE_BYTES)
+            .with_context(|| format!("line {i}"))?;
+        let Some(len) = read else { break };
+        if len > MAX_LINE_BYTES {
+            out.malformed.push((
+                i,
+                format!("{len} bytes, over the {MAX_LINE_BYTES}-byte limit for one question"),
+            ));
+            continue;
+        }
+        let Ok(line) = std::str::from_utf8(&buf) else {
+            out.malformed.push((i, "not UTF-8".to_string()));
+            continue;
+        };
         if line.trim().is_empty() {
             continue;
         }
-        match parse_line(&line, i + 1) {
+        match parse_line(line, i) {
             Ok(item) => out.items.push(item),
-            Err(e) => out.malformed.push((i + 1, e.to_string())),
+            Err(e) => out.malformed.push((i, e.to_string())),
         }
     }
     Ok(out)
+}
+
+/// Read one line (without its `\n`) into `buf`, keeping at most `max` bytes: returns the
+/// line's full length (which may exceed `max`; the rest is read and dropped), or `None` at
+/// the end of the file.
+fn read_line_bounded(
+    r: &mut impl std::io::BufRead,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Option<usize>> {
+    buf.clear();
+    let mut len = 0usize;
+    let mut any = false;
+    loop {
+        let chunk = r.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(any.then_some(len));
+        }
+        any = true;
+        let (part, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(p) => (&chunk[..p], Some(p + 1)),
+            None => (chunk, None),
+        };
+        if len < max {
+            let keep = part.len().min(max - len);
+            buf.extend_from_slice(&part[..keep]);
+        }
+        len += part.len();
+        let used = done.unwrap_or(chunk.len());
+        r.consume(used);
+        if done.is_some() {
+            if buf.last() == Some(&b'\r') && len <= max {
+                buf.pop();
+            }
+            return Ok(Some(len));
+        }
+    }
 }
 
 pub use candor_confidence::similarity::{normalize, rouge_l};

@@ -43,71 +43,97 @@ pub struct HostTensor {
 
 /// Every tensor of a folder's safetensors file(s), by name, as f32.
 pub fn read_safetensors_dir(dir: &Path) -> Result<BTreeMap<String, HostTensor>> {
+    let mut out = BTreeMap::new();
+    for f in weight_files(dir)? {
+        out.append(&mut read_safetensors_file(&f)?);
+    }
+    Ok(out)
+}
+
+/// The safetensors files of an HF folder: `model.safetensors`, or the shards its
+/// `model.safetensors.index.json` names.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
-    let files: Vec<PathBuf> = if single.exists() {
-        vec![single]
+    if single.exists() {
+        Ok(vec![single])
     } else if index.exists() {
-        let idx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index)?)
-            .with_context(|| format!("parsing {}", index.display()))?;
+        let text = std::fs::read_to_string(&index)
+            .with_context(|| format!("reading {}", index.display()))?;
+        let idx: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", index.display()))?;
         let map = idx["weight_map"]
             .as_object()
             .ok_or_else(|| anyhow!("{}: no weight_map", index.display()))?;
         let set: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
-        set.into_iter().map(|f| dir.join(f)).collect()
+        Ok(set.into_iter().map(|f| dir.join(f)).collect())
     } else {
         bail!(
             "{}: neither model.safetensors nor model.safetensors.index.json found",
             dir.display()
         );
-    };
+    }
+}
+
+/// Each tensor's shape, read from the safetensors headers alone (no weight is read), so that a
+/// config can be checked against what the files hold before anything is allocated for it.
+pub fn read_safetensors_shapes(files: &[PathBuf]) -> Result<BTreeMap<String, Vec<usize>>> {
     let mut out = BTreeMap::new();
     for f in files {
-        out.append(&mut read_safetensors_file(&f)?);
+        let file = std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?;
+        // SAFETY: the file is opened read-only and not modified while mapped.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }
+            .with_context(|| format!("mapping {}", f.display()))?;
+        let (_, meta) = SafeTensors::read_metadata(&mmap)
+            .with_context(|| format!("{} is not a valid safetensors file", f.display()))?;
+        for (name, info) in meta.tensors() {
+            out.insert(name, info.shape.clone());
+        }
     }
     Ok(out)
 }
 
 /// Every float tensor of one safetensors file, by name, as f32.
 pub fn read_safetensors_file(f: &Path) -> Result<BTreeMap<String, HostTensor>> {
+    let file = std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?;
+    // SAFETY: the file is opened read-only and not modified while mapped.
+    let mmap =
+        unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", f.display()))?;
+    safetensors_from_bytes(&mmap).with_context(|| format!("reading {}", f.display()))
+}
+
+/// Every float tensor of a safetensors file's bytes, by name, as f32. The `safetensors` crate
+/// checks every offset against the buffer, so what is allocated is bounded by the input: at
+/// most twice its size (bf16 → f32).
+pub fn safetensors_from_bytes(bytes: &[u8]) -> Result<BTreeMap<String, HostTensor>> {
+    let st = SafeTensors::deserialize(bytes).context("not a valid safetensors file")?;
     let mut out = BTreeMap::new();
-    {
-        let file = std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?;
-        // SAFETY: the file is opened read-only and not modified while mapped.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }
-            .with_context(|| format!("mapping {}", f.display()))?;
-        let st = SafeTensors::deserialize(&mmap)
-            .with_context(|| format!("{} is not a valid safetensors file", f.display()))?;
-        for (name, view) in st.tensors() {
-            let bytes = view.data();
-            let data: Vec<f32> = match view.dtype() {
-                Dtype::F32 => bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-                Dtype::BF16 => bytes
-                    .chunks_exact(2)
-                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                Dtype::F16 => bytes
-                    .chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                // Integer buffers (BERT's `position_ids`) are not weights.
-                Dtype::I64 | Dtype::I32 if name.ends_with("_ids") => continue,
-                other => bail!(
-                    "{}: tensor `{name}` has dtype {other:?} (allowed: F32, BF16, F16)",
-                    f.display()
-                ),
-            };
-            out.insert(
-                name,
-                HostTensor {
-                    shape: view.shape().to_vec(),
-                    data,
-                },
-            );
-        }
+    for (name, view) in st.tensors() {
+        let bytes = view.data();
+        let data: Vec<f32> = match view.dtype() {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            // Integer buffers (BERT's `position_ids`) are not weights.
+            Dtype::I64 | Dtype::I32 if name.ends_with("_ids") => continue,
+            other => bail!("tensor `{name}` has dtype {other:?} (allowed: F32, BF16, F16)"),
+        };
+        out.insert(
+            name,
+            HostTensor {
+                shape: view.shape().to_vec(),
+                data,
+            },
+        );
     }
     Ok(out)
 }
@@ -157,41 +183,114 @@ pub fn expected_tensors(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     v
 }
 
-/// Check that `tensors` holds exactly what `config` needs; one error lists every problem.
+/// How many problems an error lists before it only counts the rest.
+const SHOWN_PROBLEMS: usize = 10;
+
+/// `problems`, one per line, the first [`SHOWN_PROBLEMS`] shown and the rest counted, so an
+/// error about a hostile file stays a few lines long.
+pub fn list_problems(problems: &[String]) -> String {
+    let mut s = problems
+        .iter()
+        .take(SHOWN_PROBLEMS)
+        .map(|p| format!("\n  {p}"))
+        .collect::<String>();
+    if problems.len() > SHOWN_PROBLEMS {
+        s += &format!("\n  … and {} more", problems.len() - SHOWN_PROBLEMS);
+    }
+    s
+}
+
+/// Check that `tensors` holds exactly what `config` needs; one error lists the problems.
 pub fn check_tensors(c: &ModelConfig, tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
+    let shapes: BTreeMap<String, Vec<usize>> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shape.clone()))
+        .collect();
+    check_shapes(c, &shapes)
+}
+
+/// Check tensor names and shapes (from the weights, or their headers alone) against the
+/// config. A config asking for more layers than the weights hold is refused before the
+/// expected list is built, so a hostile `num_hidden_layers` costs nothing.
+pub fn check_shapes(c: &ModelConfig, shapes: &BTreeMap<String, Vec<usize>>) -> Result<()> {
+    let held = shapes
+        .keys()
+        .filter_map(|n| {
+            n.strip_prefix("model.layers.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |i| i + 1);
+    if c.num_hidden_layers > held {
+        bail!(
+            "config.json says num_hidden_layers = {}, but the weights hold {held} layers \
+             ({} tensors in all)",
+            c.num_hidden_layers,
+            shapes.len()
+        );
+    }
     let expected = expected_tensors(c);
     let names: BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
     let mut problems = vec![];
     for (name, shape) in &expected {
-        match tensors.get(name) {
+        match shapes.get(name) {
             None => problems.push(format!(
                 "missing tensor `{name}` (expected shape {shape:?})"
             )),
-            Some(t) if &t.shape != shape => problems.push(format!(
-                "tensor `{name}` has shape {:?}, expected {shape:?}",
-                t.shape
+            Some(s) if s != shape => problems.push(format!(
+                "tensor `{name}` has shape {s:?}, expected {shape:?}"
             )),
             _ => {}
         }
     }
-    for name in tensors.keys() {
+    for (name, shape) in shapes {
         let tolerated = name.ends_with("rotary_emb.inv_freq")
             || (name == "lm_head.weight" && c.tie_word_embeddings);
         if !names.contains(name.as_str()) && !tolerated {
-            problems.push(format!(
-                "unexpected tensor `{name}` (shape {:?})",
-                tensors[name].shape
-            ));
+            problems.push(format!("unexpected tensor `{name}` (shape {shape:?})"));
         }
     }
     if !problems.is_empty() {
         bail!(
-            "checkpoint does not match the config ({} problems):\n  {}",
+            "checkpoint does not match the config ({} problems):{}",
             problems.len(),
-            problems.join("\n  ")
+            list_problems(&problems)
         );
     }
     Ok(())
+}
+
+/// The environment variable that lets a model with NaN or infinite weights load anyway.
+pub const ALLOW_NON_FINITE: &str = "CANDOR_ALLOW_NON_FINITE";
+
+/// Refuse weights holding NaN or ±Inf (they give meaningless answers with finite-looking
+/// log-probs), naming each tensor; `CANDOR_ALLOW_NON_FINITE=1` loads them anyway.
+pub fn check_finite(tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
+    let problems: Vec<String> = tensors
+        .iter()
+        .filter_map(|(name, t)| {
+            let nan = t.data.iter().filter(|x| x.is_nan()).count();
+            let inf = t.data.iter().filter(|x| x.is_infinite()).count();
+            (nan + inf > 0).then(|| {
+                format!(
+                    "tensor `{name}`: {nan} NaN and {inf} infinite of {} values",
+                    t.data.len()
+                )
+            })
+        })
+        .collect();
+    if problems.is_empty() || std::env::var(ALLOW_NON_FINITE).is_ok_and(|v| v == "1") {
+        return Ok(());
+    }
+    bail!(
+        "{} tensor(s) hold non-finite weights (a damaged or hostile checkpoint):{}\n\
+         set {ALLOW_NON_FINITE}=1 to load it anyway",
+        problems.len(),
+        list_problems(&problems)
+    )
 }
 
 /// Move one (already checked) tensor out of the map onto the device.
@@ -211,6 +310,7 @@ pub fn model_from_tensors<B: Backend>(
     device: &B::Device,
 ) -> Result<Llama<B>> {
     check_tensors(c, &t)?;
+    check_finite(&t)?;
     let t = &mut t;
     // `check_tensors` rejects unexpected tensors, so a bias is present exactly when the config has it.
     let linear = |t: &mut BTreeMap<String, HostTensor>, p: &str| {
@@ -262,7 +362,15 @@ pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>
         );
     }
     let config = ModelConfig::from_hf_file(&dir.join("config.json"))?;
-    let tensors = read_safetensors_dir(dir)?;
+    let files = weight_files(dir)?;
+    // the config against the headers first: nothing is read or allocated for a config the
+    // weights cannot back
+    check_shapes(&config, &read_safetensors_shapes(&files)?)
+        .with_context(|| format!("loading {}", dir.display()))?;
+    let mut tensors = BTreeMap::new();
+    for f in &files {
+        tensors.append(&mut read_safetensors_file(f)?);
+    }
     model_from_tensors(&config, tensors, device)
         .with_context(|| format!("loading {}", dir.display()))
 }
@@ -397,7 +505,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         .with_context(|| format!("creating a temp file in {}", dir.display()))?;
     tmp.write_all(data)
         .with_context(|| format!("writing {}", path.display()))?;
-    tmp.as_file().sync_all()?;
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("writing {}", path.display()))?;
     tmp.persist(path)
         .with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())

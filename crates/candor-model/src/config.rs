@@ -126,22 +126,12 @@ impl ModelConfig {
                 bail!("hidden_act `{act}` is not supported (allowed: silu)");
             }
         }
-        if hf.num_attention_heads == 0 || hf.hidden_size == 0 {
-            bail!("num_attention_heads and hidden_size must be positive");
-        }
         let kv = hf.num_key_value_heads.unwrap_or(hf.num_attention_heads);
-        if kv == 0 || !hf.num_attention_heads.is_multiple_of(kv) {
-            bail!(
-                "num_attention_heads ({}) must be a multiple of num_key_value_heads ({kv})",
-                hf.num_attention_heads
-            );
-        }
-        let head_dim = hf
-            .head_dim
-            .unwrap_or(hf.hidden_size / hf.num_attention_heads);
-        if !head_dim.is_multiple_of(2) {
-            bail!("head_dim must be even for RoPE, got {head_dim}");
-        }
+        let head_dim = hf.head_dim.unwrap_or(
+            hf.hidden_size
+                .checked_div(hf.num_attention_heads)
+                .unwrap_or(0),
+        );
         let rope_scaling = match &hf.rope_scaling {
             None | Some(serde_json::Value::Null) => None,
             Some(v) => {
@@ -164,7 +154,7 @@ impl ModelConfig {
                 }
             }
         };
-        Ok(ModelConfig {
+        let c = ModelConfig {
             model_type,
             vocab_size: hf.vocab_size,
             hidden_size: hf.hidden_size,
@@ -183,7 +173,79 @@ impl ModelConfig {
             mlp_bias: hf.mlp_bias.unwrap_or(false),
             bos_token_id: ids(&hf.bos_token_id).first().copied(),
             eos_token_ids: ids(&hf.eos_token_id),
-        })
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The values the decoder cannot run with (from config.json or GGUF metadata, both
+    /// untrusted): sizes must be positive, heads must divide evenly, eps and RoPE numbers must
+    /// be positive and finite. Sizes are checked against the weights separately
+    /// (`checkpoint::check_shapes`).
+    pub fn validate(&self) -> Result<()> {
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if v == 0 {
+                bail!("{name} must be positive, got 0");
+            }
+        }
+        // far above any published model, low enough that nothing sized from them overflows
+        // or allocates absurdly before the weights are checked (RoPE tables, the expected
+        // tensor list)
+        for (name, v, max) in [
+            ("vocab_size", self.vocab_size, 1 << 24),
+            ("hidden_size", self.hidden_size, 1 << 20),
+            ("intermediate_size", self.intermediate_size, 1 << 22),
+            ("num_hidden_layers", self.num_hidden_layers, 1 << 16),
+            ("num_attention_heads", self.num_attention_heads, 1 << 16),
+            ("num_key_value_heads", self.num_key_value_heads, 1 << 16),
+            ("head_dim", self.head_dim, 1 << 16),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 28,
+            ),
+        ] {
+            if v > max {
+                bail!("{name} = {v} is out of range (allowed: at most {max})");
+            }
+        }
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
+            bail!(
+                "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+                self.num_attention_heads,
+                self.num_key_value_heads
+            );
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            bail!("head_dim must be even for RoPE, got {}", self.head_dim);
+        }
+        let factor = match &self.rope_scaling {
+            None | Some(RopeScaling::Default) => 1.0,
+            Some(RopeScaling::Linear { factor }) | Some(RopeScaling::Llama3 { factor, .. }) => {
+                *factor
+            }
+        };
+        for (name, v) in [
+            ("rms_norm_eps", self.rms_norm_eps),
+            ("rope_theta", self.rope_theta),
+            ("rope_scaling.factor", factor),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("{name} = {v} is out of range (allowed: a positive finite number)");
+            }
+        }
+        Ok(())
     }
 
     /// HF `config.json` for this model, loadable by `transformers`.

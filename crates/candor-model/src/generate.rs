@@ -160,6 +160,20 @@ pub fn generate<B: Backend>(
     if cfg.max_new_tokens == 0 {
         return Ok(out);
     }
+    // a prompt the context cannot hold is refused before anything is allocated for it
+    let context = model.config.max_position_embeddings;
+    if let Some((i, p)) = prompts
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.len() + cfg.max_new_tokens > context)
+    {
+        anyhow::bail!(
+            "prompt {i} has {} tokens; with {} new tokens it does not fit the model's context of \
+             {context} tokens (max_position_embeddings)",
+            p.len(),
+            cfg.max_new_tokens
+        );
+    }
     anyhow::ensure!(
         cfg.row_seeds.is_empty() || cfg.row_seeds.len() == n,
         "row_seeds has {} seeds for {n} prompts",

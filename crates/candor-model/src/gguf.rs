@@ -114,12 +114,28 @@ pub struct TensorInfo {
     pub n_bytes: usize,
 }
 
-/// A parsed GGUF file held in memory (memory-mapped).
+/// A parsed GGUF file held in memory (memory-mapped, or bytes already read).
 pub struct GgufFile {
     pub metadata: BTreeMap<String, Value>,
     pub tensors: Vec<TensorInfo>,
-    data: memmap2::Mmap,
+    data: Bytes,
     data_start: usize,
+}
+
+/// A GGUF file's bytes: mapped from disk, or owned (tests and the fuzzing harness).
+enum Bytes {
+    Map(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Map(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
 }
 
 struct Cursor<'a> {
@@ -206,11 +222,17 @@ impl GgufFile {
         let file =
             std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         // SAFETY: read-only map of a file we do not modify.
-        let data = unsafe { memmap2::Mmap::map(&file) }?;
-        Self::parse(data).with_context(|| format!("reading GGUF {}", path.display()))
+        let data = unsafe { memmap2::Mmap::map(&file) }
+            .with_context(|| format!("mapping {}", path.display()))?;
+        Self::parse(Bytes::Map(data)).with_context(|| format!("reading GGUF {}", path.display()))
     }
 
-    fn parse(data: memmap2::Mmap) -> Result<Self> {
+    /// Parse a GGUF file already in memory.
+    pub fn from_bytes(data: Vec<u8>) -> Result<Self> {
+        Self::parse(Bytes::Owned(data))
+    }
+
+    fn parse(data: Bytes) -> Result<Self> {
         let mut c = Cursor { buf: &data, pos: 0 };
         ensure!(c.take(4)? == b"GGUF", "not a GGUF file (bad magic)");
         let version = c.u32()?;
@@ -519,6 +541,10 @@ impl GgufFile {
         let k = |s: &str| format!("{arch}.{s}");
         let hidden = self.req_u64(&k("embedding_length"))?;
         let heads = self.req_u64(&k("attention.head_count"))?;
+        ensure!(
+            hidden > 0 && heads > 0,
+            "GGUF metadata: embedding_length ({hidden}) and attention.head_count ({heads}) must be positive"
+        );
         let kv = self
             .get(&k("attention.head_count_kv"))
             .and_then(|v| v.as_u64())
@@ -528,7 +554,7 @@ impl GgufFile {
             .get(&k("attention.key_length"))
             .and_then(|v| v.as_u64())
             .map(|v| v as usize)
-            .unwrap_or(hidden / heads);
+            .unwrap_or(hidden / heads); // both checked positive above
         let vocab = match self.get("tokenizer.ggml.tokens") {
             Some(Value::Array(a)) => a.len(),
             _ => self.req_u64(&k("vocab_size"))?,
@@ -552,7 +578,7 @@ impl GgufFile {
                 eos_ids.push(e as u32);
             }
         }
-        Ok(ModelConfig {
+        let c = ModelConfig {
             model_type: model_type.into(),
             vocab_size: vocab,
             hidden_size: hidden,
@@ -583,7 +609,9 @@ impl GgufFile {
                 .and_then(|v| v.as_u64())
                 .map(|v| v as u32),
             eos_token_ids: eos_ids,
-        })
+        };
+        c.validate().context("GGUF metadata")?;
+        Ok(c)
     }
 
     /// llama.cpp stores Llama 3.1's RoPE scaling as per-frequency divisors (`rope_freqs.weight`).
@@ -682,7 +710,7 @@ pub fn import_gguf(gguf: &Path, out: &Path, dtype: SaveDtype) -> Result<ModelCon
     let tensors = f.hf_tensors(&config)?;
     crate::checkpoint::check_tensors(&config, &tensors)
         .context("GGUF tensors do not match its metadata")?;
-    std::fs::create_dir_all(out)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     crate::tokenizer::write_tokenizer_from_gguf(&f, out)?;
     write_safetensors(&out.join("model.safetensors"), &tensors, dtype)?;
     let tok = crate::tokenizer::Tokenizer::load(out)?;

@@ -392,7 +392,7 @@ fn bytes_to_unicode() -> Vec<char> {
 /// `<|im_start|>`, `<|im_end|>`) and a ChatML template without a system prompt: the tokenizer
 /// of models trained from scratch here (checkpoints/tiny-arith) and of the tests' tiny models.
 pub fn write_byte_tokenizer(out: &Path) -> Result<()> {
-    std::fs::create_dir_all(out)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut vocab = serde_json::Map::new();
     for (i, c) in bytes_to_unicode().into_iter().enumerate() {
         vocab.insert(c.to_string(), json!(i));

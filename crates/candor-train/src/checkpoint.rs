@@ -106,7 +106,7 @@ pub fn save<B: AutodiffBackend>(
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
     }
-    std::fs::create_dir_all(&tmp)?;
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let rec = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
     model
         .clone()
@@ -146,7 +146,8 @@ pub fn save<B: AutodiffBackend>(
     if dst.exists() {
         std::fs::remove_dir_all(&dst)?;
     }
-    std::fs::rename(&tmp, &dst)?;
+    std::fs::rename(&tmp, &dst)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), dst.display()))?;
     let dirs = step_dirs(run)?;
     if dirs.len() > r.checkpoint.keep {
         for (_, d) in &dirs[..dirs.len() - r.checkpoint.keep] {

@@ -8,7 +8,7 @@
 //! (`candor_eval::report`).
 
 use crate::recipe::EvalSection;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use candor_confidence::sar::DEFAULT_T;
 use candor_confidence::similarity::{sar_scores, SarSample, Similarity};
@@ -149,6 +149,10 @@ fn ptrue_prompt(tok: &Tokenizer, style: Style, question: &str, answer: &str) -> 
     }
 }
 
+/// Tokens an evaluation needs beyond prompt and answer: the P(True) question and the
+/// confidence line read after the answer.
+const EVAL_SLACK: usize = 64;
+
 /// Evaluate one set; `constant` is the best constant confidence (training accuracy).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_set<B: Backend>(
@@ -163,8 +167,31 @@ pub fn evaluate_set<B: Backend>(
     pb: &indicatif::ProgressBar,
 ) -> Result<Vec<EvalRecord>> {
     let vs = ValueSet::new(tok)?;
-    let items: Vec<Item> = load_items(set)?;
     let style = prompt_style(set.style);
+    // prompts that cannot fit the context with the answer and the P(True) question around it
+    // (`EVAL_SLACK` tokens) are skipped and counted, never allocated
+    let context = model.config.max_position_embeddings;
+    let mut too_long = vec![];
+    let mut items: Vec<Item> = vec![];
+    for it in load_items(set)? {
+        let n = tok.prompt_ids(&it.question, style)?.len();
+        if n + ev.max_new_tokens + EVAL_SLACK > context {
+            too_long.push((it.id.clone(), n));
+        } else {
+            items.push(it);
+        }
+    }
+    if !too_long.is_empty() {
+        eprintln!(
+            "{}: {}",
+            set.display_name(),
+            candor_data::answering::describe_too_long(
+                &too_long,
+                context,
+                ev.max_new_tokens + EVAL_SLACK
+            )
+        );
+    }
     let how = set.matcher();
     let cfg = GenConfig {
         max_new_tokens: ev.max_new_tokens,
@@ -437,7 +464,7 @@ pub fn evaluate_and_report<B: Backend>(
 ) -> Result<candor_eval::report::Report> {
     use candor_eval::report::{figures, set_result, AccuracyChange, Report};
     use candor_model::checkpoint::write_atomic;
-    std::fs::create_dir_all(out)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut results = vec![];
     let mut accuracy_changes = vec![];
     let mut figure_files = vec![];

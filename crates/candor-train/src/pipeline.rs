@@ -147,7 +147,7 @@ pub fn build_dataset<B: Backend>(
     device: &B::Device,
 ) -> Result<(Vec<Example>, Summary)> {
     let dir = r.run_dir().join("data");
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let items = load_items(&r.data)?;
     if r.labels.teacher == Teacher::Gold {
         let ex = dataset::gold_examples(&items, tok, r.data.style)?;
@@ -226,7 +226,8 @@ pub fn build_dataset<B: Backend>(
 
 /// The rehearsal rows of `train.rehearsal`: each set answered by the starting model (greedy,
 /// top-k kept; resumable, in `<run>/data/rehearsal-<set>.jsonl`), as rows whose answer tokens
-/// carry only the answer-keeping term.
+/// carry only the answer-keeping term, followed by the confidence line's opening
+/// ([`crate::trainer::rehearsal_seq`]).
 pub fn rehearsal_seqs<B: Backend>(
     r: &Recipe,
     model: &Llama<B>,
@@ -235,6 +236,12 @@ pub fn rehearsal_seqs<B: Backend>(
 ) -> Result<Vec<crate::trainer::Seq>> {
     let mut out = vec![];
     let who = answering_model(r);
+    // the confidence line's opening, where the labels write percent values
+    let line_start = if r.labels.format == candor_data::config::ConfidenceFormat::Percent {
+        candor_confidence::values::ValueSet::new(tok)?.prefix
+    } else {
+        vec![]
+    };
     for set in &r.train.rehearsal {
         let items = load_items(set)?;
         let labels = candor_data::LabelsConfig {
@@ -269,7 +276,7 @@ pub fn rehearsal_seqs<B: Backend>(
                 continue;
             }
             let prompt = tok.encode(&a.prompt, false)?;
-            if prompt.len() + n > set.max_length {
+            if prompt.len() + n + line_start.len() > set.max_length {
                 continue;
             }
             out.push(crate::trainer::rehearsal_seq(
@@ -277,6 +284,7 @@ pub fn rehearsal_seqs<B: Backend>(
                 &a.greedy.tokens[..n],
                 &a.greedy.top[..n],
                 r.train.answer_target,
+                &line_start,
             ));
         }
     }

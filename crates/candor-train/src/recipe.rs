@@ -138,8 +138,10 @@ pub struct TrainSection {
     pub detach_context: bool,
     /// Rehearsal sets (each shaped like `[data]`, `[[train.rehearsal]]`): questions the
     /// starting model answers once (greedy, top-k kept), whose answer tokens carry only the
-    /// `answer_kl` term, no confidence. Each step adds a batch of them beside the calibration
-    /// batch, so the answers stay put beyond the calibration set's questions.
+    /// `answer_kl` term, followed by the confidence line's opening (`\nConfidence: `, with
+    /// cross-entropy; no value, no confidence label). Each step adds a batch of them beside the
+    /// calibration batch, so the answers stay put, and end in the trained format, beyond the
+    /// calibration set's questions.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rehearsal: Vec<DataConfig>,
     /// `label-bin`: weight each example by 1 / (examples in its 10-point teacher-label bin),
@@ -469,8 +471,9 @@ impl Recipe {
         Ok(r)
     }
 
-    /// Rules that involve more than one field.
+    /// Rules that involve more than one field, and the bounds on sizes.
     pub fn validate(&self) -> Result<()> {
+        self.check_bounds()?;
         let m = &self.model;
         match (&m.path, &m.preset) {
             (None, None) => {
@@ -548,6 +551,148 @@ impl Recipe {
             );
         }
         self.labels.validate()?;
+        Ok(())
+    }
+
+    /// Every size a recipe sets is bounded, so no count built from them can overflow or ask
+    /// for absurd memory: an error names the field, its value and the allowed range.
+    fn check_bounds(&self) -> Result<()> {
+        let (t, l, e) = (&self.train, &self.labels, &self.eval);
+        let mut fields: Vec<(String, usize, usize, usize)> = vec![
+            ("train.epochs".into(), t.epochs, 1, 10_000),
+            ("train.max_steps".into(), t.max_steps, 0, 100_000_000),
+            ("train.micro_batch".into(), t.micro_batch, 1, 65_536),
+            ("train.global_batch".into(), t.global_batch, 1, 65_536),
+            ("labels.samples".into(), l.samples, 0, 1_024),
+            ("labels.max_new_tokens".into(), l.max_new_tokens, 1, 65_536),
+            ("labels.batch_size".into(), l.batch_size, 1, 65_536),
+            ("labels.top_logprobs".into(), l.top_logprobs, 0, 1_024),
+            ("eval.samples".into(), e.samples, 0, 1_024),
+            ("eval.max_new_tokens".into(), e.max_new_tokens, 1, 65_536),
+            ("eval.batch_size".into(), e.batch_size, 1, 65_536),
+            ("eval.bootstrap".into(), e.bootstrap, 0, 1_000_000),
+            (
+                "checkpoint.every".into(),
+                self.checkpoint.every,
+                0,
+                100_000_000,
+            ),
+            ("log.every".into(), self.log.every, 0, 100_000_000),
+        ];
+        if let Some(lora) = &self.lora {
+            fields.push(("lora.rank".into(), lora.rank, 1, 65_536));
+        }
+        let sets = std::iter::once(("data".to_string(), &self.data))
+            .chain(
+                t.rehearsal
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (format!("train.rehearsal[{i}]"), s)),
+            )
+            .chain(
+                e.sets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (format!("eval.sets[{i}]"), s)),
+            );
+        for (name, set) in sets {
+            fields.push((format!("{name}.max_length"), set.max_length, 1, 1 << 20));
+            candor_data::item::count_items(set).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        }
+        for (name, v, lo, hi) in fields {
+            if v < lo || v > hi {
+                bail!("{name} = {v} is out of range (allowed: {lo} to {hi})");
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything the recipe refers to on disk, checked before any work (a missing eval set
+    /// must not be found after an hour of answering and training): the model and tokenizer
+    /// folders, every JSONL question file, the MiniLM folder when a stage needs it. One error
+    /// lists every problem.
+    pub fn check_inputs(&self) -> Result<()> {
+        use candor_data::config::{SimilarityKind, Source, Teacher};
+        let mut problems = vec![];
+        let m = &self.model;
+        if let Some(p) = &m.path {
+            if !p.is_dir() {
+                problems.push(format!(
+                    "model.path = {}: no model folder at {} (an HF folder with config.json, \
+                     model.safetensors and tokenizer.json; checkpoints/README.md says how to \
+                     make the ones the recipes use)",
+                    p.display(),
+                    p.display()
+                ));
+            } else {
+                for f in ["config.json", "tokenizer.json"] {
+                    if !p.join(f).is_file() {
+                        problems.push(format!("model.path = {}: no {f}", p.display()));
+                    }
+                }
+                if let Err(e) = candor_model::checkpoint::weight_files(p) {
+                    problems.push(format!("model.path: {e}"));
+                }
+            }
+        }
+        if let (None, Some(t)) = (&m.path, &m.tokenizer) {
+            if t.as_path() != Path::new("byte") && !t.join("tokenizer.json").is_file() {
+                problems.push(format!(
+                    "model.tokenizer = {}: no tokenizer.json there",
+                    t.display()
+                ));
+            }
+        }
+        let sets = std::iter::once(("data".to_string(), &self.data))
+            .chain(
+                self.train
+                    .rehearsal
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (format!("train.rehearsal[{i}]"), s)),
+            )
+            .chain(
+                self.eval
+                    .sets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (format!("eval.sets[{i}]"), s)),
+            );
+        for (name, set) in sets {
+            if set.source != Source::Jsonl {
+                continue;
+            }
+            match &set.path {
+                None => problems.push(format!("{name}.path: required when source = \"jsonl\"")),
+                Some(p) => {
+                    if let Err(e) = std::fs::File::open(p) {
+                        problems.push(format!("{name}.path = {}: {e}", p.display()));
+                    } else if p.is_dir() {
+                        problems.push(format!(
+                            "{name}.path = {}: a folder, not a JSONL file",
+                            p.display()
+                        ));
+                    }
+                }
+            }
+        }
+        let gold = self.labels.teacher == Teacher::Gold;
+        let needs_minilm = self.labels.similarity == SimilarityKind::Minilm
+            && ((!gold && (self.labels.teacher == Teacher::Sar || self.labels.samples >= 2))
+                || (self.eval.enabled && self.eval.samples >= 2));
+        if needs_minilm && !self.labels.minilm_path.join("config.json").is_file() {
+            problems.push(format!(
+                "labels.minilm_path = {}: no MiniLM model there (run scripts/fetch-minilm.sh, or set labels.similarity = \"rouge-l\")",
+                self.labels.minilm_path.display()
+            ));
+        }
+        if !problems.is_empty() {
+            bail!(
+                "the recipe refers to {} missing or unreadable input(s):{}",
+                problems.len(),
+                candor_model::checkpoint::list_problems(&problems)
+            );
+        }
         Ok(())
     }
 

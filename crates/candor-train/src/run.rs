@@ -23,12 +23,14 @@ pub fn recipe_hash(r: &Recipe) -> String {
 
 pub fn run_recipe<B: Backend>(r: &Recipe, device: B::Device) -> Result<()> {
     let t0 = Instant::now();
+    r.check_inputs()?;
     // before anything is written: a dtype the backend cannot compute in, or a model that is
     // not there, stops the run here
     type A<B> = Autodiff<B>;
     let (model, tok) = load_model::<A<B>>(r, &device)?;
     let run = r.run_dir();
-    std::fs::create_dir_all(&run)?;
+    // one writer per run folder, held until the run ends
+    let _lock = crate::lock::RunLock::acquire(&run)?;
     write_text(&run.join("recipe.toml"), &r.to_toml())?;
     eprintln!(
         "run folder: {} (resolved recipe saved as recipe.toml)",

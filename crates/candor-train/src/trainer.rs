@@ -15,7 +15,7 @@ use crate::optim::AdamW;
 use crate::recipe::{AnswerSource, AnswerTarget, ConfidenceLoss, ConfidenceTarget, LossOn, Recipe};
 use crate::schedule::lr_at;
 use crate::weighting;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -175,16 +175,23 @@ fn answer_targets(
 }
 
 /// Rehearsal rows: a prompt and the starting model's own answer, whose answer tokens carry
-/// only the answer-keeping term ([`answer_targets`]; no confidence, no cross-entropy).
+/// only the answer-keeping term ([`answer_targets`]), followed by `line_start` — the opening
+/// of the confidence line (`\nConfidence: `, the value set's prefix) — trained with
+/// cross-entropy, so that every kind of question learns where its answer ends in the format
+/// the calibrated model writes. No value: the confidence itself is learnt only from labelled
+/// rows. (Without the line's opening, the starting model's end of turn after an answer is
+/// unlearnt on the calibration questions only, and on other questions the freed probability
+/// goes to stray tokens: `5 / 1 = 50`.)
 pub fn rehearsal_seq(
     prompt: Vec<u32>,
     answer: &[u32],
     top: &[Vec<(u32, f32)>],
     target: AnswerTarget,
+    line_start: &[u32],
 ) -> Seq {
     let start = prompt.len();
-    let ids = [prompt, answer.to_vec()].concat();
-    let ce_from = ids.len();
+    let ids = [prompt, answer.to_vec(), line_start.to_vec()].concat();
+    let ce_from = start + answer.len();
     Seq {
         ids,
         start,
@@ -586,11 +593,12 @@ pub fn train<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Trained<B>> {
     let run = r.run_dir();
-    std::fs::create_dir_all(&run)?;
+    std::fs::create_dir_all(&run).with_context(|| format!("creating {}", run.display()))?;
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(run.join("train.log"))?;
+        .open(run.join("train.log"))
+        .with_context(|| format!("opening {}", run.join("train.log").display()))?;
     let mut say = |line: String| {
         eprintln!("{line}");
         let _ = writeln!(log, "{line}");
@@ -667,7 +675,19 @@ pub fn train<B: AutodiffBackend>(
     let total = if r.train.max_steps > 0 {
         r.train.max_steps
     } else {
-        (r.train.epochs * seqs.len()).div_ceil(g)
+        // bounded by the recipe's limits (epochs ≤ 10,000, a set ≤ 1,000,000 questions), so
+        // this cannot overflow; checked anyway
+        r.train
+            .epochs
+            .checked_mul(seqs.len())
+            .map(|n| n.div_ceil(g))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "train.epochs = {} × {} examples overflows the step count",
+                    r.train.epochs,
+                    seqs.len()
+                )
+            })?
     };
     let mut opt = AdamW::<B>::new(r.optim.clone());
     let mut start = 0;

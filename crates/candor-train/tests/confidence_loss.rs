@@ -389,6 +389,7 @@ fn the_answer_keeping_term_is_the_starting_models_entropy_on_its_own_answers() {
                 &g.tokens[..n],
                 &g.top[..n],
                 candor_train::recipe::AnswerTarget::Distribution,
+                &[],
             );
             for soft in &s.soft {
                 entropy -= soft
@@ -428,6 +429,7 @@ fn the_answer_keeping_term_is_the_starting_models_entropy_on_its_own_answers() {
                 &g.tokens[..n],
                 &g.top[..n],
                 candor_train::recipe::AnswerTarget::Greedy,
+                &[],
             );
             assert!(s
                 .soft
@@ -444,4 +446,32 @@ fn the_answer_keeping_term_is_the_starting_models_entropy_on_its_own_answers() {
         (l - nll).abs() < 1e-3 * nll.max(1.0),
         "greedy target: {l} vs the generation's NLL {nll}"
     );
+}
+
+#[test]
+fn a_rehearsal_row_trains_the_confidence_lines_opening_after_the_answer() {
+    // prompt 1 2 3, answer 4 5 (answer-keeping term only), then the line's opening 10 11 12
+    // with cross-entropy: the model learns where an answer ends on every kind of question
+    let top = vec![vec![(4, -0.1), (6, -2.4)], vec![(5, -0.2)]];
+    let s = candor_train::trainer::rehearsal_seq(
+        vec![1, 2, 3],
+        &[4, 5],
+        &top,
+        candor_train::recipe::AnswerTarget::Greedy,
+        &[10, 11, 12],
+    );
+    assert_eq!(s.ids, vec![1, 2, 3, 4, 5, 10, 11, 12]);
+    assert_eq!((s.start, s.ce_from), (3, 5));
+    assert_eq!(s.loss_tokens(), 3, "the line's opening, not the answer");
+    assert_eq!(s.soft, vec![vec![(4, 1.0)], vec![(5, 1.0)]]);
+    assert!(s.value.is_none(), "no confidence value on a rehearsal row");
+    // without a line opening (labels not in percent) the row is the answer alone
+    let bare = candor_train::trainer::rehearsal_seq(
+        vec![1, 2, 3],
+        &[4, 5],
+        &top,
+        candor_train::recipe::AnswerTarget::Greedy,
+        &[],
+    );
+    assert_eq!((bare.ids.len(), bare.loss_tokens()), (5, 0));
 }

@@ -31,6 +31,8 @@ impl BackendTask for Task {
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         let r = self.0;
         let t0 = Instant::now();
+        r.check_inputs()?;
+        let _lock = candor_train::lock::RunLock::acquire(&r.run_dir())?;
         let (model, tok) = pipeline::load_model::<B>(&r, &device)?;
         let (_, summary) = pipeline::build_dataset(&r, &model, &tok, &device)?;
         print!("{}", summary.render());
