@@ -6,14 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn root() -> PathBuf {
-    // the crate folder as cargo reports it when running the test (not when it was built: a test
-    // binary reused from another checkout's build must still read this checkout's files)
-    PathBuf::from(
-        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
-    )
-    .join("../..")
-    .canonicalize()
-    .unwrap()
+    candor_test_support::repo_root()
 }
 
 fn run(bin: &str, args: &[&str]) -> Output {

@@ -289,10 +289,7 @@ fn fuzz(
 }
 
 fn root() -> PathBuf {
-    PathBuf::from(
-        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
-    )
-    .join("../..")
+    candor_test_support::repo_root()
 }
 
 // ---- the targets ---------------------------------------------------------------------------

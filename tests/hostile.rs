@@ -7,12 +7,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 fn root() -> PathBuf {
-    PathBuf::from(
-        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
-    )
-    .join("../..")
-    .canonicalize()
-    .unwrap()
+    candor_test_support::repo_root()
 }
 
 fn tiny_arith() -> PathBuf {

@@ -554,6 +554,17 @@ impl Recipe {
         Ok(())
     }
 
+    /// Every question set of the recipe with its name in errors: `data`,
+    /// `train.rehearsal[i]`, `eval.sets[i]`.
+    fn question_sets(&self) -> Vec<(String, &DataConfig)> {
+        let rehearsal = self.train.rehearsal.iter().enumerate();
+        let eval = self.eval.sets.iter().enumerate();
+        std::iter::once(("data".to_string(), &self.data))
+            .chain(rehearsal.map(|(i, s)| (format!("train.rehearsal[{i}]"), s)))
+            .chain(eval.map(|(i, s)| (format!("eval.sets[{i}]"), s)))
+            .collect()
+    }
+
     /// Every size a recipe sets is bounded, so no count built from them can overflow or ask
     /// for absurd memory: an error names the field, its value and the allowed range.
     fn check_bounds(&self) -> Result<()> {
@@ -582,20 +593,7 @@ impl Recipe {
         if let Some(lora) = &self.lora {
             fields.push(("lora.rank".into(), lora.rank, 1, 65_536));
         }
-        let sets = std::iter::once(("data".to_string(), &self.data))
-            .chain(
-                t.rehearsal
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| (format!("train.rehearsal[{i}]"), s)),
-            )
-            .chain(
-                e.sets
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| (format!("eval.sets[{i}]"), s)),
-            );
-        for (name, set) in sets {
+        for (name, set) in self.question_sets() {
             fields.push((format!("{name}.max_length"), set.max_length, 1, 1 << 20));
             candor_data::item::count_items(set).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         }
@@ -643,22 +641,7 @@ impl Recipe {
                 ));
             }
         }
-        let sets = std::iter::once(("data".to_string(), &self.data))
-            .chain(
-                self.train
-                    .rehearsal
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| (format!("train.rehearsal[{i}]"), s)),
-            )
-            .chain(
-                self.eval
-                    .sets
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| (format!("eval.sets[{i}]"), s)),
-            );
-        for (name, set) in sets {
+        for (name, set) in self.question_sets() {
             if set.source != Source::Jsonl {
                 continue;
             }

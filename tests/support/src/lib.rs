@@ -112,3 +112,16 @@ pub fn have_vulkan() -> bool {
     }
     true
 }
+
+/// The repository's root folder, from the running test's crate folder as cargo reports it at
+/// run time (not when the test was built: a test binary reused from another checkout's build
+/// must still read this checkout's files). Every test crate sits two levels down
+/// (`crates/<name>`, `tests/support`).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../..")
+    .canonicalize()
+    .expect("the repository root exists")
+}
