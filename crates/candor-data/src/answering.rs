@@ -311,21 +311,14 @@ pub fn run_answers<B: Backend>(
 /// The warning for questions skipped because prompt + answer would not fit the model's
 /// context: how many, and their ids (the first ten, then a count).
 pub fn describe_too_long(skipped: &[(String, usize)], context: usize, new: usize) -> String {
-    let shown: Vec<String> = skipped
+    let ids: Vec<String> = skipped
         .iter()
-        .take(10)
         .map(|(id, n)| format!("{id} ({n} tokens)"))
         .collect();
-    let more = skipped.len().saturating_sub(shown.len());
     format!(
         "warning: skipped {} question(s) whose prompt plus {new} answer tokens does not fit the \
-         model's context of {context} tokens (not answered, not allocated): {}{}",
+         model's context of {context} tokens (not answered, not allocated):{}",
         skipped.len(),
-        shown.join(", "),
-        if more > 0 {
-            format!(", and {more} more")
-        } else {
-            String::new()
-        }
+        candor_model::checkpoint::list_problems(&ids)
     )
 }

@@ -313,6 +313,12 @@ impl Default for LabelsConfig {
 }
 
 impl LabelsConfig {
+    /// Whether labelling compares answers with each other (SAR, or several samples), so needs
+    /// the answer similarity (`similarity`). The gold teacher answers nothing.
+    pub fn needs_similarity(&self) -> bool {
+        self.teacher != Teacher::Gold && (self.teacher == Teacher::Sar || self.samples >= 2)
+    }
+
     /// Checks across fields (single fields are checked while parsing).
     pub fn validate(&self) -> anyhow::Result<()> {
         match self.teacher {

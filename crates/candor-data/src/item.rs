@@ -83,22 +83,26 @@ pub const MAX_QUESTIONS: usize = 1_000_000;
 /// them: exact for CalibratedMath; for a JSONL file, `limit` when set, else not known
 /// (`None`; the file's reader bounds each line).
 pub fn count_items(cfg: &DataConfig) -> Result<Option<usize>> {
-    let n = match cfg.source {
-        Source::Calibratedmath => {
-            let mut n = 0usize;
-            for st in chosen_subtasks(cfg)? {
-                let k = cfg
-                    .per_subtask_overrides
-                    .get(&st.id())
-                    .copied()
-                    .unwrap_or(cfg.per_subtask);
-                n = n.saturating_add(k);
-            }
-            Some(n)
-        }
-        Source::Jsonl => (cfg.limit > 0).then_some(cfg.limit),
-    };
-    if let Some(n) = n.filter(|&n| n > MAX_QUESTIONS) {
+    match cfg.source {
+        Source::Calibratedmath => check_count(cfg, &chosen_subtasks(cfg)?).map(Some),
+        Source::Jsonl => Ok((cfg.limit > 0).then_some(cfg.limit)),
+    }
+}
+
+/// Questions of sub-task `st`: its override, or `per_subtask`.
+fn per_subtask(cfg: &DataConfig, st: &calibratedmath::SubTask) -> usize {
+    cfg.per_subtask_overrides
+        .get(&st.id())
+        .copied()
+        .unwrap_or(cfg.per_subtask)
+}
+
+/// The question count of the chosen sub-tasks, refused over [`MAX_QUESTIONS`].
+fn check_count(cfg: &DataConfig, chosen: &[calibratedmath::SubTask]) -> Result<usize> {
+    let n = chosen
+        .iter()
+        .fold(0usize, |n, st| n.saturating_add(per_subtask(cfg, st)));
+    if n > MAX_QUESTIONS {
         bail!(
             "{n} questions (per_subtask = {} over the chosen sub-tasks, with overrides) is over \
              the limit of {MAX_QUESTIONS} per set; lower per_subtask",
@@ -148,18 +152,11 @@ fn chosen_subtasks(cfg: &DataConfig) -> Result<Vec<calibratedmath::SubTask>> {
 fn load_raw(cfg: &DataConfig) -> Result<Vec<Item>> {
     match cfg.source {
         Source::Calibratedmath => {
-            count_items(cfg)?;
             let chosen = chosen_subtasks(cfg)?;
+            check_count(cfg, &chosen)?;
             Ok(chosen
                 .iter()
-                .flat_map(|st| {
-                    let n = cfg
-                        .per_subtask_overrides
-                        .get(&st.id())
-                        .copied()
-                        .unwrap_or(cfg.per_subtask);
-                    calibratedmath::generate(st, n, cfg.seed)
-                })
+                .flat_map(|st| calibratedmath::generate(st, per_subtask(cfg, st), cfg.seed))
                 .map(|q| Item {
                     id: q.id,
                     source: "calibratedmath".into(),

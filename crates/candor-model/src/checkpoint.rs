@@ -272,8 +272,10 @@ pub fn check_finite(tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
     let problems: Vec<String> = tensors
         .iter()
         .filter_map(|(name, t)| {
-            let nan = t.data.iter().filter(|x| x.is_nan()).count();
-            let inf = t.data.iter().filter(|x| x.is_infinite()).count();
+            // one pass over the values (a load reads every weight once more, no more)
+            let (nan, inf) = t.data.iter().fold((0usize, 0usize), |(n, i), x| {
+                (n + x.is_nan() as usize, i + x.is_infinite() as usize)
+            });
             (nan + inf > 0).then(|| {
                 format!(
                     "tensor `{name}`: {nan} NaN and {inf} infinite of {} values",
@@ -351,15 +353,21 @@ pub fn model_from_tensors<B: Backend>(
     })
 }
 
+/// The error for a model folder that is not there: what it should hold and where to get the
+/// ones the recipes use.
+pub fn no_model_folder(dir: &Path) -> String {
+    format!(
+        "no model folder at {} (an HF folder with config.json, model.safetensors and \
+         tokenizer.json; checkpoints/README.md says how to make the ones the recipes use)",
+        dir.display()
+    )
+}
+
 /// Load `config.json` + safetensors from an HF folder (a folder that is not there is an error
 /// saying what it should hold).
 pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>> {
     if !dir.is_dir() {
-        bail!(
-            "no model folder at {} (an HF folder with config.json, model.safetensors and \
-             tokenizer.json; checkpoints/README.md says how to make the ones the recipes use)",
-            dir.display()
-        );
+        bail!("{}", no_model_folder(dir));
     }
     let config = ModelConfig::from_hf_file(&dir.join("config.json"))?;
     let files = weight_files(dir)?;

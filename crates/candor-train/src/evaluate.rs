@@ -172,13 +172,13 @@ pub fn evaluate_set<B: Backend>(
     // (`EVAL_SLACK` tokens) are skipped and counted, never allocated
     let context = model.config.max_position_embeddings;
     let mut too_long = vec![];
-    let mut items: Vec<Item> = vec![];
+    let mut items: Vec<(Item, Vec<u32>)> = vec![];
     for it in load_items(set)? {
-        let n = tok.prompt_ids(&it.question, style)?.len();
-        if n + ev.max_new_tokens + EVAL_SLACK > context {
-            too_long.push((it.id.clone(), n));
+        let ids = tok.prompt_ids(&it.question, style)?;
+        if ids.len() + ev.max_new_tokens + EVAL_SLACK > context {
+            too_long.push((it.id.clone(), ids.len()));
         } else {
-            items.push(it);
+            items.push((it, ids));
         }
     }
     if !too_long.is_empty() {
@@ -206,11 +206,9 @@ pub fn evaluate_set<B: Backend>(
     };
     let mut out = vec![];
     pb.set_length(items.len() as u64);
-    for chunk in items.chunks(ev.batch_size.max(1)) {
-        let prompts: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|it| tok.prompt_ids(&it.question, style))
-            .collect::<Result<_>>()?;
+    for rows in items.chunks(ev.batch_size.max(1)) {
+        let chunk: Vec<&Item> = rows.iter().map(|(it, _)| it).collect();
+        let prompts: Vec<Vec<u32>> = rows.iter().map(|(_, ids)| ids.clone()).collect();
         let gens = generate(model, tok, &prompts, &cfg, device)?;
         let mut answers = vec![];
         let mut after_answer = vec![];
@@ -299,7 +297,7 @@ pub fn evaluate_set<B: Backend>(
         if let (Some(sim), true) = (sim.as_deref_mut(), ev.samples >= 2) {
             let mut rows = vec![];
             let mut seeds = vec![];
-            for (p, it) in prompts.iter().zip(chunk) {
+            for (p, it) in prompts.iter().zip(&chunk) {
                 for k in 0..ev.samples {
                     rows.push(p.clone());
                     seeds.push(row_seed(ev.seed, &it.id, k));
@@ -435,12 +433,14 @@ fn reuse_generations(
             Err(_) => return Ok(None),
         }
     }
-    let items = load_items(set)?;
-    if items.len() != recs.len() || items.iter().zip(&recs).any(|(i, r)| i.id != r.id) {
-        return Ok(None);
-    }
-    for (r, i) in recs.iter_mut().zip(&items) {
-        r.task = i.task.clone();
+    // the records follow the set's questions in order; questions too long for the context
+    // have none (the same ones under the same key)
+    let mut items = load_items(set)?.into_iter();
+    for r in recs.iter_mut() {
+        match items.find(|i| i.id == r.id) {
+            Some(i) => r.task = i.task,
+            None => return Ok(None),
+        }
     }
     Ok(Some(recs))
 }

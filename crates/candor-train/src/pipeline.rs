@@ -204,8 +204,7 @@ pub fn build_dataset<B: Backend>(
             last.0 as f64 / last.1.max(1e-9)
         );
     }
-    let need_sim = r.labels.teacher == Teacher::Sar || r.labels.samples >= 2;
-    let mut sim = if need_sim {
+    let mut sim = if r.labels.needs_similarity() {
         Some(load_similarity::<B>(r, device)?)
     } else {
         None

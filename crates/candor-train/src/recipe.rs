@@ -610,17 +610,15 @@ impl Recipe {
     /// folders, every JSONL question file, the MiniLM folder when a stage needs it. One error
     /// lists every problem.
     pub fn check_inputs(&self) -> Result<()> {
-        use candor_data::config::{SimilarityKind, Source, Teacher};
+        use candor_data::config::{SimilarityKind, Source};
         let mut problems = vec![];
         let m = &self.model;
         if let Some(p) = &m.path {
             if !p.is_dir() {
                 problems.push(format!(
-                    "model.path = {}: no model folder at {} (an HF folder with config.json, \
-                     model.safetensors and tokenizer.json; checkpoints/README.md says how to \
-                     make the ones the recipes use)",
+                    "model.path = {}: {}",
                     p.display(),
-                    p.display()
+                    candor_model::checkpoint::no_model_folder(p)
                 ));
             } else {
                 for f in ["config.json", "tokenizer.json"] {
@@ -659,10 +657,8 @@ impl Recipe {
                 }
             }
         }
-        let gold = self.labels.teacher == Teacher::Gold;
         let needs_minilm = self.labels.similarity == SimilarityKind::Minilm
-            && ((!gold && (self.labels.teacher == Teacher::Sar || self.labels.samples >= 2))
-                || (self.eval.enabled && self.eval.samples >= 2));
+            && (self.labels.needs_similarity() || (self.eval.enabled && self.eval.samples >= 2));
         if needs_minilm && !self.labels.minilm_path.join("config.json").is_file() {
             problems.push(format!(
                 "labels.minilm_path = {}: no MiniLM model there (run scripts/fetch-minilm.sh, or set labels.similarity = \"rouge-l\")",
