@@ -229,9 +229,15 @@ impl<B: Backend> MiniLm<B> {
             .collect();
         todo.sort();
         todo.dedup();
-        for chunk in todo.chunks(self.batch_size.max(1)) {
-            let rows: Vec<Vec<u32>> = chunk.iter().map(|t| self.ids(t)).collect::<Result<_>>()?;
-            for (t, e) in chunk.iter().zip(self.encode_batch(&rows)) {
+        // batches of similar length: a batch is padded to its longest text
+        let mut rows: Vec<(Vec<u32>, &String)> = todo
+            .into_iter()
+            .map(|t| Ok((self.ids(t)?, t)))
+            .collect::<Result<_>>()?;
+        rows.sort_by_key(|r| r.0.len());
+        for chunk in rows.chunks(self.batch_size.max(1)) {
+            let ids: Vec<Vec<u32>> = chunk.iter().map(|r| r.0.clone()).collect();
+            for ((_, t), e) in chunk.iter().zip(self.encode_batch(&ids)) {
                 self.cache.insert((*t).clone(), e);
             }
         }
@@ -313,5 +319,8 @@ impl<B: Backend> Similarity for MiniLm<B> {
     }
     fn name(&self) -> String {
         "all-minilm-l6-v2".into()
+    }
+    fn prefetch(&mut self, texts: &[String]) -> Result<()> {
+        self.embed(texts).map(|_| ())
     }
 }

@@ -209,7 +209,7 @@ pub fn run_answers<B: Backend>(
         seed: s.seed,
         stop_ids: tok.stop_ids.clone(),
         stop_strings: vec!["\n".into()],
-        row_seeds: vec![],
+        ..Default::default()
     };
     let context = model.config.max_position_embeddings;
     let mut too_long: Vec<(String, usize)> = vec![];
@@ -245,27 +245,30 @@ pub fn run_answers<B: Backend>(
         if batch.is_empty() {
             continue;
         }
-        let greedy = generate(model, tok, &ids, &base, device)?;
+        // one call: each question's greedy row, then its K sample rows, all decoding from one
+        // prefill of its prompt
+        let k = s.samples;
+        let mut rows = ids.clone();
+        let mut seeds = vec![0; ids.len()];
+        let mut temps = vec![0.0; ids.len()];
+        for (i, it) in batch.iter().enumerate() {
+            for j in 0..k {
+                rows.push(ids[i].clone());
+                seeds.push(row_seed(s.seed, &it.id, j));
+                temps.push(s.temperature as f32);
+            }
+        }
+        let cfg = GenConfig {
+            top_p: s.top_p as f32,
+            row_seeds: seeds,
+            row_temperatures: temps,
+            ..base.clone()
+        };
+        let mut gens = generate(model, tok, &rows, &cfg, device)?.into_iter();
+        let greedy: Vec<_> = gens.by_ref().take(batch.len()).collect();
         let mut sampled: Vec<Vec<Sample>> = vec![vec![]; batch.len()];
-        if s.samples > 0 {
-            let mut rows = vec![];
-            let mut seeds = vec![];
-            for (i, it) in batch.iter().enumerate() {
-                for k in 0..s.samples {
-                    rows.push(ids[i].clone());
-                    seeds.push(row_seed(s.seed, &it.id, k));
-                }
-            }
-            let cfg = GenConfig {
-                temperature: s.temperature as f32,
-                top_p: s.top_p as f32,
-                row_seeds: seeds,
-                ..base.clone()
-            };
-            let gens = generate(model, tok, &rows, &cfg, device)?;
-            for (r, g) in gens.into_iter().enumerate() {
-                sampled[r / s.samples].push(to_sample(g));
-            }
+        for (r, g) in gens.enumerate() {
+            sampled[r / k].push(to_sample(g));
         }
         let mut out = String::new();
         let rows = batch

@@ -282,6 +282,11 @@ pub struct LabelsConfig {
     /// below this (Lin et al. leave out sub-tasks the model never gets right); 0 = keep all.
     #[serde(deserialize_with = "bounded::percent")]
     pub min_subtask_accuracy: f64,
+    /// `empirical-question` only: shrink each question's share of right samples toward its
+    /// sub-task's greedy accuracy with this many pseudo-samples (a Beta prior whose mean is the
+    /// sub-task accuracy; empirical Bayes). 0 = the plain share.
+    #[serde(deserialize_with = "bounded::non_negative")]
+    pub subtask_prior: f64,
 }
 
 impl Default for LabelsConfig {
@@ -308,6 +313,7 @@ impl Default for LabelsConfig {
             deepconf_window: 8,
             max_answer_words: 0,
             min_subtask_accuracy: 0.0,
+            subtask_prior: 0.0,
         }
     }
 }
@@ -328,6 +334,16 @@ impl LabelsConfig {
             ),
             Teacher::EmpiricalQuestion if self.samples < 1 => anyhow::bail!(
                 "labels.samples = 0: teacher \"empirical-question\" needs at least 1 sample"
+            ),
+            _ if self.subtask_prior > 0.0 && self.teacher != Teacher::EmpiricalQuestion => {
+                anyhow::bail!(
+                    "labels.subtask_prior = {}: applies to teacher \"empirical-question\" only (it shrinks the per-question share toward the sub-task's accuracy)",
+                    self.subtask_prior
+                )
+            }
+            _ if self.subtask_prior.is_nan() || self.subtask_prior > 1e6 => anyhow::bail!(
+                "labels.subtask_prior = {} is out of range (allowed: 0 to 1000000 pseudo-samples)",
+                self.subtask_prior
             ),
             _ => Ok(()),
         }

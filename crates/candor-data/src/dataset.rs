@@ -9,7 +9,7 @@ use crate::config::{DataConfig, LabelsConfig, MapKind, SarVariant, Teacher};
 use crate::teacher::{self, MonotoneMap, Verdict};
 use anyhow::{Context, Result};
 use candor_confidence::deepconf::{self, DeepConf};
-use candor_confidence::similarity::{sar_scores, SarSample, Similarity};
+use candor_confidence::similarity::{sar_scores, Recorder, SarSample, Similarity};
 use candor_model::Tokenizer;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -181,6 +181,33 @@ pub fn sar_sample_from(
     })
 }
 
+/// SAR, sentenceSAR and the greedy answer's tokenSAR of one question (when it has ≥ 2
+/// samples), into `signals`.
+fn sar_signals(
+    sim: &mut dyn Similarity,
+    tok: &Tokenizer,
+    a: &Answered,
+    t: f64,
+    signals: &mut Signals,
+) -> Result<()> {
+    if a.samples.len() < 2 {
+        return Ok(());
+    }
+    let samples: Vec<SarSample> = a
+        .samples
+        .iter()
+        .map(|s| sar_sample(tok, s))
+        .collect::<Result<_>>()?;
+    let sc = sar_scores(sim, &a.item.question, &samples, t)
+        .with_context(|| format!("SAR of question {}", a.item.id))?;
+    let greedy = sar_sample(tok, &a.greedy)?;
+    let r = candor_confidence::similarity::token_relevance(sim, &a.item.question, &greedy)?;
+    signals.token_sar = Some(candor_confidence::sar::token_sar(&greedy.logprobs, &r));
+    signals.sentence_sar = Some(sc.sentence_sar);
+    signals.sar = Some(sc.sar);
+    Ok(())
+}
+
 /// The alias the answer matched best (what a kept-correct target shows), else the first gold.
 fn gold_for_target(a: &Answered) -> String {
     use crate::item::Gold;
@@ -211,6 +238,23 @@ pub fn label(
 ) -> Result<(Vec<Example>, Summary)> {
     labels.validate()?;
     let how = data.matcher();
+    if let Some(sim) = sim.as_deref_mut() {
+        // learn every text SAR will compare, so that the model embeds them in a few batches
+        let mut rec = Recorder::default();
+        for a in answers {
+            sar_signals(&mut rec, tok, a, labels.sar_t, &mut Signals::default())?;
+        }
+        let t0 = std::time::Instant::now();
+        sim.prefetch(&rec.texts)?;
+        if !rec.texts.is_empty() {
+            eprintln!(
+                "similarity ({}): {} texts compared for SAR prepared in {:.1} s",
+                sim.name(),
+                rec.texts.len(),
+                t0.elapsed().as_secs_f64()
+            );
+        }
+    }
     let mut ex: Vec<Example> = Vec::with_capacity(answers.len());
     for (i, a) in answers.iter().enumerate() {
         let grade = a.item.grade(&a.greedy.text, how);
@@ -235,21 +279,7 @@ pub fn label(
             ..Default::default()
         };
         if let Some(sim) = sim.as_deref_mut() {
-            if a.samples.len() >= 2 {
-                let samples: Vec<SarSample> = a
-                    .samples
-                    .iter()
-                    .map(|s| sar_sample(tok, s))
-                    .collect::<Result<_>>()?;
-                let sc = sar_scores(sim, &a.item.question, &samples, labels.sar_t)
-                    .with_context(|| format!("SAR of question {}", a.item.id))?;
-                let greedy = sar_sample(tok, &a.greedy)?;
-                let r =
-                    candor_confidence::similarity::token_relevance(sim, &a.item.question, &greedy)?;
-                signals.token_sar = Some(candor_confidence::sar::token_sar(&greedy.logprobs, &r));
-                signals.sentence_sar = Some(sc.sentence_sar);
-                signals.sar = Some(sc.sar);
-            }
+            sar_signals(sim, tok, a, labels.sar_t, &mut signals)?;
         }
         let correct = grade == Grade::Correct;
         let words = a.greedy.text.split_whitespace().count();
@@ -294,8 +324,16 @@ pub fn label(
             anyhow::bail!("labels.teacher = \"gold\" needs no answers: use dataset::gold_examples")
         }
         Teacher::EmpiricalQuestion => {
-            for e in ex.iter_mut() {
-                e.confidence = 100.0 * e.signals.sample_accuracy.unwrap_or(0.0);
+            let acc =
+                teacher::empirical_subtask(ex.iter().map(|e| (e.subtask.as_str(), e.correct)));
+            for (e, a) in ex.iter_mut().zip(answers) {
+                let share = e.signals.sample_accuracy.unwrap_or(0.0);
+                e.confidence = teacher::empirical_question_shrunk(
+                    share,
+                    a.samples.len(),
+                    acc[&e.subtask] / 100.0,
+                    labels.subtask_prior,
+                );
                 e.teacher = "empirical-question".into();
             }
         }

@@ -31,6 +31,19 @@ pub fn empirical_question(sample_correct: &[bool]) -> Option<f64> {
     Some(100.0 * c as f64 / sample_correct.len() as f64)
 }
 
+/// Per-question label with a sub-task prior (empirical Bayes): a share `share` (0–1) of `n`
+/// samples right, shrunk toward the sub-task's accuracy `subtask` (0–1) with `m`
+/// pseudo-samples: 100·(n·share + m·subtask)/(n + m). A question of a sub-task the model
+/// always gets right keeps a high label when its few samples were unlucky; questions of one
+/// sub-task still differ by their own samples, which a per-sub-task label cannot.
+pub fn empirical_question_shrunk(share: f64, n: usize, subtask: f64, m: f64) -> f64 {
+    let n = n as f64;
+    if n + m <= 0.0 {
+        return 100.0 * subtask;
+    }
+    100.0 * (n * share + m * subtask) / (n + m)
+}
+
 /// A monotone map from an uncertainty score (higher = less sure, like SAR) to a probability of
 /// being correct, fitted on held-out graded questions and saved with the dataset.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -208,6 +221,13 @@ mod tests {
             Some(80.0)
         );
         assert_eq!(empirical_question(&[]), None);
+        // 1 of 4 right, sub-task at 80%, 4 pseudo-samples: (1 + 3.2) / 8
+        let l = empirical_question_shrunk(0.25, 4, 0.8, 4.0);
+        assert!((l - 52.5).abs() < 1e-9, "{l}");
+        // no prior: the plain share
+        assert_eq!(empirical_question_shrunk(0.5, 2, 0.9, 0.0), 50.0);
+        // a strong prior: near the sub-task's accuracy
+        assert!((empirical_question_shrunk(0.0, 10, 0.6, 1e6) - 60.0).abs() < 0.01);
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub struct GenConfig {
     /// batch it was in — what a resumable answering run needs.
     #[serde(default)]
     pub row_seeds: Vec<u64>,
+    /// One temperature per prompt row (overrides `temperature`; 0 = greedy), so one call can
+    /// decode a question's greedy answer and its samples from one prefill.
+    #[serde(default)]
+    pub row_temperatures: Vec<f32>,
 }
 
 impl Default for GenConfig {
@@ -42,6 +46,7 @@ impl Default for GenConfig {
             stop_ids: vec![],
             stop_strings: vec![],
             row_seeds: vec![],
+            row_temperatures: vec![],
         }
     }
 }
@@ -134,7 +139,82 @@ fn logits_host<B: Backend>(model: &Llama<B>, hidden_last: Tensor<B, 2>) -> Vec<f
         .expect("f32 logits")
 }
 
-/// Generate a continuation for each prompt (token ids), batched with left padding. Finished
+/// The prompts' KV cache, each row's key validity, and the last prompt position's hidden
+/// state `[rows, hidden]`, computed with as little work as the prompts allow:
+/// - a prompt that occurs several times (a question's K samples, its greedy answer) is
+///   prefilled once and its cache rows are copied;
+/// - the head all distinct prompts share (a chat template's system prompt and instruction)
+///   is prefilled once, for one row, and its keys and values are copied to every row; each
+///   row then prefills only its own tail, left-padded after the shared head (`[head][pad]
+///   [tail]`; the mask and the position ids skip the padding, so each real token sees the same
+///   keys at the same positions as in a plain left-padded batch).
+///
+/// This is automatic prefix caching (vLLM's idea) within one call.
+fn prefill<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[Vec<u32>],
+    pad: u32,
+    device: &B::Device,
+) -> (KvCache<B>, Vec<Vec<bool>>, Tensor<B, 2>) {
+    let d = model.config.hidden_size;
+    // distinct prompts, in order of first occurrence, and each row's distinct prompt
+    let mut distinct: Vec<&Vec<u32>> = vec![];
+    let mut first: std::collections::HashMap<&Vec<u32>, usize> = Default::default();
+    let of_row: Vec<usize> = prompts
+        .iter()
+        .map(|p| {
+            *first.entry(p).or_insert_with(|| {
+                distinct.push(p);
+                distinct.len() - 1
+            })
+        })
+        .collect();
+    let u = distinct.len();
+    // the shared head, leaving every prompt at least its last token to prefill on its own
+    let mut head = distinct.iter().map(|p| p.len() - 1).min().unwrap_or(0);
+    if u < 2 {
+        head = 0;
+    }
+    for p in &distinct[1..] {
+        head = head.min(
+            p.iter()
+                .zip(distinct[0])
+                .take_while(|(a, b)| a == b)
+                .count(),
+        );
+    }
+    let mut cache = KvCache::new(model.config.num_hidden_layers);
+    if head > 0 {
+        let valid = vec![vec![true; head]];
+        let pos = Positions::new(&model.config, &valid, head, device);
+        let tokens = tokens_tensor::<B>(&[distinct[0][..head].to_vec()], device);
+        model.forward_hidden_from(tokens, &pos, &mut cache, head - 1);
+        cache.select_rows(Tensor::<B, 1, Int>::zeros([u], device));
+    }
+    let tails: Vec<Vec<u32>> = distinct.iter().map(|p| p[head..].to_vec()).collect();
+    let (toks, tail_valid) = left_pad(&tails, pad);
+    let t = tail_valid[0].len();
+    let valid: Vec<Vec<bool>> = tail_valid
+        .into_iter()
+        .map(|v| [vec![true; head], v].concat())
+        .collect();
+    let pos = Positions::new(&model.config, &valid, t, device);
+    // only the last prompt position's hidden state is needed (the cache still gets every one)
+    let hidden = model
+        .forward_hidden_from(tokens_tensor::<B>(&toks, device), &pos, &mut cache, t - 1)
+        .reshape([u, d]);
+    if u == prompts.len() {
+        return (cache, valid, hidden);
+    }
+    let idx: Vec<i64> = of_row.iter().map(|&i| i as i64).collect();
+    let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [prompts.len()]), device);
+    cache.select_rows(rows.clone());
+    let valid = of_row.iter().map(|&i| valid[i].clone()).collect();
+    (cache, valid, hidden.select(0, rows))
+}
+
+/// Generate a continuation for each prompt (token ids), batched with left padding; repeated
+/// prompts and the head all prompts share are prefilled once ([`prefill`]). Finished
 /// sequences leave the batch. Row `i` samples from its own RNG seeded with `(seed, i)`, so the
 /// result of a row does not depend on the rest of the batch.
 pub fn generate<B: Backend>(
@@ -159,6 +239,9 @@ pub fn generate<B: Backend>(
         .collect();
     if cfg.max_new_tokens == 0 {
         return Ok(out);
+    }
+    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+        anyhow::bail!("prompt {i} is empty: generation needs at least one prompt token");
     }
     // a prompt the context cannot hold is refused before anything is allocated for it
     let context = model.config.max_position_embeddings;
@@ -185,16 +268,21 @@ pub fn generate<B: Backend>(
             None => StdRng::seed_from_u64(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64),
         })
         .collect();
-    let (toks, mut valid) = left_pad(prompts, tok.pad_id);
+    anyhow::ensure!(
+        cfg.row_temperatures.is_empty() || cfg.row_temperatures.len() == n,
+        "row_temperatures has {} temperatures for {n} prompts",
+        cfg.row_temperatures.len()
+    );
+    let temperature = |i: usize| {
+        cfg.row_temperatures
+            .get(i)
+            .copied()
+            .unwrap_or(cfg.temperature)
+    };
     let mut active: Vec<usize> = (0..n).collect();
-    let mut cache = KvCache::new(model.config.num_hidden_layers);
-    let t0 = valid[0].len();
-    let pos = Positions::new(&model.config, &valid, t0, device);
-    // only the last prompt position's hidden state is needed (the cache still gets every one)
-    let tokens = tokens_tensor::<B>(&toks, device);
-    let hidden = model.forward_hidden_from(tokens, &pos, &mut cache, t0 - 1);
+    let (mut cache, mut valid, hidden) = prefill(model, prompts, tok.pad_id, device);
     let d = model.config.hidden_size;
-    let mut last = hidden.reshape([n, d]);
+    let mut last = hidden;
     for step in 0..cfg.max_new_tokens {
         let flat = logits_host(model, last);
         let v = model.config.vocab_size;
@@ -212,10 +300,11 @@ pub fn generate<B: Backend>(
         for (r, &i) in active.iter().enumerate() {
             let logits = &flat[r * v..(r + 1) * v];
             let (top, lp) = &stats[r];
-            let id = if cfg.temperature <= 0.0 {
+            let t = temperature(i);
+            let id = if t <= 0.0 {
                 top[0].0
             } else {
-                sample(logits, cfg.temperature, cfg.top_p, &mut rngs[i])
+                sample(logits, t, cfg.top_p, &mut rngs[i])
             };
             let g = &mut out[i];
             g.tokens.push(id);

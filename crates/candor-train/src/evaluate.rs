@@ -11,7 +11,7 @@ use crate::recipe::EvalSection;
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use candor_confidence::sar::DEFAULT_T;
-use candor_confidence::similarity::{sar_scores, SarSample, Similarity};
+use candor_confidence::similarity::{sar_scores, Recorder, SarSample, Similarity};
 use candor_confidence::{values, Probe, ValueSet};
 use candor_data::answering::prompt_style;
 use candor_data::answering::row_seed;
@@ -309,16 +309,26 @@ pub fn evaluate_set<B: Backend>(
                 ..cfg.clone()
             };
             let sampled = generate(model, tok, &rows, &scfg, device)?;
-            for (q, gs) in sampled.chunks(ev.samples).enumerate() {
-                let samples: Vec<SarSample> = gs
-                    .iter()
-                    .map(|g| {
-                        let n = answer_tokens(tok, g);
-                        let text = g.text.trim().lines().next().unwrap_or("").trim();
-                        sar_sample_from(tok, text, &g.tokens[..n], &g.logprobs[..n])
-                    })
-                    .collect::<Result<_>>()?;
-                let sc = sar_scores(sim, &chunk[q].question, &samples, DEFAULT_T)?;
+            let per_question: Vec<Vec<SarSample>> = sampled
+                .chunks(ev.samples)
+                .map(|gs| {
+                    gs.iter()
+                        .map(|g| {
+                            let n = answer_tokens(tok, g);
+                            let text = g.text.trim().lines().next().unwrap_or("").trim();
+                            sar_sample_from(tok, text, &g.tokens[..n], &g.logprobs[..n])
+                        })
+                        .collect::<Result<_>>()
+                })
+                .collect::<Result<_>>()?;
+            // the texts SAR will compare, embedded in a few batches first
+            let mut rec = Recorder::default();
+            for (q, samples) in per_question.iter().enumerate() {
+                sar_scores(&mut rec, &chunk[q].question, samples, DEFAULT_T)?;
+            }
+            sim.prefetch(&rec.texts)?;
+            for (q, samples) in per_question.iter().enumerate() {
+                let sc = sar_scores(sim, &chunk[q].question, samples, DEFAULT_T)?;
                 out[base + q].conf.insert("sar".into(), -sc.sar);
             }
         }

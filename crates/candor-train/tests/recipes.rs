@@ -78,6 +78,13 @@ fn malformed_recipes_name_key_line_and_allowed_values() {
         "{MODEL}[labels]\nteacher = \"sar\"\nsamples = 1\n"
     ));
     assert!(e.contains("labels.samples"), "{e}");
+    let e = err(&format!("{MODEL}[labels]\nsubtask_prior = 5\n"));
+    assert!(
+        e.contains("labels.subtask_prior") && e.contains("empirical-question"),
+        "{e}"
+    );
+    let e = err(&format!("{MODEL}[labels]\nsubtask_prior = -1\n"));
+    assert!(e.contains("subtask_prior") && e.contains(">= 0"), "{e}");
     let e = err("[model]\ndevice = \"tpu\"\npath = \"x\"\n");
     assert!(e.contains("model.device") && e.contains("cuda"), "{e}");
     let e = err("[data]\nper_subtask = 3\n");
