@@ -247,10 +247,12 @@ pub fn label(
         let t0 = std::time::Instant::now();
         sim.prefetch(&rec.texts)?;
         if !rec.texts.is_empty() {
+            let distinct: std::collections::HashSet<&String> = rec.texts.iter().collect();
             eprintln!(
-                "similarity ({}): {} texts compared for SAR prepared in {:.1} s",
+                "similarity ({}): the {} texts SAR compares ({} distinct) prepared in {:.1} s",
                 sim.name(),
                 rec.texts.len(),
+                distinct.len(),
                 t0.elapsed().as_secs_f64()
             );
         }

@@ -31,6 +31,56 @@ struct Args {
     /// Skip the PyTorch side.
     #[arg(long)]
     no_pytorch: bool,
+    /// Instead: the CPU backend's matrix product at decode shapes (a few rows against a
+    /// SmolLM2-sized weight, weights cold as at decode), GFLOP/s and weight bytes read per
+    /// second; no model needed.
+    #[arg(long)]
+    matmul: bool,
+}
+
+/// `bench --matmul`: rows × in · in × out products through `candor_model::fused::matmul`,
+/// cycling through ~200 MB of distinct weights so that each product reads its weight from
+/// memory, as a decoding step does.
+fn matmul_table() {
+    use burn::tensor::{Tensor, TensorData};
+    let device = Default::default();
+    println!(
+        "{:<20} {:>10} {:>16}",
+        "rows × in × out", "GFLOP/s", "weight GB/s"
+    );
+    for (m, k, n) in [
+        (1, 576, 1536),
+        (16, 576, 1536),
+        (32, 576, 1536),
+        (32, 1536, 576),
+        (32, 576, 49152),
+        (512, 576, 1536),
+    ] {
+        let count = (200_000_000 / (4 * k * n)).max(2);
+        let weights: Vec<Tensor<Flex, 2>> = (0..count)
+            .map(|j| {
+                let v: Vec<f32> = (0..k * n).map(|i| ((i + j) % 7) as f32 * 0.1).collect();
+                Tensor::from_data(TensorData::new(v, [k, n]), &device)
+            })
+            .collect();
+        let x = Tensor::<Flex, 2>::from_data(
+            TensorData::new(vec![0.5f32; m * k], [m, k]),
+            &device,
+        );
+        let reps = 100.max(count);
+        let t = Instant::now();
+        for r in 0..reps {
+            let y = candor_model::fused::matmul(x.clone(), weights[r % count].clone());
+            std::hint::black_box(y);
+        }
+        let s = t.elapsed().as_secs_f64() / reps as f64;
+        println!(
+            "{:<20} {:>10.1} {:>16.1}",
+            format!("{m} × {k} × {n}"),
+            2.0 * (m * k * n) as f64 / s / 1e9,
+            4.0 * (k * n) as f64 / s / 1e9
+        );
+    }
 }
 
 fn best(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -47,6 +97,10 @@ fn best(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 fn main() -> Result<()> {
     let a = Args::parse();
     candor_model::device::keep_freed_memory(); // as `generate` does on the CPU
+    if a.matmul {
+        matmul_table();
+        return Ok(());
+    }
     let device = Default::default();
     let (model, tok) = load_model_and_tokenizer::<Flex>(&a.model, &device)?;
     let vocab = model.config.vocab_size as u32;
