@@ -299,3 +299,34 @@ fn matmul_with_a_long_inner_dimension_matches_tensor_ops() {
         1e-4,
     );
 }
+
+/// Decode-shaped products (a few rows against a row-major weight) take the unpacked path
+/// (`fused/decode.rs` on AVX-512 machines): every row count of its 8-row tiles, the columns
+/// past its last 32-column strip, and operands read through row strides (slices of wider
+/// tensors) give Flex's values. Where the path does not apply the same checks cover gemm's.
+#[test]
+fn matmul_with_few_rows_matches_tensor_ops() {
+    let mut seed = 30;
+    for m in [1, 3, 7, 8, 9, 17, 32, 33] {
+        for (k, n) in [(1, 40), (64, 32), (300, 100), (576, 577), (20, 31)] {
+            seed += 2;
+            let a = rand([m, k], seed);
+            let b = rand([k, n], seed + 1);
+            close(
+                &format!("{m}×{k}·{k}×{n}"),
+                fused::matmul(a.clone(), b.clone()),
+                a.matmul(b),
+                1e-5,
+            );
+        }
+    }
+    // views: the rows of `a` and `b` are longer than the slices multiplied
+    let a = rand([6, 90], 90).narrow(1, 10, 70);
+    let b = rand([70, 200], 91).narrow(1, 37, 130);
+    close(
+        "strided rows",
+        fused::matmul(a.clone(), b.clone()),
+        a.matmul(b),
+        1e-5,
+    );
+}

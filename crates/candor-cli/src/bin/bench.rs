@@ -50,6 +50,9 @@ fn matmul_table() {
     );
     for (m, k, n) in [
         (1, 576, 1536),
+        (2, 576, 1536),
+        (4, 576, 1536),
+        (8, 576, 1536),
         (16, 576, 1536),
         (32, 576, 1536),
         (32, 1536, 576),
@@ -63,10 +66,7 @@ fn matmul_table() {
                 Tensor::from_data(TensorData::new(v, [k, n]), &device)
             })
             .collect();
-        let x = Tensor::<Flex, 2>::from_data(
-            TensorData::new(vec![0.5f32; m * k], [m, k]),
-            &device,
-        );
+        let x = Tensor::<Flex, 2>::from_data(TensorData::new(vec![0.5f32; m * k], [m, k]), &device);
         let reps = 100.max(count);
         let t = Instant::now();
         for r in 0..reps {

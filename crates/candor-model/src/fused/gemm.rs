@@ -78,6 +78,18 @@ pub fn matmul(a: FlexTensor, b: FlexTensor) -> FlexTensor {
     let count = lhs.bases.len();
     let mut shape = da.clone();
     shape[nd - 1] = n;
+    if count == 1 && lhs.cs == 1 && rhs.cs == 1 && super::decode::applies(m, n) {
+        let out = super::decode::matmul(
+            &lhs.data[lhs.bases[0]..],
+            lhs.rs as usize,
+            &rhs.data[rhs.bases[0]..],
+            rhs.rs as usize,
+            m,
+            k,
+            n,
+        );
+        return FlexTensor::from_data(TensorData::new(out, shape));
+    }
     let macs = m * n * k;
     let threads = rayon::current_num_threads();
     if count == 1 && macs >= PARALLEL_MACS && k >= 8 * m.max(n) && threads > 1 {

@@ -19,6 +19,7 @@
 //! `B: Backend`.
 
 mod autodiff;
+mod decode;
 mod gemm;
 mod kernels;
 
