@@ -313,12 +313,14 @@ pub fn label(
 
     // teacher confidence
     let mut map = None;
+    // each sub-task's greedy accuracy (percent): the CalibratedMath label, the per-question
+    // label's prior and the accuracy floor
+    let subtask_acc =
+        teacher::empirical_subtask(ex.iter().map(|e| (e.subtask.as_str(), e.correct)));
     match labels.teacher {
         Teacher::EmpiricalSubtask => {
-            let acc =
-                teacher::empirical_subtask(ex.iter().map(|e| (e.subtask.as_str(), e.correct)));
             for e in ex.iter_mut() {
-                e.confidence = acc[&e.subtask];
+                e.confidence = subtask_acc[&e.subtask];
                 e.teacher = "empirical-subtask".into();
             }
         }
@@ -326,14 +328,12 @@ pub fn label(
             anyhow::bail!("labels.teacher = \"gold\" needs no answers: use dataset::gold_examples")
         }
         Teacher::EmpiricalQuestion => {
-            let acc =
-                teacher::empirical_subtask(ex.iter().map(|e| (e.subtask.as_str(), e.correct)));
             for (e, a) in ex.iter_mut().zip(answers) {
                 let share = e.signals.sample_accuracy.unwrap_or(0.0);
                 e.confidence = teacher::empirical_question_shrunk(
                     share,
                     a.samples.len(),
-                    acc[&e.subtask] / 100.0,
+                    subtask_acc[&e.subtask] / 100.0,
                     labels.subtask_prior,
                 );
                 e.teacher = "empirical-question".into();
@@ -367,11 +367,8 @@ pub fn label(
             map = Some(m);
         }
     }
-    if labels.min_subtask_accuracy > 0.0 {
-        let acc = teacher::empirical_subtask(ex.iter().map(|e| (e.subtask.as_str(), e.correct)));
-        for e in ex.iter_mut() {
-            e.below_floor = acc[&e.subtask] < labels.min_subtask_accuracy;
-        }
+    for e in ex.iter_mut() {
+        e.below_floor = subtask_acc[&e.subtask] < labels.min_subtask_accuracy;
     }
     for e in ex.iter_mut() {
         e.verdict = teacher::distill(e.correct, e.confidence, labels.tau_hi, labels.tau_lo);

@@ -170,19 +170,19 @@ fn prefill<B: Backend>(
         })
         .collect();
     let u = distinct.len();
-    // the shared head, leaving every prompt at least its last token to prefill on its own
-    let mut head = distinct.iter().map(|p| p.len() - 1).min().unwrap_or(0);
-    if u < 2 {
-        head = 0;
-    }
-    for p in &distinct[1..] {
-        head = head.min(
-            p.iter()
-                .zip(distinct[0])
-                .take_while(|(a, b)| a == b)
-                .count(),
-        );
-    }
+    // the head every distinct prompt shares (none for a single one), leaving each prompt at
+    // least its last token to prefill on its own
+    let head = match distinct.split_first() {
+        Some((first, rest)) if !rest.is_empty() => distinct
+            .iter()
+            .map(|p| {
+                let common = p.iter().zip(*first).take_while(|(a, b)| a == b).count();
+                common.min(p.len() - 1)
+            })
+            .min()
+            .unwrap_or(0),
+        _ => 0,
+    };
     let mut cache = KvCache::new(model.config.num_hidden_layers);
     if head > 0 {
         let valid = vec![vec![true; head]];
