@@ -194,6 +194,11 @@ pub enum Teacher {
     EmpiricalQuestion,
     /// SAR over the K samples, mapped to a probability on a held-out slice (UaIT).
     Sar,
+    /// The model's own probability for its greedy answer (the log-probability summed over the
+    /// answer's tokens: the `answer_logit` readout), mapped to a probability on a held-out
+    /// slice like SAR's (`map`, `heldout`). Needs no samples; per-question labels that rank
+    /// as the starting model's answer logit does.
+    AnswerLogit,
     /// No answering run, no confidence: targets are the gold answers (pre-training a model
     /// such as checkpoints/tiny-arith to answer).
     Gold,
@@ -223,6 +228,9 @@ pub enum MapKind {
     Isotonic,
     /// `map_bins` equal-count bins of the score → accuracy of the bin.
     Bins,
+    /// No map: the score is already a probability (`answer-logit`: the probability the model
+    /// gave its own answer, exp of the summed log-prob). No questions are held out.
+    None,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,7 +271,8 @@ pub struct LabelsConfig {
     pub map: MapKind,
     #[serde(deserialize_with = "bounded::at_least_one")]
     pub map_bins: usize,
-    /// Share of questions held out to fit the SAR → confidence map (not used for training).
+    /// Share of questions held out to fit the score → confidence map of the `sar` and
+    /// `answer-logit` teachers (not used for training).
     #[serde(deserialize_with = "bounded::fraction")]
     pub heldout: f64,
     /// Distillation: keep correct answers with confidence ≥ tau_hi (percent).
@@ -331,6 +340,9 @@ impl LabelsConfig {
             Teacher::Sar if self.samples < 2 => anyhow::bail!(
                 "labels.samples = {}: teacher \"sar\" needs at least 2 samples (UaIT uses 5)",
                 self.samples
+            ),
+            Teacher::Sar if self.map == MapKind::None => anyhow::bail!(
+                "labels.map = \"none\": SAR is a score, not a probability; teacher \"sar\" needs map = \"isotonic\" or \"bins\""
             ),
             Teacher::EmpiricalQuestion if self.samples < 1 => anyhow::bail!(
                 "labels.samples = 0: teacher \"empirical-question\" needs at least 1 sample"

@@ -303,7 +303,9 @@ pub fn label(
             confidence: 0.0,
             teacher: String::new(),
             verdict: Verdict::KeptCorrect,
-            heldout: labels.teacher == Teacher::Sar && is_heldout(&a.item.id, labels.heldout),
+            heldout: matches!(labels.teacher, Teacher::Sar | Teacher::AnswerLogit)
+                && labels.map != MapKind::None
+                && is_heldout(&a.item.id, labels.heldout),
             too_long: labels.max_answer_words > 0 && words > labels.max_answer_words,
             below_floor: false,
             signals,
@@ -339,30 +341,45 @@ pub fn label(
                 e.teacher = "empirical-question".into();
             }
         }
-        Teacher::Sar => {
-            let score = |e: &Example| match labels.sar_variant {
-                SarVariant::Sar => e.signals.sar,
-                SarVariant::TokenSar => e.signals.token_sar,
-                SarVariant::SentenceSar => e.signals.sentence_sar,
+        Teacher::AnswerLogit if labels.map == MapKind::None => {
+            for e in ex.iter_mut() {
+                e.confidence = (100.0 * e.signals.answer_logprob.exp()).round();
+                e.teacher = "answer-logit".into();
+            }
+        }
+        Teacher::Sar | Teacher::AnswerLogit => {
+            // a score that falls as confidence rises, and the teacher's name
+            let score = |e: &Example| match labels.teacher {
+                Teacher::Sar => match labels.sar_variant {
+                    SarVariant::Sar => e.signals.sar,
+                    SarVariant::TokenSar => e.signals.token_sar,
+                    SarVariant::SentenceSar => e.signals.sentence_sar,
+                }
+                .expect("SAR computed"),
+                _ => -e.signals.answer_logprob,
+            };
+            let name = match labels.teacher {
+                Teacher::Sar => format!("{:?}", labels.sar_variant).to_lowercase(),
+                _ => "answer-logit".to_string(),
             };
             let fit: Vec<&Example> = ex.iter().filter(|e| e.heldout).collect();
             anyhow::ensure!(
                 !fit.is_empty(),
-                "labels.heldout = {}: no question fell in the held-out slice that fits the SAR map; raise it or add questions",
+                "labels.heldout = {}: no question fell in the held-out slice that fits the {name} map; raise it or add questions",
                 labels.heldout
             );
-            let s: Vec<f64> = fit
-                .iter()
-                .map(|e| score(e).expect("SAR computed"))
-                .collect();
+            let s: Vec<f64> = fit.iter().map(|e| score(e)).collect();
             let c: Vec<bool> = fit.iter().map(|e| e.correct).collect();
             let m = match labels.map {
                 MapKind::Isotonic => MonotoneMap::isotonic(&s, &c),
                 MapKind::Bins => MonotoneMap::bins(&s, &c, labels.map_bins),
+                MapKind::None => anyhow::bail!(
+                    "labels.map = \"none\" needs a probability (teacher \"answer-logit\")"
+                ),
             };
             for e in ex.iter_mut() {
-                e.confidence = (100.0 * m.apply(score(e).expect("SAR computed"))).round();
-                e.teacher = format!("{:?}", labels.sar_variant).to_lowercase();
+                e.confidence = (100.0 * m.apply(score(e))).round();
+                e.teacher = name.clone();
             }
             map = Some(m);
         }

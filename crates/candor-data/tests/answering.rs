@@ -169,3 +169,89 @@ fn gold_teacher_summary_says_there_are_no_labels() {
         "{text}"
     );
 }
+
+#[test]
+fn answer_logit_teacher_maps_the_answer_probability_monotonely() {
+    let (model, tok, dir) = setup();
+    let data = DataConfig {
+        per_subtask: 8,
+        ..data()
+    };
+    let items = load_items(&data).unwrap();
+    let greedy_only = LabelsConfig {
+        samples: 0,
+        ..labels()
+    };
+    let s = AnswerSettings::new("test model", &data, &greedy_only);
+    let path = dir.path().join("answers.jsonl");
+    let mut answers = run_answers(
+        &model,
+        &tok,
+        &items,
+        &s,
+        &path,
+        &Default::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    // the random model answers nothing right: make the half it is surest of right, so the map
+    // has both kinds to fit
+    let lp = |a: &candor_data::answering::Answered| -> f64 {
+        let n = a.greedy.answer_len();
+        a.greedy.logprobs[..n].iter().map(|&l| l as f64).sum()
+    };
+    let mut order: Vec<usize> = (0..answers.len()).collect();
+    order.sort_by(|&i, &j| lp(&answers[j]).total_cmp(&lp(&answers[i])));
+    for &i in &order[..answers.len() / 2] {
+        answers[i].greedy.text = answers[i].item.gold_answer();
+    }
+    let cfg = LabelsConfig {
+        teacher: Teacher::AnswerLogit,
+        heldout: 0.5,
+        ..greedy_only
+    };
+    let (ex, sum) = dataset::label(&answers, &data, &cfg, &tok, None, &mut |_, _| {}).unwrap();
+    assert_eq!(sum.teacher, "answer-logit");
+    assert!(sum.heldout > 0 && sum.heldout < ex.len(), "{}", sum.heldout);
+    let m = sum.map.as_ref().unwrap();
+    for e in &ex {
+        assert_eq!(
+            e.confidence,
+            (100.0 * m.apply(-e.signals.answer_logprob)).round()
+        );
+    }
+    // labels rise with the answer's probability, and are not all one number
+    for a in &ex {
+        for b in &ex {
+            if a.signals.answer_logprob > b.signals.answer_logprob {
+                assert!(
+                    a.confidence >= b.confidence,
+                    "{} < {}",
+                    a.confidence,
+                    b.confidence
+                );
+            }
+        }
+    }
+    let first = ex[0].confidence;
+    assert!(
+        ex.iter().any(|e| e.confidence != first),
+        "one label for all"
+    );
+
+    // map = "none": the probability the model gave its answer, no question held out
+    let raw = LabelsConfig {
+        map: MapKind::None,
+        ..cfg
+    };
+    let (ex, sum) = dataset::label(&answers, &data, &raw, &tok, None, &mut |_, _| {}).unwrap();
+    assert_eq!(sum.heldout, 0);
+    assert!(sum.map.is_none());
+    for e in &ex {
+        assert!(!e.heldout);
+        assert_eq!(
+            e.confidence,
+            (100.0 * e.signals.answer_logprob.exp()).round()
+        );
+    }
+}

@@ -83,6 +83,12 @@ fn malformed_recipes_name_key_line_and_allowed_values() {
         e.contains("labels.subtask_prior") && e.contains("empirical-question"),
         "{e}"
     );
+    let e = err(&format!(
+        "{MODEL}[labels]\nteacher = \"sar\"\nsamples = 5\nmap = \"none\"\n"
+    ));
+    assert!(e.contains("labels.map") && e.contains("isotonic"), "{e}");
+    let e = err(&format!("{MODEL}[labels]\nmap = \"linear\"\n"));
+    assert!(e.contains("linear") && e.contains("none"), "{e}");
     let e = err(&format!("{MODEL}[labels]\nsubtask_prior = -1\n"));
     assert!(e.contains("subtask_prior") && e.contains(">= 0"), "{e}");
     let e = err("[model]\ndevice = \"tpu\"\npath = \"x\"\n");
