@@ -334,6 +334,13 @@ impl LabelsConfig {
         self.teacher != Teacher::Gold && (self.teacher == Teacher::Sar || self.samples >= 2)
     }
 
+    /// Whether the teacher's score goes through a fitted map (`map`), so that a share of the
+    /// questions (`heldout`) is kept out of training to fit it: SAR always, the answer logit
+    /// unless `map = "none"`.
+    pub fn fits_map(&self) -> bool {
+        matches!(self.teacher, Teacher::Sar | Teacher::AnswerLogit) && self.map != MapKind::None
+    }
+
     /// Checks across fields (single fields are checked while parsing).
     pub fn validate(&self) -> anyhow::Result<()> {
         match self.teacher {

@@ -303,9 +303,7 @@ pub fn label(
             confidence: 0.0,
             teacher: String::new(),
             verdict: Verdict::KeptCorrect,
-            heldout: matches!(labels.teacher, Teacher::Sar | Teacher::AnswerLogit)
-                && labels.map != MapKind::None
-                && is_heldout(&a.item.id, labels.heldout),
+            heldout: labels.fits_map() && is_heldout(&a.item.id, labels.heldout),
             too_long: labels.max_answer_words > 0 && words > labels.max_answer_words,
             below_floor: false,
             signals,
@@ -341,7 +339,7 @@ pub fn label(
                 e.teacher = "empirical-question".into();
             }
         }
-        Teacher::AnswerLogit if labels.map == MapKind::None => {
+        Teacher::AnswerLogit if !labels.fits_map() => {
             for e in ex.iter_mut() {
                 e.confidence = (100.0 * e.signals.answer_logprob.exp()).round();
                 e.teacher = "answer-logit".into();

@@ -84,7 +84,16 @@ pub fn matmul(
         "b is shorter than its view"
     );
     let mut out: Vec<f32> = vec![0.0; m * n];
-    let dst = Out(out.as_mut_ptr());
+    let tile = Tile {
+        a,
+        lda,
+        b,
+        ldb,
+        m,
+        k,
+        n,
+        dst: Out(out.as_mut_ptr()),
+    };
     let whole = n / COLS * COLS;
     let task = |t: usize| {
         let (c0, c1) = (t * BLOCK, ((t + 1) * BLOCK).min(whole));
@@ -92,7 +101,7 @@ pub fn matmul(
         // writes columns c0..c1 of each row, which no other task writes.
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            block_avx512(a, lda, b, ldb, m, k, n, c0, c1, dst)
+            block_avx512(&tile, c0, c1)
         }
     };
     let tasks = whole.div_ceil(BLOCK);
@@ -113,41 +122,21 @@ pub fn matmul(
 /// Columns `c0..c1` (whole 32s) of every output row.
 ///
 /// # Safety
-/// AVX-512F must be available; `a`, `b` must hold the views `matmul` checked; `dst` must point
-/// at `m·n` floats of which this call alone writes columns `c0..c1`.
+/// AVX-512F must be available; `t.a`, `t.b` must hold the views `matmul` checked; `t.dst` must
+/// point at `m·n` floats of which this call alone writes columns `c0..c1`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn block_avx512(
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    m: usize,
-    k: usize,
-    n: usize,
-    c0: usize,
-    c1: usize,
-    dst: Out,
-) {
-    let t = Tile {
-        a,
-        lda,
-        b,
-        ldb,
-        k,
-        n,
-        dst,
-        width: c1 - c0,
-    };
+unsafe fn block_avx512(t: &Tile, c0: usize, c1: usize) {
+    let (m, k) = (t.m, t.k);
     for kb in (0..k).step_by(KB) {
         let ke = (kb + KB).min(k);
         for c in (c0..c1).step_by(COLS) {
             let mut i = 0;
             while i < m {
                 let rows = (m - i).min(8);
-                // the first tile of a pass reads the weight from memory: prefetch ahead
-                let p = c == c0 && i == 0;
+                // the first tile of a pass reads the weight from memory: prefetch the task's
+                // columns ahead
+                let p = (c == c0 && i == 0).then_some(c1 - c0);
                 match rows {
                     8 => t.run::<8>(kb, ke, c, i, p),
                     7 => t.run::<7>(kb, ke, c, i, p),
@@ -164,29 +153,37 @@ unsafe fn block_avx512(
     }
 }
 
-/// What every tile of one task shares.
+/// The product every task works on: `a` `[m, k]` (rows `lda` apart), `b` `[k, n]` (rows `ldb`
+/// apart), the output `dst` `[m, n]`.
 struct Tile<'a> {
     a: &'a [f32],
     lda: usize,
     b: &'a [f32],
     ldb: usize,
+    m: usize,
     k: usize,
     n: usize,
     dst: Out,
-    /// The task's columns (prefetched per weight row).
-    width: usize,
 }
 
 impl Tile<'_> {
     /// Rows `i..i + R`, columns `c..c + 32`, weight rows `kb..ke`: `2·R` accumulators in
-    /// registers, added to what earlier passes left in the output.
+    /// registers, added to what earlier passes left in the output. `prefetch`: the width of the
+    /// task's columns to prefetch, weight row by weight row, [`AHEAD`] rows on.
     ///
     /// # Safety
     /// As [`block_avx512`]; `i + R ≤ m`; `c` is one of the task's columns.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn run<const R: usize>(&self, kb: usize, ke: usize, c: usize, i: usize, prefetch: bool) {
+    unsafe fn run<const R: usize>(
+        &self,
+        kb: usize,
+        ke: usize,
+        c: usize,
+        i: usize,
+        prefetch: Option<usize>,
+    ) {
         use std::arch::x86_64::*;
         let out = |r: usize| self.dst.0.add((i + r) * self.n + c);
         let mut acc0 = [_mm512_setzero_ps(); R];
@@ -200,10 +197,10 @@ impl Tile<'_> {
         let ap = self.a.as_ptr().add(i * self.lda);
         let bp = self.b.as_ptr().add(c);
         for kk in kb..ke {
-            if prefetch && kk + AHEAD < self.k {
+            if let Some(width) = prefetch.filter(|_| kk + AHEAD < self.k) {
                 // the task's whole slice of a weight row AHEAD rows on
                 let ahead = bp.add((kk + AHEAD) * self.ldb) as *const i8;
-                for line in (0..self.width * 4).step_by(64) {
+                for line in (0..width * 4).step_by(64) {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.add(line));
                 }
             }
