@@ -142,12 +142,86 @@ fn hist(values: impl Iterator<Item = f64>) -> [usize; 10] {
     h
 }
 
+/// FNV-1a: a stable 64-bit hash (std's hasher may change between Rust releases, and these
+/// hashes are stored in files).
+fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 /// Deterministic held-out split by id (FNV-1a), independent of order and of other questions.
 fn is_heldout(id: &str, share: f64) -> bool {
-    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    });
-    (h % 10_000) as f64 / 10_000.0 < share
+    (fnv1a(id.bytes()) % 10_000) as f64 / 10_000.0 < share
+}
+
+/// SAR's scores of one question, as `data/sar.jsonl` keeps them so that relabelling the same
+/// answers (another teacher, other thresholds, a training run that starts from copied answers)
+/// does not embed every text again: on SmolLM2's 2,180 Add-subtract answers with K = 5 the
+/// MiniLM pass takes 11 minutes on 2 cores, the rest of labelling under a second.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CachedSar {
+    pub id: String,
+    /// FNV-1a of everything the scores are computed from (the question, and each answer's
+    /// text, tokens and log-probs): a row is used only for the very same answers.
+    pub inputs: u64,
+    pub sar: Option<f64>,
+    pub token_sar: Option<f64>,
+    pub sentence_sar: Option<f64>,
+}
+
+/// The fingerprint [`CachedSar::inputs`] of one answered question.
+pub fn sar_inputs(a: &Answered) -> u64 {
+    let mut bytes = a.item.question.as_bytes().to_vec();
+    for s in std::iter::once(&a.greedy).chain(&a.samples) {
+        bytes.push(1);
+        bytes.extend(s.text.as_bytes());
+        bytes.push(1);
+        bytes.extend(s.tokens.iter().flat_map(|t| t.to_le_bytes()));
+        bytes.extend(s.logprobs.iter().flat_map(|l| l.to_le_bytes()));
+    }
+    fnv1a(bytes)
+}
+
+/// Where labelling gets SAR's scores.
+pub enum SarSource<'a> {
+    /// No SAR (no similarity model, or fewer than 2 samples).
+    None,
+    /// Computed with this similarity.
+    Compute(&'a mut dyn Similarity),
+    /// Read from an earlier labelling under the same similarity and `sar_t`, by question id;
+    /// a question whose answers changed (or that has no row) is an error, so check with
+    /// [`sar_cache_covers`] first.
+    Cached(&'a BTreeMap<String, CachedSar>),
+}
+
+/// Whether `cache` holds the scores of every answered question, for exactly these answers.
+pub fn sar_cache_covers(cache: &BTreeMap<String, CachedSar>, answers: &[Answered]) -> bool {
+    answers.iter().all(|a| {
+        a.samples.len() < 2
+            || cache
+                .get(&a.item.id)
+                .is_some_and(|c| c.inputs == sar_inputs(a))
+    })
+}
+
+/// The cache rows of a labelling's examples (those whose SAR was computed).
+pub fn sar_cache_rows(answers: &[Answered], ex: &[Example]) -> Vec<CachedSar> {
+    let by_id: BTreeMap<&str, &Example> = ex.iter().map(|e| (e.id.as_str(), e)).collect();
+    answers
+        .iter()
+        .filter_map(|a| {
+            let e = by_id.get(a.item.id.as_str())?;
+            e.signals.sar?;
+            Some(CachedSar {
+                id: a.item.id.clone(),
+                inputs: sar_inputs(a),
+                sar: e.signals.sar,
+                token_sar: e.signals.token_sar,
+                sentence_sar: e.signals.sentence_sar,
+            })
+        })
+        .collect()
 }
 
 fn sar_sample(tok: &Tokenizer, s: &Sample) -> Result<SarSample> {
@@ -233,12 +307,28 @@ pub fn label(
     data: &DataConfig,
     labels: &LabelsConfig,
     tok: &Tokenizer,
-    mut sim: Option<&mut dyn Similarity>,
+    sim: Option<&mut dyn Similarity>,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<(Vec<Example>, Summary)> {
+    let sar = match sim {
+        Some(s) => SarSource::Compute(s),
+        None => SarSource::None,
+    };
+    label_with(answers, data, labels, tok, sar, on_progress)
+}
+
+/// [`label`], with SAR's scores computed or read from a cache ([`SarSource`]).
+pub fn label_with(
+    answers: &[Answered],
+    data: &DataConfig,
+    labels: &LabelsConfig,
+    tok: &Tokenizer,
+    mut sar: SarSource<'_>,
     on_progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Vec<Example>, Summary)> {
     labels.validate()?;
     let how = data.matcher();
-    if let Some(sim) = sim.as_deref_mut() {
+    if let SarSource::Compute(sim) = &mut sar {
         // learn every text SAR will compare, so that the model embeds them in a few batches
         let mut rec = Recorder::default();
         for a in answers {
@@ -280,8 +370,24 @@ pub fn label(
             sample_accuracy: teacher::empirical_question(&sample_ok).map(|p| p / 100.0),
             ..Default::default()
         };
-        if let Some(sim) = sim.as_deref_mut() {
-            sar_signals(sim, tok, a, labels.sar_t, &mut signals)?;
+        match &mut sar {
+            SarSource::None => {}
+            SarSource::Compute(sim) => sar_signals(*sim, tok, a, labels.sar_t, &mut signals)?,
+            SarSource::Cached(cache) if a.samples.len() >= 2 => {
+                let c = cache
+                    .get(&a.item.id)
+                    .filter(|c| c.inputs == sar_inputs(a))
+                    .with_context(|| {
+                        format!(
+                            "the SAR cache has no scores for these answers of question {}",
+                            a.item.id
+                        )
+                    })?;
+                signals.sar = c.sar;
+                signals.token_sar = c.token_sar;
+                signals.sentence_sar = c.sentence_sar;
+            }
+            SarSource::Cached(_) => {}
         }
         let correct = grade == Grade::Correct;
         let words = a.greedy.text.split_whitespace().count();

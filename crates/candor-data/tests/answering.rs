@@ -152,6 +152,38 @@ fn answering_resumes_after_a_kill_to_the_same_result() {
     assert_eq!(kept.len(), sum.kept_correct + sum.kept_wrong);
     assert!(out.join("confidence_map.json").exists());
     assert!(sum.render().contains("AUROC"));
+
+    // SAR's scores cached from this labelling give the very same labels without a similarity;
+    // a changed answer is not covered, and a forced lookup names the question
+    let rows = dataset::sar_cache_rows(&full, &ex);
+    assert_eq!(rows.len(), 6);
+    let cache: std::collections::BTreeMap<_, _> =
+        rows.into_iter().map(|c| (c.id.clone(), c)).collect();
+    assert!(dataset::sar_cache_covers(&cache, &full));
+    let (again, sum2) = dataset::label_with(
+        &full,
+        &data(),
+        &sar,
+        &tok,
+        dataset::SarSource::Cached(&cache),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(again, ex);
+    assert_eq!(sum2.kept_correct, sum.kept_correct);
+    let mut changed = full.clone();
+    changed[3].samples[1].logprobs[0] -= 0.5;
+    assert!(!dataset::sar_cache_covers(&cache, &changed));
+    let e = dataset::label_with(
+        &changed,
+        &data(),
+        &sar,
+        &tok,
+        dataset::SarSource::Cached(&cache),
+        &mut |_, _| {},
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains(&changed[3].item.id), "{e}");
 }
 
 #[test]

@@ -204,23 +204,86 @@ pub fn build_dataset<B: Backend>(
             last.0 as f64 / last.1.max(1e-9)
         );
     }
-    let mut sim = if r.labels.needs_similarity() {
+    let cache = if r.labels.needs_similarity() {
+        read_sar_cache(r, &dir, &answers)
+    } else {
+        None
+    };
+    let mut sim = if r.labels.needs_similarity() && cache.is_none() {
         Some(load_similarity::<B>(r, device)?)
     } else {
         None
     };
+    let sar = match (&cache, sim.as_mut()) {
+        (Some(c), _) => dataset::SarSource::Cached(c),
+        (None, Some(s)) => dataset::SarSource::Compute(&mut **s as &mut dyn Similarity),
+        (None, None) => dataset::SarSource::None,
+    };
     let pb = bar(answers.len() as u64, "labelling");
-    let (ex, s) = dataset::label(
-        &answers,
-        &r.data,
-        &r.labels,
-        tok,
-        sim.as_mut().map(|s| &mut **s as &mut dyn Similarity),
-        &mut |d, _| pb.set_position(d as u64),
-    )?;
+    let (ex, s) = dataset::label_with(&answers, &r.data, &r.labels, tok, sar, &mut |d, _| {
+        pb.set_position(d as u64)
+    })?;
     pb.finish_and_clear();
+    if sim.is_some() {
+        write_sar_cache(r, &dir, &dataset::sar_cache_rows(&answers, &ex))?;
+    }
     dataset::write(&dir, &ex, &s)?;
     Ok((ex, s))
+}
+
+/// What SAR's scores depend on besides the answers themselves (which each cache row
+/// fingerprints): the similarity (MiniLM's weights) and SAR's temperature.
+fn sar_cache_key(r: &Recipe) -> String {
+    let weights = (r.labels.similarity == SimilarityKind::Minilm)
+        .then(|| candor_model::checkpoint::weights_fingerprint(&r.labels.minilm_path))
+        .flatten();
+    serde_json::json!({
+        "similarity": r.labels.similarity,
+        "weights": weights,
+        "sar_t": r.labels.sar_t,
+    })
+    .to_string()
+}
+
+/// `data/sar.jsonl` of an earlier labelling of these answers under the same similarity and
+/// `sar_t`, when it covers every question; otherwise `None` (SAR is computed again).
+fn read_sar_cache(
+    r: &Recipe,
+    dir: &Path,
+    answers: &[candor_data::answering::Answered],
+) -> Option<std::collections::BTreeMap<String, dataset::CachedSar>> {
+    let key = std::fs::read_to_string(dir.join("sar.settings.json")).ok()?;
+    if key != sar_cache_key(r) {
+        return None;
+    }
+    let text = std::fs::read_to_string(dir.join("sar.jsonl")).ok()?;
+    let cache: std::collections::BTreeMap<_, _> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<dataset::CachedSar>(l).ok())
+        .map(|c| (c.id.clone(), c))
+        .collect();
+    if !dataset::sar_cache_covers(&cache, answers) {
+        return None;
+    }
+    eprintln!(
+        "similarity: SAR scores of {} questions read from {} (same answers, similarity and sar_t)",
+        cache.len(),
+        dir.join("sar.jsonl").display()
+    );
+    Some(cache)
+}
+
+fn write_sar_cache(r: &Recipe, dir: &Path, rows: &[dataset::CachedSar]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut o = String::new();
+    for c in rows {
+        o += &serde_json::to_string(c)?;
+        o.push('\n');
+    }
+    write_text(&dir.join("sar.jsonl"), &o)?;
+    write_text(&dir.join("sar.settings.json"), &sar_cache_key(r))
 }
 
 /// The rehearsal rows of `train.rehearsal`: each set answered by the starting model (greedy,
