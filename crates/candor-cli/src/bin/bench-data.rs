@@ -2,9 +2,11 @@
 //! fixed slices of the SmolLM2 recipes, for this build's `dataset` and, side by side, a
 //! baseline `dataset` binary built from another commit (`scripts/build-baseline.sh REV`):
 //! - `greedy`: CalibratedMath Add-subtract, `--per-subtask` questions per sub-task, greedy
-//!   answers only, chat prompts (recipes/smollm2-calibratedmath.toml's settings);
+//!   answers only, chat prompts (the settings recipes/smollm2-calibratedmath.toml had until
+//!   2026-12-03; it answers in the plain style now);
 //! - `sar`: the first `--trivia` TriviaQA questions, K = 5 samples at T 0.5 and the SAR teacher
-//!   with MiniLM (recipes/smollm2-uait-triviaqa.toml's settings).
+//!   with MiniLM (the settings of the former recipes/smollm2-uait-triviaqa.toml, removed on
+//!   2026-12-03 because the model answers 5.7% of TriviaQA right).
 //!
 //! Each round runs the baseline and this build alternately on a fresh run folder, so both see
 //! the same minutes of a shared host; the table gives each side's median and the median of the
