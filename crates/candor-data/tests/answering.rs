@@ -160,29 +160,17 @@ fn answering_resumes_after_a_kill_to_the_same_result() {
     let cache: std::collections::BTreeMap<_, _> =
         rows.into_iter().map(|c| (c.id.clone(), c)).collect();
     assert!(dataset::sar_cache_covers(&cache, &full));
-    let (again, sum2) = dataset::label_with(
-        &full,
-        &data(),
-        &sar,
-        &tok,
-        dataset::SarSource::Cached(&cache),
-        &mut |_, _| {},
-    )
-    .unwrap();
+    let from_cache = |answers| {
+        let sar_src = dataset::SarSource::Cached(&cache);
+        dataset::label_with(answers, &data(), &sar, &tok, sar_src, &mut |_, _| {})
+    };
+    let (again, sum2) = from_cache(&full).unwrap();
     assert_eq!(again, ex);
     assert_eq!(sum2.kept_correct, sum.kept_correct);
     let mut changed = full.clone();
     changed[3].samples[1].logprobs[0] -= 0.5;
     assert!(!dataset::sar_cache_covers(&cache, &changed));
-    let e = dataset::label_with(
-        &changed,
-        &data(),
-        &sar,
-        &tok,
-        dataset::SarSource::Cached(&cache),
-        &mut |_, _| {},
-    )
-    .unwrap_err();
+    let e = from_cache(&changed).unwrap_err();
     assert!(e.to_string().contains(&changed[3].item.id), "{e}");
 }
 
