@@ -131,6 +131,14 @@ pub struct TrainSection {
     /// token the starting model wrote, as a cross-entropy target: its greedy answers kept and
     /// their margins widened, so that a small drift cannot flip a near tie).
     pub answer_target: AnswerTarget,
+    /// Under `loss_on = "confidence"`: weight of the loss at the token that decides the
+    /// confidence value (the scoring rule, or its cross-entropy under `ce`) against the line's
+    /// other tokens and the answer-keeping term. The Brier score of a label set skewed towards
+    /// 0% is small everywhere (moving all mass from 20% to 0% for a 4% label gains 0.04), so
+    /// at weight 1 its gradient is a few percent of one cross-entropy token's and the model
+    /// writes one value for every question; 10–30 gives it a say.
+    #[serde(deserialize_with = "bounded::positive")]
+    pub value_weight: f64,
     /// Under `loss_on = "confidence"`: stop the confidence loss's gradient at the keys and
     /// values of the prompt and answer (computed once, held fixed while the confidence line
     /// attends to them), so the confidence is learned from what the model computes there
@@ -205,6 +213,7 @@ impl Default for TrainSection {
             confidence_loss: ConfidenceLoss::Brier,
             confidence_target: ConfidenceTarget::Teacher,
             answer_kl: 1.0,
+            value_weight: 1.0,
             answer_target: AnswerTarget::Distribution,
             detach_context: true,
             rehearsal: vec![],

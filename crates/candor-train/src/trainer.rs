@@ -42,8 +42,8 @@ pub struct Seq {
     /// Soft targets (the starting model's distribution, probabilities) for the answer tokens
     /// `ids[start..start + soft.len()]`: the answer-keeping term. Empty when off.
     pub soft: Vec<Vec<(u32, f32)>>,
-    /// The token that decides the confidence value, trained with the scoring rule instead of
-    /// cross-entropy, and the target probability.
+    /// The token that decides the confidence value and the target probability: trained with
+    /// the scoring rule (or, under `ce`, its cross-entropy), weighted by `value_weight`.
     pub value: Option<(usize, f32)>,
 }
 
@@ -85,6 +85,8 @@ pub struct Objective {
     pub confidence_target: ConfidenceTarget,
     pub answer_kl: f64,
     pub answer_target: AnswerTarget,
+    /// Weight of the loss at the deciding token (`train.value_weight`).
+    pub value_weight: f64,
     /// Stop the confidence loss's gradient at the context's keys and values
     /// (`train.detach_context`).
     pub detach_context: bool,
@@ -102,6 +104,7 @@ impl Objective {
             confidence_target: ConfidenceTarget::Teacher,
             answer_kl: 0.0,
             answer_target: AnswerTarget::Distribution,
+            value_weight: 1.0,
             detach_context: false,
             values: None,
         }
@@ -123,6 +126,7 @@ impl Objective {
             confidence_target: t.confidence_target,
             answer_kl: t.answer_kl,
             answer_target: t.answer_target,
+            value_weight: t.value_weight,
             detach_context: confidence && t.detach_context,
             values: if confidence {
                 Some(ValueSet::new(tok)?)
@@ -253,9 +257,7 @@ pub fn encode(
                     weight: w,
                     ce_from,
                     soft,
-                    value: obj
-                        .scores_value()
-                        .then_some((ce_from + vs.prefix.len(), target)),
+                    value: Some((ce_from + vs.prefix.len(), target)),
                 }
             }
             _ => {
@@ -275,7 +277,7 @@ pub fn encode(
 }
 
 /// The loss of a batch: Σ over sequences of `weight ·` (cross-entropy of each trained token,
-/// plus the scoring rule at the value token, plus `answer_kl ·` the soft cross-entropy to the
+/// plus `value_weight ·` the scoring rule (or cross-entropy) at the value token, plus `answer_kl ·` the soft cross-entropy to the
 /// starting model at each answer token), and the number of trained tokens
 /// ([`Seq::loss_tokens`]). Logits are computed only at the positions that carry a loss.
 pub fn batch_loss<B: Backend>(
@@ -289,6 +291,8 @@ pub fn batch_loss<B: Backend>(
     // predicts token p + 1
     let (mut ce, mut val) = (vec![], vec![]);
     let kl = obj.answer_kl as f32;
+    let vw = obj.value_weight as f32;
+    let scores = obj.scores_value();
     for (i, s) in seqs.iter().enumerate() {
         for (j, soft) in s.soft.iter().enumerate() {
             for &(tk, p) in soft {
@@ -297,7 +301,8 @@ pub fn batch_loss<B: Backend>(
         }
         for p in s.ce_from..s.ids.len() {
             match s.value {
-                Some((vp, y)) if vp == p => val.push((i, p - 1, y, s.weight)),
+                Some((vp, y)) if vp == p && scores => val.push((i, p - 1, y, s.weight * vw)),
+                Some((vp, _)) if vp == p => ce.push((i, p - 1, s.ids[p], s.weight * vw)),
                 _ => ce.push((i, p - 1, s.ids[p], s.weight)),
             }
         }
@@ -634,7 +639,7 @@ pub fn train<B: AutodiffBackend>(
     }
     say(match (&obj.values, obj.loss_on) {
         (Some(vs), LossOn::Confidence) => format!(
-            "loss on the confidence line only (answer: {}, answer_kl {}), value token loss {}, values {}",
+            "loss on the confidence line only (answer: {}, answer_kl {}), value token loss {} × {}, values {}",
             match obj.answer {
                 AnswerSource::Own => "the model's own",
                 AnswerSource::GoldForCorrect => "gold for correct, own for wrong",
@@ -648,6 +653,7 @@ pub fn train<B: AutodiffBackend>(
                     format!("{:?}", obj.confidence_target).to_lowercase()
                 ),
             },
+            obj.value_weight,
             vs.describe(tok)
         ),
         _ => "loss on the whole response (cross-entropy)".into(),

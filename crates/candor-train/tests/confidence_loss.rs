@@ -64,6 +64,7 @@ fn objective(tok: &Tokenizer, loss: ConfidenceLoss, kl: f64) -> Objective {
         confidence_target: ConfidenceTarget::Teacher,
         answer_kl: kl,
         answer_target: candor_train::recipe::AnswerTarget::Distribution,
+        value_weight: 1.0,
         detach_context: false,
         values: Some(ValueSet::new(tok).unwrap()),
     }
@@ -123,7 +124,7 @@ fn confidence_only_sequences_keep_the_own_answer_as_context() {
 /// each confidence-line token but the value token; at the value token, with q the softmax over
 /// the value tokens' logits and m = log Σ_v p(v): Σ_v q(v)(v − y)² − m (brier),
 /// −[y ln ē + (1 − y) ln(1 − ē)] − m with ē = Σ q(v)·v (log), or its cross-entropy (ce);
-/// `kl` × the soft cross-entropy at each answer token; `with_answer_ce` adds (wrongly) the
+/// the value token's term × `vw`; `kl` × the soft cross-entropy at each answer token; `with_answer_ce` adds (wrongly) the
 /// cross-entropy of the answer tokens, to show that the test can tell.
 fn direct_loss(
     model: &Llama<A>,
@@ -131,6 +132,7 @@ fn direct_loss(
     vs: &ValueSet,
     kind: ConfidenceLoss,
     kl: f64,
+    vw: f64,
     with_answer_ce: bool,
 ) -> Tensor<A, 1> {
     let dev = Default::default();
@@ -156,7 +158,7 @@ fn direct_loss(
         }
         for p in s.ce_from..s.ids.len() {
             match s.value {
-                Some((vp, y)) if vp == p => {
+                Some((vp, y)) if vp == p && kind != ConfidenceLoss::Ce => {
                     let lps: Vec<Tensor<A, 1>> = vs.tokens.iter().map(|&t| at(p, t)).collect();
                     let mass = lps
                         .iter()
@@ -184,8 +186,9 @@ fn direct_loss(
                         }
                         ConfidenceLoss::Ce => unreachable!(),
                     };
-                    total = total + (score - mass.log()) * w;
+                    total = total + (score - mass.log()) * (w * vw);
                 }
+                Some((vp, _)) if vp == p => total = total - at(p, s.ids[p]) * (w * vw),
                 _ => total = total - at(p, s.ids[p]) * w,
             }
         }
@@ -195,23 +198,26 @@ fn direct_loss(
 
 /// batch_loss against direct_loss: value and every parameter's gradient; and the direct loss
 /// with the answers' cross-entropy added must differ (the answers carry no loss).
-fn check_against_direct(kind: ConfidenceLoss, kl: f64) {
+fn check_against_direct(kind: ConfidenceLoss, kl: f64, vw: f64) {
     let (tok, _d) = tokenizer();
     let ex = labelled(&tok);
     let w: Vec<f64> = (0..ex.len()).map(|i| 0.5 + (i % 4) as f64 * 0.5).collect();
-    let obj = objective(&tok, kind, kl);
+    let obj = Objective {
+        value_weight: vw,
+        ..objective(&tok, kind, kl)
+    };
     let (seqs, _, _) = encode(&tok, &ex, &w, Style::Plain, 256, &obj).unwrap();
     let cfg = ModelConfig::preset("tiny", 259).unwrap();
     let model = Llama::<A>::init(&cfg, 5, &Default::default());
     let batch: Vec<&Seq> = seqs.iter().step_by(2).collect();
     assert!(batch
         .iter()
-        .all(|s| s.ce_from > s.start && s.value.is_some() == (kind != ConfidenceLoss::Ce)));
+        .all(|s| s.ce_from > s.start && s.value.is_some()));
     assert!(batch.iter().all(|s| s.soft.is_empty() == (kl == 0.0)));
     let vs = obj.values.as_ref().unwrap();
     let (fast, n) = batch_loss(&model, &batch, &obj, &Default::default());
-    let slow = direct_loss(&model, &batch, vs, kind, kl, false);
-    let wrong = direct_loss(&model, &batch, vs, kind, kl, true);
+    let slow = direct_loss(&model, &batch, vs, kind, kl, vw, false);
+    let wrong = direct_loss(&model, &batch, vs, kind, kl, vw, true);
     let (f, s, x) = (
         fast.clone().into_scalar() as f64,
         slow.clone().into_scalar() as f64,
@@ -231,7 +237,7 @@ fn check_against_direct(kind: ConfidenceLoss, kl: f64) {
 
 #[test]
 fn brier_loss_and_gradient_match_a_direct_computation_with_the_answer_keeping_term() {
-    check_against_direct(ConfidenceLoss::Brier, 0.7);
+    check_against_direct(ConfidenceLoss::Brier, 0.7, 1.0);
 }
 
 #[test]
@@ -242,7 +248,18 @@ fn answer_tokens_carry_no_loss_under_each_confidence_loss() {
         ConfidenceLoss::Log,
         ConfidenceLoss::Ce,
     ] {
-        check_against_direct(kind, 0.0);
+        check_against_direct(kind, 0.0, 1.0);
+    }
+}
+
+#[test]
+fn value_weight_scales_the_deciding_token_under_each_confidence_loss() {
+    for kind in [
+        ConfidenceLoss::Brier,
+        ConfidenceLoss::Log,
+        ConfidenceLoss::Ce,
+    ] {
+        check_against_direct(kind, 0.5, 7.0);
     }
 }
 

@@ -56,6 +56,8 @@ fn malformed_recipes_name_key_line_and_allowed_values() {
     );
     let e = err(&format!("{MODEL}[train]\nmicro_batch = 0\n"));
     assert!(e.contains("micro_batch") && e.contains("1 or more"), "{e}");
+    let e = err(&format!("{MODEL}[train]\nvalue_weight = 0\n"));
+    assert!(e.contains("value_weight") && e.contains("> 0"), "{e}");
     // bad enum value lists the allowed ones
     let e = err(&format!("{MODEL}[labels]\nteacher = \"oracle\"\n"));
     assert!(
