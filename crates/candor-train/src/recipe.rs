@@ -139,6 +139,13 @@ pub struct TrainSection {
     /// writes one value for every question; 10–30 gives it a say.
     #[serde(deserialize_with = "bounded::positive")]
     pub value_weight: f64,
+    /// Under `brier` and `log`: weight of a cross-entropy on the written label's deciding
+    /// token, added to the scoring rule there. The scoring rule's gradient towards a value is
+    /// proportional to the probability the model already gives it, so once the model has put
+    /// nearly all its mass on one value (SmolLM2 picks `2` for 20% early, whatever the label)
+    /// no label moves it; this term keeps every label's value within reach. 0 = off.
+    #[serde(deserialize_with = "bounded::non_negative")]
+    pub value_ce: f64,
     /// Under `loss_on = "confidence"`: stop the confidence loss's gradient at the keys and
     /// values of the prompt and answer (computed once, held fixed while the confidence line
     /// attends to them), so the confidence is learned from what the model computes there
@@ -214,6 +221,7 @@ impl Default for TrainSection {
             confidence_target: ConfidenceTarget::Teacher,
             answer_kl: 1.0,
             value_weight: 1.0,
+            value_ce: 0.0,
             answer_target: AnswerTarget::Distribution,
             detach_context: true,
             rehearsal: vec![],
@@ -514,6 +522,9 @@ impl Recipe {
         }
         if !self.train.rehearsal.is_empty() && self.train.answer_kl == 0.0 {
             bail!("train.rehearsal keeps answers through train.answer_kl, which is 0: set answer_kl > 0 or drop the rehearsal sets");
+        }
+        if self.train.value_ce > 0.0 && self.train.confidence_loss == ConfidenceLoss::Ce {
+            bail!("train.value_ce adds a cross-entropy to the brier or log score; under confidence_loss = \"ce\" the deciding token already has one (scale it with train.value_weight)");
         }
         if self.eval.samples == 1 {
             bail!("eval.samples = 1: SAR compares samples with each other; use 0 (no SAR) or at least 2");

@@ -87,6 +87,9 @@ pub struct Objective {
     pub answer_target: AnswerTarget,
     /// Weight of the loss at the deciding token (`train.value_weight`).
     pub value_weight: f64,
+    /// Weight of a cross-entropy on the written label added to the scoring rule there
+    /// (`train.value_ce`).
+    pub value_ce: f64,
     /// Stop the confidence loss's gradient at the context's keys and values
     /// (`train.detach_context`).
     pub detach_context: bool,
@@ -105,6 +108,7 @@ impl Objective {
             answer_kl: 0.0,
             answer_target: AnswerTarget::Distribution,
             value_weight: 1.0,
+            value_ce: 0.0,
             detach_context: false,
             values: None,
         }
@@ -127,6 +131,7 @@ impl Objective {
             answer_kl: t.answer_kl,
             answer_target: t.answer_target,
             value_weight: t.value_weight,
+            value_ce: t.value_ce,
             detach_context: confidence && t.detach_context,
             values: if confidence {
                 Some(ValueSet::new(tok)?)
@@ -277,7 +282,8 @@ pub fn encode(
 }
 
 /// The loss of a batch: Σ over sequences of `weight ·` (cross-entropy of each trained token,
-/// plus `value_weight ·` the scoring rule (or cross-entropy) at the value token, plus `answer_kl ·` the soft cross-entropy to the
+/// plus `value_weight ·` the scoring rule (or cross-entropy) at the value token and
+/// `value_ce ·` its cross-entropy beside a scoring rule, plus `answer_kl ·` the soft cross-entropy to the
 /// starting model at each answer token), and the number of trained tokens
 /// ([`Seq::loss_tokens`]). Logits are computed only at the positions that carry a loss.
 pub fn batch_loss<B: Backend>(
@@ -293,6 +299,7 @@ pub fn batch_loss<B: Backend>(
     let kl = obj.answer_kl as f32;
     let vw = obj.value_weight as f32;
     let scores = obj.scores_value();
+    let vce = obj.value_ce as f32;
     for (i, s) in seqs.iter().enumerate() {
         for (j, soft) in s.soft.iter().enumerate() {
             for &(tk, p) in soft {
@@ -301,7 +308,12 @@ pub fn batch_loss<B: Backend>(
         }
         for p in s.ce_from..s.ids.len() {
             match s.value {
-                Some((vp, y)) if vp == p && scores => val.push((i, p - 1, y, s.weight * vw)),
+                Some((vp, y)) if vp == p && scores => {
+                    val.push((i, p - 1, y, s.weight * vw));
+                    if vce > 0.0 {
+                        ce.push((i, p - 1, s.ids[p], s.weight * vce));
+                    }
+                }
                 Some((vp, _)) if vp == p => ce.push((i, p - 1, s.ids[p], s.weight * vw)),
                 _ => ce.push((i, p - 1, s.ids[p], s.weight)),
             }
@@ -639,7 +651,7 @@ pub fn train<B: AutodiffBackend>(
     }
     say(match (&obj.values, obj.loss_on) {
         (Some(vs), LossOn::Confidence) => format!(
-            "loss on the confidence line only (answer: {}, answer_kl {}), value token loss {} × {}, values {}",
+            "loss on the confidence line only (answer: {}, answer_kl {}), value token loss {} × {}{}, values {}",
             match obj.answer {
                 AnswerSource::Own => "the model's own",
                 AnswerSource::GoldForCorrect => "gold for correct, own for wrong",
@@ -654,6 +666,11 @@ pub fn train<B: AutodiffBackend>(
                 ),
             },
             obj.value_weight,
+            if obj.value_ce > 0.0 {
+                format!(" + cross-entropy × {}", obj.value_ce)
+            } else {
+                String::new()
+            },
             vs.describe(tok)
         ),
         _ => "loss on the whole response (cross-entropy)".into(),

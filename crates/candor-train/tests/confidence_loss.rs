@@ -65,6 +65,7 @@ fn objective(tok: &Tokenizer, loss: ConfidenceLoss, kl: f64) -> Objective {
         answer_kl: kl,
         answer_target: candor_train::recipe::AnswerTarget::Distribution,
         value_weight: 1.0,
+        value_ce: 0.0,
         detach_context: false,
         values: Some(ValueSet::new(tok).unwrap()),
     }
@@ -133,6 +134,7 @@ fn direct_loss(
     kind: ConfidenceLoss,
     kl: f64,
     vw: f64,
+    vce: f64,
     with_answer_ce: bool,
 ) -> Tensor<A, 1> {
     let dev = Default::default();
@@ -186,7 +188,7 @@ fn direct_loss(
                         }
                         ConfidenceLoss::Ce => unreachable!(),
                     };
-                    total = total + (score - mass.log()) * (w * vw);
+                    total = total + (score - mass.log()) * (w * vw) - at(p, s.ids[p]) * (w * vce);
                 }
                 Some((vp, _)) if vp == p => total = total - at(p, s.ids[p]) * (w * vw),
                 _ => total = total - at(p, s.ids[p]) * w,
@@ -198,12 +200,13 @@ fn direct_loss(
 
 /// batch_loss against direct_loss: value and every parameter's gradient; and the direct loss
 /// with the answers' cross-entropy added must differ (the answers carry no loss).
-fn check_against_direct(kind: ConfidenceLoss, kl: f64, vw: f64) {
+fn check_against_direct(kind: ConfidenceLoss, kl: f64, vw: f64, vce: f64) {
     let (tok, _d) = tokenizer();
     let ex = labelled(&tok);
     let w: Vec<f64> = (0..ex.len()).map(|i| 0.5 + (i % 4) as f64 * 0.5).collect();
     let obj = Objective {
         value_weight: vw,
+        value_ce: vce,
         ..objective(&tok, kind, kl)
     };
     let (seqs, _, _) = encode(&tok, &ex, &w, Style::Plain, 256, &obj).unwrap();
@@ -216,8 +219,8 @@ fn check_against_direct(kind: ConfidenceLoss, kl: f64, vw: f64) {
     assert!(batch.iter().all(|s| s.soft.is_empty() == (kl == 0.0)));
     let vs = obj.values.as_ref().unwrap();
     let (fast, n) = batch_loss(&model, &batch, &obj, &Default::default());
-    let slow = direct_loss(&model, &batch, vs, kind, kl, vw, false);
-    let wrong = direct_loss(&model, &batch, vs, kind, kl, vw, true);
+    let slow = direct_loss(&model, &batch, vs, kind, kl, vw, vce, false);
+    let wrong = direct_loss(&model, &batch, vs, kind, kl, vw, vce, true);
     let (f, s, x) = (
         fast.clone().into_scalar() as f64,
         slow.clone().into_scalar() as f64,
@@ -237,7 +240,7 @@ fn check_against_direct(kind: ConfidenceLoss, kl: f64, vw: f64) {
 
 #[test]
 fn brier_loss_and_gradient_match_a_direct_computation_with_the_answer_keeping_term() {
-    check_against_direct(ConfidenceLoss::Brier, 0.7, 1.0);
+    check_against_direct(ConfidenceLoss::Brier, 0.7, 1.0, 0.0);
 }
 
 #[test]
@@ -248,7 +251,7 @@ fn answer_tokens_carry_no_loss_under_each_confidence_loss() {
         ConfidenceLoss::Log,
         ConfidenceLoss::Ce,
     ] {
-        check_against_direct(kind, 0.0, 1.0);
+        check_against_direct(kind, 0.0, 1.0, 0.0);
     }
 }
 
@@ -259,7 +262,14 @@ fn value_weight_scales_the_deciding_token_under_each_confidence_loss() {
         ConfidenceLoss::Log,
         ConfidenceLoss::Ce,
     ] {
-        check_against_direct(kind, 0.5, 7.0);
+        check_against_direct(kind, 0.5, 7.0, 0.0);
+    }
+}
+
+#[test]
+fn value_ce_adds_the_written_labels_cross_entropy_beside_the_scoring_rule() {
+    for kind in [ConfidenceLoss::Brier, ConfidenceLoss::Log] {
+        check_against_direct(kind, 0.5, 7.0, 0.3);
     }
 }
 

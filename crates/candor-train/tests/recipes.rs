@@ -58,6 +58,13 @@ fn malformed_recipes_name_key_line_and_allowed_values() {
     assert!(e.contains("micro_batch") && e.contains("1 or more"), "{e}");
     let e = err(&format!("{MODEL}[train]\nvalue_weight = 0\n"));
     assert!(e.contains("value_weight") && e.contains("> 0"), "{e}");
+    let e = err(&format!(
+        "{MODEL}[train]\nconfidence_loss = \"ce\"\nvalue_ce = 1\n"
+    ));
+    assert!(
+        e.contains("train.value_ce") && e.contains("value_weight"),
+        "{e}"
+    );
     // bad enum value lists the allowed ones
     let e = err(&format!("{MODEL}[labels]\nteacher = \"oracle\"\n"));
     assert!(
