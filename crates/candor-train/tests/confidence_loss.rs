@@ -125,18 +125,18 @@ fn confidence_only_sequences_keep_the_own_answer_as_context() {
 /// each confidence-line token but the value token; at the value token, with q the softmax over
 /// the value tokens' logits and m = log Σ_v p(v): Σ_v q(v)(v − y)² − m (brier),
 /// −[y ln ē + (1 − y) ln(1 − ē)] − m with ē = Σ q(v)·v (log), or its cross-entropy (ce);
-/// the value token's term × `vw`; `kl` × the soft cross-entropy at each answer token; `with_answer_ce` adds (wrongly) the
-/// cross-entropy of the answer tokens, to show that the test can tell.
+/// the value token's term × `value_weight`, plus `value_ce` × its cross-entropy beside a
+/// scoring rule; `answer_kl` × the soft cross-entropy at each answer token; `with_answer_ce`
+/// adds (wrongly) the cross-entropy of the answer tokens, to show that the test can tell.
 fn direct_loss(
     model: &Llama<A>,
     seqs: &[&Seq],
-    vs: &ValueSet,
-    kind: ConfidenceLoss,
-    kl: f64,
-    vw: f64,
-    vce: f64,
+    obj: &Objective,
     with_answer_ce: bool,
 ) -> Tensor<A, 1> {
+    let vs = obj.values.as_ref().unwrap();
+    let (kind, kl) = (obj.confidence_loss, obj.answer_kl);
+    let (vw, vce) = (obj.value_weight, obj.value_ce);
     let dev = Default::default();
     let mut total = Tensor::<A, 1>::zeros([1], &dev);
     for s in seqs {
@@ -217,10 +217,9 @@ fn check_against_direct(kind: ConfidenceLoss, kl: f64, vw: f64, vce: f64) {
         .iter()
         .all(|s| s.ce_from > s.start && s.value.is_some()));
     assert!(batch.iter().all(|s| s.soft.is_empty() == (kl == 0.0)));
-    let vs = obj.values.as_ref().unwrap();
     let (fast, n) = batch_loss(&model, &batch, &obj, &Default::default());
-    let slow = direct_loss(&model, &batch, vs, kind, kl, vw, vce, false);
-    let wrong = direct_loss(&model, &batch, vs, kind, kl, vw, vce, true);
+    let slow = direct_loss(&model, &batch, &obj, false);
+    let wrong = direct_loss(&model, &batch, &obj, true);
     let (f, s, x) = (
         fast.clone().into_scalar() as f64,
         slow.clone().into_scalar() as f64,
