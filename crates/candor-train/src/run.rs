@@ -52,17 +52,16 @@ pub fn run_recipe<B: Backend>(r: &Recipe, device: B::Device) -> Result<()> {
     }
     let rehearsal = crate::pipeline::rehearsal_seqs(r, &base, &tok, &device)?;
     let trained = train(r, model, &tok, &train_ex, &rehearsal, &device)?;
-    if trained.last_loss.is_nan() {
+    match trained.last_loss {
+        Some(loss) => eprintln!(
+            "trained {} steps, last loss {loss:.4}, {:.0} tokens/s",
+            trained.steps, trained.tokens_per_s
+        ),
         // resumed from a checkpoint at the last step: no step ran in this process
-        eprintln!(
+        None => eprintln!(
             "already trained: {} steps (the last checkpoint)",
             trained.steps
-        );
-    } else {
-        eprintln!(
-            "trained {} steps, last loss {:.4}, {:.0} tokens/s",
-            trained.steps, trained.last_loss, trained.tokens_per_s
-        );
+        ),
     }
     let after = merged(&trained.model);
     let final_dir = run.join("final");

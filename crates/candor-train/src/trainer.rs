@@ -283,8 +283,8 @@ pub fn encode(
 
 /// The loss of a batch: Σ over sequences of `weight ·` (cross-entropy of each trained token,
 /// plus `value_weight ·` the scoring rule (or cross-entropy) at the value token and
-/// `value_ce ·` its cross-entropy beside a scoring rule, plus `answer_kl ·` the soft cross-entropy to the
-/// starting model at each answer token), and the number of trained tokens
+/// `value_ce ·` its cross-entropy beside a scoring rule, plus `answer_kl ·` the soft
+/// cross-entropy to the starting model at each answer token), and the number of trained tokens
 /// ([`Seq::loss_tokens`]). Logits are computed only at the positions that carry a loss.
 pub fn batch_loss<B: Backend>(
     model: &Llama<B>,
@@ -308,13 +308,16 @@ pub fn batch_loss<B: Backend>(
         }
         for p in s.ce_from..s.ids.len() {
             match s.value {
-                Some((vp, y)) if vp == p && scores => {
+                Some((vp, y)) if vp == p => {
+                    if !scores {
+                        ce.push((i, p - 1, s.ids[p], s.weight * vw));
+                        continue;
+                    }
                     val.push((i, p - 1, y, s.weight * vw));
                     if vce > 0.0 {
                         ce.push((i, p - 1, s.ids[p], s.weight * vce));
                     }
                 }
-                Some((vp, _)) if vp == p => ce.push((i, p - 1, s.ids[p], s.weight * vw)),
                 _ => ce.push((i, p - 1, s.ids[p], s.weight)),
             }
         }
@@ -591,7 +594,8 @@ pub fn accumulate<B: AutodiffBackend>(
 pub struct Trained<B: AutodiffBackend> {
     pub model: Llama<B>,
     pub steps: usize,
-    pub last_loss: f64,
+    /// The last step's loss; `None` when no step ran in this call (resumed at the last step).
+    pub last_loss: Option<f64>,
     pub tokens_per_s: f64,
 }
 
@@ -749,7 +753,7 @@ pub fn train<B: AutodiffBackend>(
     let pb = crate::pipeline::bar((total - start) as u64, "training");
     let t0 = Instant::now();
     let mut tokens_seen = 0usize;
-    let mut last_loss = f64::NAN;
+    let mut last_loss = None;
     let rehearsal_all: Vec<usize> = (0..rehearsal.len()).collect();
     let plain = crate::recipe::CurriculumSection::default();
     let rehearsal_seed = r.train.seed ^ 0x5245_4845;
@@ -781,7 +785,7 @@ pub fn train<B: AutodiffBackend>(
         let lr = lr_at(&r.optim, step, total);
         let (m, gnorm) = opt.step(model, grads, lr);
         model = m;
-        last_loss = loss_sum;
+        last_loss = Some(loss_sum);
         let done = step + 1;
         let tps = tokens_seen as f64 / t0.elapsed().as_secs_f64();
         pb.set_position((done - start) as u64);
