@@ -423,6 +423,9 @@ pub fn label_with(
     // label's prior and the accuracy floor
     let subtask_acc =
         teacher::empirical_subtask(ex.iter().map(|e| (e.subtask.as_str(), e.correct)));
+    for e in ex.iter_mut() {
+        e.below_floor = subtask_acc[&e.subtask] < labels.min_subtask_accuracy;
+    }
     match labels.teacher {
         Teacher::EmpiricalSubtask => {
             for e in ex.iter_mut() {
@@ -466,10 +469,12 @@ pub fn label_with(
                 Teacher::Sar => format!("{:?}", labels.sar_variant).to_lowercase(),
                 _ => "answer-logit".to_string(),
             };
-            let fit: Vec<&Example> = ex.iter().filter(|e| e.heldout).collect();
+            // the map is fitted on the questions the run trains on: a sub-task below the
+            // accuracy floor would pull every label towards its accuracy
+            let fit: Vec<&Example> = ex.iter().filter(|e| e.heldout && !e.below_floor).collect();
             anyhow::ensure!(
                 !fit.is_empty(),
-                "labels.heldout = {}: no question fell in the held-out slice that fits the {name} map; raise it or add questions",
+                "labels.heldout = {}: no question of a sub-task above labels.min_subtask_accuracy fell in the held-out slice that fits the {name} map; raise it or add questions",
                 labels.heldout
             );
             let s: Vec<f64> = fit.iter().map(|e| score(e)).collect();
@@ -487,9 +492,6 @@ pub fn label_with(
             }
             map = Some(m);
         }
-    }
-    for e in ex.iter_mut() {
-        e.below_floor = subtask_acc[&e.subtask] < labels.min_subtask_accuracy;
     }
     for e in ex.iter_mut() {
         e.verdict = teacher::distill(e.correct, e.confidence, labels.tau_hi, labels.tau_lo);

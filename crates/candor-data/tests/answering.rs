@@ -275,3 +275,78 @@ fn answer_logit_teacher_maps_the_answer_probability_monotonely() {
         );
     }
 }
+
+#[test]
+fn the_accuracy_floor_drops_sub_tasks_before_the_map_is_fitted() {
+    let (model, tok, dir) = setup();
+    let data = DataConfig {
+        per_subtask: 10,
+        ..data()
+    };
+    let items = load_items(&data).unwrap();
+    let greedy_only = LabelsConfig {
+        samples: 0,
+        ..labels()
+    };
+    let s = AnswerSettings::new("test model", &data, &greedy_only);
+    let path = dir.path().join("answers.jsonl");
+    let mut answers = run_answers(
+        &model,
+        &tok,
+        &items,
+        &s,
+        &path,
+        &Default::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    // "+:1:1" answered right where the model is surest of itself, "-:2:2" never right
+    let lp = |a: &candor_data::answering::Answered| -> f64 {
+        let n = a.greedy.answer_len();
+        a.greedy.logprobs[..n].iter().map(|&l| l as f64).sum()
+    };
+    let mut plus: Vec<usize> = (0..answers.len())
+        .filter(|&i| answers[i].item.subtask == "+:1:1")
+        .collect();
+    plus.sort_by(|&i, &j| lp(&answers[j]).total_cmp(&lp(&answers[i])));
+    for &i in &plus[..plus.len() / 2] {
+        answers[i].greedy.text = answers[i].item.gold_answer();
+    }
+    let cfg = LabelsConfig {
+        teacher: Teacher::AnswerLogit,
+        heldout: 0.5,
+        min_subtask_accuracy: 1.0,
+        ..greedy_only
+    };
+    let (ex, sum) = dataset::label(&answers, &data, &cfg, &tok, None, &mut |_, _| {}).unwrap();
+    assert_eq!(sum.by_subtask["-:2:2"].correct, 0);
+    let kept_heldout = ex
+        .iter()
+        .filter(|e| e.heldout && e.subtask == "+:1:1")
+        .count();
+    assert!(
+        kept_heldout > 0,
+        "no held-out question of the kept sub-task"
+    );
+    for e in &ex {
+        assert_eq!(e.below_floor, e.subtask == "-:2:2", "{}", e.subtask);
+        assert!(!e.kept() || e.subtask == "+:1:1");
+    }
+    // the labels are those of a run that never saw the dropped sub-task
+    let only: Vec<_> = answers
+        .iter()
+        .filter(|a| a.item.subtask == "+:1:1")
+        .cloned()
+        .collect();
+    let alone = LabelsConfig {
+        min_subtask_accuracy: 0.0,
+        ..cfg.clone()
+    };
+    let (ex_alone, sum_alone) =
+        dataset::label(&only, &data, &alone, &tok, None, &mut |_, _| {}).unwrap();
+    assert_eq!(sum.map, sum_alone.map, "the map saw the dropped sub-task");
+    for b in &ex_alone {
+        let a = ex.iter().find(|e| e.id == b.id).unwrap();
+        assert_eq!(a.confidence, b.confidence, "{}", a.id);
+    }
+}
