@@ -5,7 +5,7 @@ use crate::evaluate::evaluate_and_report;
 use crate::pipeline::{build_dataset, load_model, write_text};
 use crate::recipe::Recipe;
 use crate::trainer::{merged, train};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
@@ -64,6 +64,20 @@ pub fn run_recipe<B: Backend>(r: &Recipe, device: B::Device) -> Result<()> {
         ),
     }
     let after = merged(&trained.model);
+    if r.labels.teacher != candor_data::config::Teacher::Gold && !train_ex.is_empty() {
+        let t = Instant::now();
+        let fit =
+            crate::evaluate::training_fit(&after, &tok, &train_ex, r.eval.batch_size, &device)?;
+        let line = format!("{fit} [{:.0} s]", t.elapsed().as_secs_f64());
+        eprintln!("{line}");
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(run.join("train.log"))
+            .and_then(|mut f| writeln!(f, "{line}"))
+            .with_context(|| format!("appending to {}", run.join("train.log").display()))?;
+    }
     let final_dir = run.join("final");
     let dtype = match r.export.dtype {
         crate::recipe::Dtype::F32 => SaveDtype::F32,

@@ -501,3 +501,62 @@ fn a_rehearsal_row_trains_the_confidence_lines_opening_after_the_answer() {
     );
     assert_eq!((bare.ids.len(), bare.loss_tokens()), (5, 0));
 }
+
+#[test]
+fn the_training_fit_line_reports_the_expected_value_of_right_and_wrong_answers() {
+    let (tok, _d) = tokenizer();
+    let vs = ValueSet::new(&tok).unwrap();
+    let cfg = ModelConfig::preset("tiny", 259).unwrap();
+    let model = Llama::<Flex>::init(&cfg, 3, &Default::default());
+    let ex = labelled(&tok);
+    let line =
+        candor_train::evaluate::training_fit(&model, &tok, &ex, 5, &Default::default()).unwrap();
+    // by hand, one answer at a time
+    let mut right = vec![];
+    let mut wrong = vec![];
+    let mut modes = vec![0usize; vs.values.len()];
+    for e in &ex {
+        let prompt = tok.encode(&e.prompt, false).unwrap();
+        let row = candor_train::evaluate::answer_context(&prompt, &e.answer_tokens, &vs);
+        let (_, lps) = candor_model::generate::tail_states(
+            &model,
+            std::slice::from_ref(&row),
+            1,
+            tok.pad_id,
+            &Default::default(),
+        );
+        let x = values::expected(&vs, &lps[0]);
+        if e.correct {
+            right.push(x)
+        } else {
+            wrong.push(x)
+        }
+        let (q, _) = values::distribution(&vs, &lps[0]);
+        modes[(0..q.len()).fold(0, |b, i| if q[i] > q[b] { i } else { b })] += 1;
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(
+        line.starts_with(&format!("training-set fit ({} answers)", ex.len())),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(
+            "expected confidence right {:.3} / wrong {:.3}",
+            mean(&right),
+            mean(&wrong)
+        )),
+        "{line}"
+    );
+    let teacher: Vec<f64> = ex.iter().map(|e| e.confidence).collect();
+    let correct: Vec<bool> = ex.iter().map(|e| e.correct).collect();
+    let a = candor_eval::metrics::auroc(&teacher, &correct).unwrap();
+    assert!(line.contains(&format!("(teacher {a:.3})")), "{line}");
+    let top = modes.iter().position(|&n| n > 0).unwrap();
+    assert!(
+        line.contains(&format!(
+            "most likely value {}%: {}",
+            vs.values[top], modes[top]
+        )),
+        "{line}"
+    );
+}
