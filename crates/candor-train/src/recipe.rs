@@ -146,6 +146,13 @@ pub struct TrainSection {
     /// no label moves it; this term keeps every label's value within reach. 0 = off.
     #[serde(deserialize_with = "bounded::non_negative")]
     pub value_ce: f64,
+    /// 0 = `value_ce` holds for the whole run; f in (0, 1]: it falls linearly from its value at
+    /// the first step to 0 at the share f of the steps, and the scoring rule alone trains the
+    /// value token after. Cross-entropy fits the labels' distribution, so greedy decoding
+    /// writes its mode; the Brier score is lowest with all mass on the value nearest the mean
+    /// label, which is what a written confidence should be.
+    #[serde(deserialize_with = "bounded::fraction")]
+    pub value_ce_decay: f64,
     /// Under `loss_on = "confidence"`: stop the confidence loss's gradient at the keys and
     /// values of the prompt and answer (computed once, held fixed while the confidence line
     /// attends to them), so the confidence is learned from what the model computes there
@@ -222,6 +229,7 @@ impl Default for TrainSection {
             answer_kl: 1.0,
             value_weight: 1.0,
             value_ce: 0.0,
+            value_ce_decay: 0.0,
             answer_target: AnswerTarget::Distribution,
             detach_context: true,
             rehearsal: vec![],
@@ -525,6 +533,9 @@ impl Recipe {
         }
         if self.train.value_ce > 0.0 && self.train.confidence_loss == ConfidenceLoss::Ce {
             bail!("train.value_ce adds a cross-entropy to the brier or log score; under confidence_loss = \"ce\" the deciding token already has one (scale it with train.value_weight)");
+        }
+        if self.train.value_ce_decay > 0.0 && self.train.value_ce == 0.0 {
+            bail!("train.value_ce_decay = {} schedules train.value_ce, which is 0: set value_ce > 0 or drop value_ce_decay", self.train.value_ce_decay);
         }
         if self.eval.samples == 1 {
             bail!("eval.samples = 1: SAR compares samples with each other; use 0 (no SAR) or at least 2");

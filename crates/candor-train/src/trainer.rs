@@ -88,8 +88,10 @@ pub struct Objective {
     /// Weight of the loss at the deciding token (`train.value_weight`).
     pub value_weight: f64,
     /// Weight of a cross-entropy on the written label added to the scoring rule there
-    /// (`train.value_ce`).
+    /// (`train.value_ce`), at the first step.
     pub value_ce: f64,
+    /// Share of the steps over which `value_ce` falls to 0 (`train.value_ce_decay`; 0 = held).
+    pub value_ce_decay: f64,
     /// Stop the confidence loss's gradient at the context's keys and values
     /// (`train.detach_context`).
     pub detach_context: bool,
@@ -98,6 +100,16 @@ pub struct Objective {
 }
 
 impl Objective {
+    /// The objective at `step` of `total`: `value_ce` on its schedule (`value_ce_decay`).
+    pub fn at_step(&self, step: usize, total: usize) -> Objective {
+        let mut o = self.clone();
+        if self.value_ce_decay > 0.0 {
+            let end = self.value_ce_decay * total as f64;
+            o.value_ce = self.value_ce * (1.0 - step as f64 / end).max(0.0);
+        }
+        o
+    }
+
     /// Today's objective before confidence training: cross-entropy on the whole response.
     pub fn response() -> Self {
         Self {
@@ -109,6 +121,7 @@ impl Objective {
             answer_target: AnswerTarget::Distribution,
             value_weight: 1.0,
             value_ce: 0.0,
+            value_ce_decay: 0.0,
             detach_context: false,
             values: None,
         }
@@ -132,6 +145,7 @@ impl Objective {
             answer_target: t.answer_target,
             value_weight: t.value_weight,
             value_ce: t.value_ce,
+            value_ce_decay: t.value_ce_decay,
             detach_context: confidence && t.detach_context,
             values: if confidence {
                 Some(ValueSet::new(tok)?)
@@ -670,7 +684,13 @@ pub fn train<B: AutodiffBackend>(
                 ),
             },
             obj.value_weight,
-            if obj.value_ce > 0.0 {
+            if obj.value_ce > 0.0 && obj.value_ce_decay > 0.0 {
+                format!(
+                    " + cross-entropy × {} falling to 0 over the first {:.0}% of the steps",
+                    obj.value_ce,
+                    100.0 * obj.value_ce_decay
+                )
+            } else if obj.value_ce > 0.0 {
                 format!(" + cross-entropy × {}", obj.value_ce)
             } else {
                 String::new()
@@ -767,7 +787,7 @@ pub fn train<B: AutodiffBackend>(
         let (grads, loss_sum) = accumulate(
             &model,
             &batch,
-            &obj,
+            &obj.at_step(step, total),
             r.train.micro_batch,
             r.train.seed,
             step,

@@ -66,6 +66,7 @@ fn objective(tok: &Tokenizer, loss: ConfidenceLoss, kl: f64) -> Objective {
         answer_target: candor_train::recipe::AnswerTarget::Distribution,
         value_weight: 1.0,
         value_ce: 0.0,
+        value_ce_decay: 0.0,
         detach_context: false,
         values: Some(ValueSet::new(tok).unwrap()),
     }
@@ -559,4 +560,22 @@ fn the_training_fit_line_reports_the_expected_value_of_right_and_wrong_answers()
         )),
         "{line}"
     );
+}
+
+#[test]
+fn value_ce_falls_linearly_to_zero_over_its_share_of_the_steps() {
+    let (tok, _d) = tokenizer();
+    let mut o = objective(&tok, ConfidenceLoss::Brier, 0.0);
+    o.value_ce = 2.0;
+    assert_eq!(o.at_step(37, 40).value_ce, 2.0, "held without a decay");
+    o.value_ce_decay = 0.5;
+    let at = |s| o.at_step(s, 40).value_ce;
+    assert_eq!(at(0), 2.0);
+    assert!((at(10) - 1.0).abs() < 1e-12, "{}", at(10));
+    assert_eq!(at(20), 0.0);
+    assert_eq!(at(39), 0.0);
+    // the rest of the objective is the same
+    let later = o.at_step(30, 40);
+    assert_eq!(later.value_weight, o.value_weight);
+    assert_eq!(later.confidence_loss, o.confidence_loss);
 }

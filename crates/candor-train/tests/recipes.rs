@@ -65,6 +65,15 @@ fn malformed_recipes_name_key_line_and_allowed_values() {
         e.contains("train.value_ce") && e.contains("value_weight"),
         "{e}"
     );
+    let e = err(&format!("{MODEL}[train]\nvalue_ce_decay = 0.5\n"));
+    assert!(
+        e.contains("train.value_ce_decay") && e.contains("value_ce, which is 0"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MODEL}[train]\nvalue_ce = 1\nvalue_ce_decay = 2\n"
+    ));
+    assert!(e.contains("value_ce_decay") && e.contains("0 to 1"), "{e}");
     // bad enum value lists the allowed ones
     let e = err(&format!("{MODEL}[labels]\nteacher = \"oracle\"\n"));
     assert!(
