@@ -518,16 +518,18 @@ pub fn label_with(
             .entry(e.subtask.clone())
             .or_default()
             .add(e.correct);
+        // each question counted once: below the floor first (neither trained on nor fitting
+        // the map), then the map's held-out slice
+        if e.below_floor {
+            s.dropped_below_floor += 1;
+            continue;
+        }
         if e.heldout {
             s.heldout += 1;
             continue;
         }
         if e.too_long {
             s.dropped_too_long += 1;
-            continue;
-        }
-        if e.below_floor {
-            s.dropped_below_floor += 1;
             continue;
         }
         match e.verdict {

@@ -345,6 +345,13 @@ fn the_accuracy_floor_drops_sub_tasks_before_the_map_is_fitted() {
     let (ex_alone, sum_alone) =
         dataset::label(&only, &data, &alone, &tok, None, &mut |_, _| {}).unwrap();
     assert_eq!(sum.map, sum_alone.map, "the map saw the dropped sub-task");
+    // the summary counts the map's slice among the kept sub-tasks, each question once
+    assert_eq!(sum.heldout, kept_heldout);
+    assert_eq!(sum.dropped_below_floor, 10);
+    assert_eq!(
+        sum.heldout + sum.dropped_below_floor + sum.kept_correct + sum.kept_wrong,
+        ex.len()
+    );
     for b in &ex_alone {
         let a = ex.iter().find(|e| e.id == b.id).unwrap();
         assert_eq!(a.confidence, b.confidence, "{}", a.id);
