@@ -4,7 +4,7 @@
 
 use burn::backend::Flex;
 use candor_confidence::Lexical;
-use candor_data::answering::{read_answers, run_answers, AnswerSettings};
+use candor_data::answering::{read_answers, run_answers, AnswerSettings, Answered};
 use candor_data::config::{DataConfig, LabelsConfig, MapKind, Teacher};
 use candor_data::{dataset, load_items};
 use candor_model::{Llama, ModelConfig, Tokenizer};
@@ -190,11 +190,20 @@ fn gold_teacher_summary_says_there_are_no_labels() {
     );
 }
 
-#[test]
-fn answer_logit_teacher_maps_the_answer_probability_monotonely() {
+/// Greedy-only answers of the tiny random model to `per_subtask` questions of each sub-task,
+/// with the data and labelling settings they were made under.
+fn greedy_answers(
+    per_subtask: usize,
+) -> (
+    Vec<Answered>,
+    Tokenizer,
+    tempfile::TempDir,
+    DataConfig,
+    LabelsConfig,
+) {
     let (model, tok, dir) = setup();
     let data = DataConfig {
-        per_subtask: 8,
+        per_subtask,
         ..data()
     };
     let items = load_items(&data).unwrap();
@@ -204,7 +213,7 @@ fn answer_logit_teacher_maps_the_answer_probability_monotonely() {
     };
     let s = AnswerSettings::new("test model", &data, &greedy_only);
     let path = dir.path().join("answers.jsonl");
-    let mut answers = run_answers(
+    let answers = run_answers(
         &model,
         &tok,
         &items,
@@ -214,17 +223,27 @@ fn answer_logit_teacher_maps_the_answer_probability_monotonely() {
         &mut |_| {},
     )
     .unwrap();
-    // the random model answers nothing right: make the half it is surest of right, so the map
-    // has both kinds to fit
-    let lp = |a: &candor_data::answering::Answered| -> f64 {
+    (answers, tok, dir, data, greedy_only)
+}
+
+/// The random model answers nothing right: make right the half of the answers `which` picks
+/// that the model is surest of (summed log-prob), so a map has both kinds to fit.
+fn right_where_surest(answers: &mut [Answered], which: impl Fn(&Answered) -> bool) {
+    let lp = |a: &Answered| -> f64 {
         let n = a.greedy.answer_len();
         a.greedy.logprobs[..n].iter().map(|&l| l as f64).sum()
     };
-    let mut order: Vec<usize> = (0..answers.len()).collect();
+    let mut order: Vec<usize> = (0..answers.len()).filter(|&i| which(&answers[i])).collect();
     order.sort_by(|&i, &j| lp(&answers[j]).total_cmp(&lp(&answers[i])));
-    for &i in &order[..answers.len() / 2] {
+    for &i in &order[..order.len() / 2] {
         answers[i].greedy.text = answers[i].item.gold_answer();
     }
+}
+
+#[test]
+fn answer_logit_teacher_maps_the_answer_probability_monotonely() {
+    let (mut answers, tok, _dir, data, greedy_only) = greedy_answers(8);
+    right_where_surest(&mut answers, |_| true);
     let cfg = LabelsConfig {
         teacher: Teacher::AnswerLogit,
         heldout: 0.5,
@@ -278,40 +297,9 @@ fn answer_logit_teacher_maps_the_answer_probability_monotonely() {
 
 #[test]
 fn the_accuracy_floor_drops_sub_tasks_before_the_map_is_fitted() {
-    let (model, tok, dir) = setup();
-    let data = DataConfig {
-        per_subtask: 10,
-        ..data()
-    };
-    let items = load_items(&data).unwrap();
-    let greedy_only = LabelsConfig {
-        samples: 0,
-        ..labels()
-    };
-    let s = AnswerSettings::new("test model", &data, &greedy_only);
-    let path = dir.path().join("answers.jsonl");
-    let mut answers = run_answers(
-        &model,
-        &tok,
-        &items,
-        &s,
-        &path,
-        &Default::default(),
-        &mut |_| {},
-    )
-    .unwrap();
+    let (mut answers, tok, _dir, data, greedy_only) = greedy_answers(10);
     // "+:1:1" answered right where the model is surest of itself, "-:2:2" never right
-    let lp = |a: &candor_data::answering::Answered| -> f64 {
-        let n = a.greedy.answer_len();
-        a.greedy.logprobs[..n].iter().map(|&l| l as f64).sum()
-    };
-    let mut plus: Vec<usize> = (0..answers.len())
-        .filter(|&i| answers[i].item.subtask == "+:1:1")
-        .collect();
-    plus.sort_by(|&i, &j| lp(&answers[j]).total_cmp(&lp(&answers[i])));
-    for &i in &plus[..plus.len() / 2] {
-        answers[i].greedy.text = answers[i].item.gold_answer();
-    }
+    right_where_surest(&mut answers, |a| a.item.subtask == "+:1:1");
     let cfg = LabelsConfig {
         teacher: Teacher::AnswerLogit,
         heldout: 0.5,
