@@ -294,6 +294,23 @@ fn an_epoch_count_that_would_overflow_the_steps_is_refused_by_name() {
     );
 }
 
+#[test]
+fn a_lora_layer_past_the_last_is_refused_naming_the_layer_count_before_any_work() {
+    let d = tempfile::tempdir().unwrap();
+    let r = recipe(d.path(), SMALL_MATH, "[lora]\nlayers = [0, 99]\n");
+    let out = run(env!("CARGO_BIN_EXE_train"), &[&r]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("lora.layers: 99 is out of range (the model has"),
+        "{err}"
+    );
+    assert!(
+        !d.path().join("run/data/answers.jsonl").exists(),
+        "no answering before the error"
+    );
+}
+
 // --- two `train` processes on one run folder ------------------------------------------------------
 
 #[test]

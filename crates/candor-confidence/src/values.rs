@@ -41,6 +41,39 @@ impl ValueSet {
         Self::from_candidates(tok, &DECILES)
     }
 
+    /// Exactly these values (percent, any order): an error names two values whose lines start
+    /// with the same deciding token under this tokenizer (`10` and `100` with digit tokens).
+    pub fn exact(tok: &Tokenizer, values: &[u32]) -> Result<Self> {
+        let vs = Self::from_candidates(tok, values)?;
+        if vs.values.len() < values.len() {
+            let dropped: Vec<u32> = values
+                .iter()
+                .filter(|v| !vs.values.contains(v))
+                .copied()
+                .collect();
+            let (d, kept) = dropped
+                .iter()
+                .find_map(|d| {
+                    let t = vs.line_token(tok, *d).ok()?;
+                    let i = vs.tokens.iter().position(|&x| x == t)?;
+                    Some((*d, vs.values[i]))
+                })
+                .unwrap_or((dropped[0], dropped[0]));
+            bail!(
+                "confidence values {kept}% and {d}% start with the same token under this tokenizer, so one token cannot choose between them: keep one"
+            );
+        }
+        Ok(vs)
+    }
+
+    /// The deciding token of `value`'s line.
+    fn line_token(&self, tok: &Tokenizer, value: u32) -> Result<u32> {
+        let line = tok.encode(&format!("{PREFIX}{value}%"), false)?;
+        line.get(self.prefix.len())
+            .copied()
+            .ok_or_else(|| anyhow::anyhow!("the line of {value}% ends within the shared prefix"))
+    }
+
     pub fn from_candidates(tok: &Tokenizer, candidates: &[u32]) -> Result<Self> {
         if candidates.len() < 2 {
             bail!("a confidence value set needs at least two values");
@@ -88,6 +121,24 @@ impl ValueSet {
             }
         }
         best
+    }
+
+    /// `percent` spread over the two values around it so that the spread's mean is `percent`
+    /// (MuZero's "two-hot" target; clamped to the set's range): one weight per value, summing
+    /// to 1, at most two non-zero.
+    pub fn two_hot(&self, percent: f64) -> Vec<f64> {
+        let v = &self.values;
+        let p = percent.clamp(v[0] as f64, v[v.len() - 1] as f64);
+        let mut w = vec![0.0; v.len()];
+        let hi = v.iter().position(|&x| x as f64 >= p).unwrap_or(v.len() - 1);
+        if hi == 0 || v[hi] as f64 == p {
+            w[hi] = 1.0;
+        } else {
+            let (a, b) = (v[hi - 1] as f64, v[hi] as f64);
+            w[hi] = (p - a) / (b - a);
+            w[hi - 1] = 1.0 - w[hi];
+        }
+        w
     }
 
     /// The tokens of `\nConfidence: N%` for value index `i`; the deciding token sits at

@@ -236,6 +236,22 @@ pub struct Block<B: Backend> {
     pub mlp: Mlp<B>,
 }
 
+impl<B: Backend> Block<B> {
+    /// This layer's projections by HF name, in the order `Llama::linears_mut` lists them.
+    fn linears_mut(&mut self) -> [(&'static str, &mut Linear<B>); 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            ("q_proj", &mut a.q_proj),
+            ("k_proj", &mut a.k_proj),
+            ("v_proj", &mut a.v_proj),
+            ("o_proj", &mut a.o_proj),
+            ("gate_proj", &mut m.gate_proj),
+            ("up_proj", &mut m.up_proj),
+            ("down_proj", &mut m.down_proj),
+        ]
+    }
+}
+
 /// The decoder. Field names follow HF (`model.embed_tokens`, `model.layers.N.…`, `lm_head`).
 #[derive(Module, Debug)]
 pub struct Llama<B: Backend> {
@@ -444,25 +460,20 @@ impl<B: Backend> Attention<B> {
 impl<B: Backend> Llama<B> {
     /// The projections of every layer by HF name (`q_proj` … `down_proj`).
     pub fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear<B>)> {
-        let mut out = vec![];
-        for l in self.layers.iter_mut() {
-            let (a, m) = (&mut l.self_attn, &mut l.mlp);
-            out.push(("q_proj", &mut a.q_proj));
-            out.push(("k_proj", &mut a.k_proj));
-            out.push(("v_proj", &mut a.v_proj));
-            out.push(("o_proj", &mut a.o_proj));
-            out.push(("gate_proj", &mut m.gate_proj));
-            out.push(("up_proj", &mut m.up_proj));
-            out.push(("down_proj", &mut m.down_proj));
-        }
-        out
+        self.layers
+            .iter_mut()
+            .flat_map(Block::linears_mut)
+            .collect()
     }
 
-    /// Freeze every weight and attach LoRA adapters to the named projections, their `A`
-    /// factors drawn from `seed` (the same on every backend).
+    /// Freeze every weight and attach LoRA adapters to the named projections of the listed
+    /// layers (0-based; empty = every layer), their `A` factors drawn from `seed` (the same on
+    /// every backend). Indices past the last layer are the caller's to reject.
+    #[allow(clippy::too_many_arguments)]
     pub fn with_lora(
         self,
         targets: &[String],
+        layers: &[usize],
         rank: usize,
         alpha: f64,
         dropout: f64,
@@ -471,9 +482,14 @@ impl<B: Backend> Llama<B> {
     ) -> Self {
         let mut m = self.no_grad();
         let mut rng = HostRng::new(seed);
-        for (name, lin) in m.linears_mut() {
-            if targets.iter().any(|t| t == name) {
-                lin.add_lora(rank, alpha, dropout, &mut rng, device);
+        for (i, block) in m.layers.iter_mut().enumerate() {
+            if !layers.is_empty() && !layers.contains(&i) {
+                continue;
+            }
+            for (name, lin) in block.linears_mut() {
+                if targets.iter().any(|t| t == name) {
+                    lin.add_lora(rank, alpha, dropout, &mut rng, device);
+                }
             }
         }
         m

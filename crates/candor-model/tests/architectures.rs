@@ -237,7 +237,7 @@ fn a_seeded_init_depends_on_the_seed_alone() {
         <B as burn::tensor::backend::Backend>::seed(&dev, noise as u64);
         let _: Tensor<B, 1> = Tensor::random([noise], burn::tensor::Distribution::Default, &dev);
         let targets = ["v_proj".to_string()];
-        let m = Llama::<B>::init(&c, seed, &dev).with_lora(&targets, 2, 4.0, 0.0, seed, &dev);
+        let m = Llama::<B>::init(&c, seed, &dev).with_lora(&targets, &[], 2, 4.0, 0.0, seed, &dev);
         let a: Vec<f32> = m.layers[0]
             .self_attn
             .v_proj

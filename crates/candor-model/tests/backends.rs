@@ -145,8 +145,15 @@ impl BackendTask for Init {
     type Output = Vec<(String, Vec<f32>)>;
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
         let targets = ["q_proj", "down_proj"].map(String::from);
-        let mut m =
-            Llama::<B>::init(&self.0, 9, &device).with_lora(&targets, 4, 8.0, 0.0, 10, &device);
+        let mut m = Llama::<B>::init(&self.0, 9, &device).with_lora(
+            &targets,
+            &[],
+            4,
+            8.0,
+            0.0,
+            10,
+            &device,
+        );
         let mut out: Vec<(String, Vec<f32>)> = candor_model::checkpoint::model_to_tensors(&m)
             .into_iter()
             .map(|(name, t)| (name, t.data))

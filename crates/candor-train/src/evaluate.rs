@@ -106,11 +106,11 @@ pub fn fit_probe<B: Backend>(
 pub fn training_fit<B: Backend>(
     model: &Llama<B>,
     tok: &Tokenizer,
+    vs: &ValueSet,
     examples: &[candor_data::Example],
     batch: usize,
     device: &B::Device,
 ) -> Result<String> {
-    let vs = ValueSet::new(tok)?;
     let mut expected = vec![];
     let mut modes = vec![0usize; vs.values.len()];
     for chunk in examples.chunks(batch.max(1)) {
@@ -120,16 +120,16 @@ pub fn training_fit<B: Backend>(
                 Ok(answer_context(
                     &tok.encode(&e.prompt, false)?,
                     &e.answer_tokens,
-                    &vs,
+                    vs,
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
         let (_, lps) = tail_states(model, &rows, 1, tok.pad_id, device);
         for lp in &lps {
-            let (q, _) = values::distribution(&vs, lp);
+            let (q, _) = values::distribution(vs, lp);
             let top = (0..q.len()).fold(0, |b, i| if q[i] > q[b] { i } else { b });
             modes[top] += 1;
-            expected.push(values::expected(&vs, lp));
+            expected.push(values::expected(vs, lp));
         }
     }
     let correct: Vec<bool> = examples.iter().map(|e| e.correct).collect();
@@ -239,6 +239,7 @@ const EVAL_SLACK: usize = 64;
 pub fn evaluate_set<B: Backend>(
     model: &Llama<B>,
     tok: &Tokenizer,
+    vs: &ValueSet,
     set: &DataConfig,
     ev: &EvalSection,
     constant: Option<f64>,
@@ -247,7 +248,6 @@ pub fn evaluate_set<B: Backend>(
     device: &B::Device,
     pb: &indicatif::ProgressBar,
 ) -> Result<Vec<EvalRecord>> {
-    let vs = ValueSet::new(tok)?;
     let style = prompt_style(set.style);
     // prompts that cannot fit the context with the answer and the P(True) question around it
     // (`EVAL_SLACK` tokens) are skipped and counted, never allocated
@@ -305,7 +305,7 @@ pub fn evaluate_set<B: Backend>(
                 Err(_) => (first.clone(), None),
             };
             let n = answer_tokens(tok, g);
-            after_answer.push(answer_context(prompt, &g.tokens[..n], &vs));
+            after_answer.push(answer_context(prompt, &g.tokens[..n], vs));
             let lp: Vec<f64> = g.logprobs[..n].iter().map(|&l| l as f64).collect();
             let mut conf = BTreeMap::new();
             if let Some(v) = verbal {
@@ -351,7 +351,7 @@ pub fn evaluate_set<B: Backend>(
         );
         for (k, (st, lp)) in states.iter().zip(&lps).enumerate() {
             let conf = &mut out[base + k].conf;
-            conf.insert("verbalized_expected".into(), values::expected(&vs, lp));
+            conf.insert("verbalized_expected".into(), values::expected(vs, lp));
             if let Some(p) = probe {
                 conf.insert("probe".into(), p.predict(&st[0]));
             }
@@ -478,9 +478,10 @@ fn generation_key(
     ev: &EvalSection,
     constant: Option<f64>,
     probe: &Option<String>,
+    values: &Option<Vec<u32>>,
 ) -> Option<String> {
     let model = candor_model::checkpoint::weights_fingerprint(std::path::Path::new(model_path))?;
-    let key = serde_json::json!({
+    let mut key = serde_json::json!({
         // bump when the readouts computed from a generation change
         "readouts_version": 3,
         "probe_data": probe,
@@ -492,6 +493,10 @@ fn generation_key(
         "seed": ev.seed,
         "constant": constant,
     });
+    // only a value set other than the default enters the key, so that earlier keys still match
+    if let Some(v) = values {
+        key["values"] = serde_json::json!(v);
+    }
     serde_json::to_string_pretty(&key).ok()
 }
 
@@ -544,6 +549,7 @@ pub fn evaluate_and_report<B: Backend>(
     models: &[(&str, &Llama<B>)],
     model_paths: BTreeMap<String, String>,
     tok: &Tokenizer,
+    vs: &ValueSet,
     sets: &[DataConfig],
     ev: &EvalSection,
     constant: Option<f64>,
@@ -569,6 +575,8 @@ pub fn evaluate_and_report<B: Backend>(
         });
         format!("{}:{h:016x}", d.len())
     });
+    let custom_values = (ValueSet::new(tok).ok().map(|d| d.values) != Some(vs.values.clone()))
+        .then(|| vs.values.clone());
     for set in sets {
         let name = set.display_name();
         let slug = candor_eval::report::slug(&name);
@@ -577,7 +585,7 @@ pub fn evaluate_and_report<B: Backend>(
             let path = out.join(format!("generations-{slug}-{label}.jsonl"));
             let key = model_paths
                 .get(*label)
-                .and_then(|p| generation_key(p, set, ev, constant, &probe_key));
+                .and_then(|p| generation_key(p, set, ev, constant, &probe_key, &custom_values));
             let recs = match reuse_generations(&path, &key, set)? {
                 Some(recs) => {
                     eprintln!("eval {name} ({label}): reusing {}", path.display());
@@ -601,6 +609,7 @@ pub fn evaluate_and_report<B: Backend>(
                     let recs = evaluate_set(
                         *model,
                         tok,
+                        vs,
                         set,
                         ev,
                         constant,

@@ -300,7 +300,7 @@ pub fn rehearsal_seqs<B: Backend>(
     let who = answering_model(r);
     // the confidence line's opening, where the labels write percent values
     let line_start = if r.labels.format == candor_data::config::ConfidenceFormat::Percent {
-        candor_confidence::values::ValueSet::new(tok)?.prefix
+        r.value_set(tok)?.prefix
     } else {
         vec![]
     };

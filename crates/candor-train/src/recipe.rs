@@ -153,6 +153,11 @@ pub struct TrainSection {
     /// label, which is what a written confidence should be.
     #[serde(deserialize_with = "bounded::fraction")]
     pub value_ce_decay: f64,
+    /// The percent values the confidence line is trained to write (each label goes to the
+    /// nearest), also the set the evaluation's expected readout reads. Empty = the deciles,
+    /// where two share their first token keeping the one farther from 50% (digit tokenizers
+    /// such as SmolLM2's: 0, 20, 30, …, 100).
+    pub values: Vec<u32>,
     /// Under `loss_on = "confidence"`: stop the confidence loss's gradient at the keys and
     /// values of the prompt and answer (computed once, held fixed while the confidence line
     /// attends to them), so the confidence is learned from what the model computes there
@@ -198,6 +203,32 @@ pub enum ConfidenceLoss {
     Ce,
     Brier,
     Log,
+    TwoHot,
+}
+
+impl Recipe {
+    /// The values the confidence line writes under this recipe's tokenizer
+    /// (`train.values`, or the default set).
+    pub fn value_set(&self, tok: &candor_model::Tokenizer) -> Result<candor_confidence::ValueSet> {
+        use candor_confidence::ValueSet;
+        if self.train.values.is_empty() {
+            ValueSet::new(tok)
+        } else {
+            ValueSet::exact(tok, &self.train.values).context("train.values")
+        }
+    }
+}
+
+impl ConfidenceLoss {
+    /// The name a recipe writes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ce => "ce",
+            Self::Brier => "brier",
+            Self::Log => "log",
+            Self::TwoHot => "two-hot",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,6 +261,7 @@ impl Default for TrainSection {
             value_weight: 1.0,
             value_ce: 0.0,
             value_ce_decay: 0.0,
+            values: vec![],
             answer_target: AnswerTarget::Distribution,
             detach_context: true,
             rehearsal: vec![],
@@ -293,6 +325,9 @@ pub struct LoraSection {
     pub dropout: f64,
     /// Any of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj.
     pub targets: Vec<String>,
+    /// The layers (0-based) that get adapters; empty = every layer (PEFT's
+    /// `layers_to_transform`).
+    pub layers: Vec<usize>,
 }
 
 impl Default for LoraSection {
@@ -304,6 +339,7 @@ impl Default for LoraSection {
             targets: ["q_proj", "k_proj", "v_proj", "o_proj"]
                 .map(String::from)
                 .to_vec(),
+            layers: vec![],
         }
     }
 }
@@ -537,6 +573,22 @@ impl Recipe {
         if self.train.value_ce_decay > 0.0 && self.train.value_ce == 0.0 {
             bail!("train.value_ce_decay = {} schedules train.value_ce, which is 0: set value_ce > 0 or drop value_ce_decay", self.train.value_ce_decay);
         }
+        if !self.train.values.is_empty() {
+            let mut v = self.train.values.clone();
+            v.sort_unstable();
+            if let Some(&bad) = v.iter().find(|&&x| x > 100) {
+                bail!("train.values: {bad} is out of range (allowed: 0 to 100, percent)");
+            }
+            if v.len() < 2 {
+                bail!(
+                    "train.values: {:?} has fewer than two values",
+                    self.train.values
+                );
+            }
+            if let Some(w) = v.windows(2).find(|w| w[0] == w[1]) {
+                bail!("train.values: {} is listed twice", w[0]);
+            }
+        }
         if self.eval.samples == 1 {
             bail!("eval.samples = 1: SAR compares samples with each other; use 0 (no SAR) or at least 2");
         }
@@ -578,7 +630,7 @@ impl Recipe {
         {
             bail!(
                 "train.confidence_loss = \"{}\" scores a distribution over percent values; it needs labels.format = \"percent\" (or use confidence_loss = \"ce\")",
-                format!("{:?}", self.train.confidence_loss).to_lowercase()
+                self.train.confidence_loss.name()
             );
         }
         self.labels.validate()?;

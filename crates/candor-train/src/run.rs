@@ -5,7 +5,7 @@ use crate::evaluate::evaluate_and_report;
 use crate::pipeline::{build_dataset, load_model, write_text};
 use crate::recipe::Recipe;
 use crate::trainer::{merged, train};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
@@ -28,6 +28,15 @@ pub fn run_recipe<B: Backend>(r: &Recipe, device: B::Device) -> Result<()> {
     // not there, stops the run here
     type A<B> = Autodiff<B>;
     let (model, tok) = load_model::<A<B>>(r, &device)?;
+    // a value set the tokenizer cannot write stops the run before the data stage
+    r.value_set(&tok)?;
+    let n = model.config.num_hidden_layers;
+    if let Some(&bad) = r.lora.iter().flat_map(|l| &l.layers).find(|&&i| i >= n) {
+        bail!(
+            "lora.layers: {bad} is out of range (the model has {n} layers, allowed: 0–{})",
+            n - 1
+        );
+    }
     let run = r.run_dir();
     // one writer per run folder, held until the run ends
     let _lock = crate::lock::RunLock::acquire(&run)?;
@@ -48,7 +57,9 @@ pub fn run_recipe<B: Backend>(r: &Recipe, device: B::Device) -> Result<()> {
     let mut model = model;
     if let Some(l) = &r.lora {
         let seed = r.train.seed ^ 0x10_4A;
-        model = model.with_lora(&l.targets, l.rank, l.alpha, l.dropout, seed, &device);
+        model = model.with_lora(
+            &l.targets, &l.layers, l.rank, l.alpha, l.dropout, seed, &device,
+        );
     }
     let rehearsal = crate::pipeline::rehearsal_seqs(r, &base, &tok, &device)?;
     let trained = train(r, model, &tok, &train_ex, &rehearsal, &device)?;
@@ -66,8 +77,14 @@ pub fn run_recipe<B: Backend>(r: &Recipe, device: B::Device) -> Result<()> {
     let after = merged(&trained.model);
     if r.labels.teacher != candor_data::config::Teacher::Gold && !train_ex.is_empty() {
         let t = Instant::now();
-        let fit =
-            crate::evaluate::training_fit(&after, &tok, &train_ex, r.eval.batch_size, &device)?;
+        let fit = crate::evaluate::training_fit(
+            &after,
+            &tok,
+            &r.value_set(&tok)?,
+            &train_ex,
+            r.eval.batch_size,
+            &device,
+        )?;
         let line = format!("{fit} [{:.0} s]", t.elapsed().as_secs_f64());
         eprintln!("{line}");
         use std::io::Write;
@@ -112,6 +129,7 @@ pub fn run_recipe<B: Backend>(r: &Recipe, device: B::Device) -> Result<()> {
             &models,
             names,
             &tok,
+            &r.value_set(&tok)?,
             &r.eval.sets,
             &r.eval,
             constant,

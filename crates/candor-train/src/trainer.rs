@@ -148,7 +148,7 @@ impl Objective {
             value_ce_decay: t.value_ce_decay,
             detach_context: confidence && t.detach_context,
             values: if confidence {
-                Some(ValueSet::new(tok)?)
+                Some(r.value_set(tok)?)
             } else {
                 None
             },
@@ -561,7 +561,8 @@ pub fn value_loss<B: Backend>(
     let all = lse(logits); // [n, 1]
     let on_values = lse(zv.clone()); // [n, 1]
     let mass_nll = all - on_values.clone(); // −log Σ_v p(v)
-    let q = (zv - on_values).exp(); // [n, k]
+    let log_q = zv - on_values; // [n, k]
+    let q = log_q.clone().exp();
     let vals: Vec<f32> = vs.values.iter().map(|&v| v as f32 / 100.0).collect();
     let vals = Tensor::<B, 2>::from_data(TensorData::new(vals, [1, k]), device);
     let y = Tensor::<B, 2>::from_data(TensorData::new(targets.to_vec(), [n, 1]), device);
@@ -570,6 +571,15 @@ pub fn value_loss<B: Backend>(
         ConfidenceLoss::Log => {
             let e = (q * vals).sum_dim(1).clamp(1e-4, 1.0 - 1e-4);
             (y.clone() * e.clone().log() + (y.neg() + 1.0) * (e.neg() + 1.0).log()).neg()
+        }
+        ConfidenceLoss::TwoHot => {
+            let t: Vec<f32> = targets
+                .iter()
+                .flat_map(|&y| vs.two_hot(y as f64 * 100.0))
+                .map(|w| w as f32)
+                .collect();
+            let t = Tensor::<B, 2>::from_data(TensorData::new(t, [n, k]), device);
+            (t * log_q).sum_dim(1).neg()
         }
         ConfidenceLoss::Ce => unreachable!("ce trains the value token with cross-entropy"),
     };
@@ -679,7 +689,7 @@ pub fn train<B: AutodiffBackend>(
                 ConfidenceLoss::Ce => "cross-entropy".to_string(),
                 l => format!(
                     "{} against {}",
-                    format!("{l:?}").to_lowercase(),
+                    l.name(),
                     format!("{:?}", obj.confidence_target).to_lowercase()
                 ),
             },
@@ -757,7 +767,15 @@ pub fn train<B: AutodiffBackend>(
         r.optim.lr,
         r.optim.min_lr,
         match &r.lora {
-            Some(l) => format!("LoRA rank {} on {}", l.rank, l.targets.join(",")),
+            Some(l) => format!(
+                "LoRA rank {} on {}{}",
+                l.rank,
+                l.targets.join(","),
+                match l.layers.as_slice() {
+                    [] => String::new(),
+                    ls => format!(" of layers {ls:?}"),
+                }
+            ),
             None => "full fine-tuning".into(),
         },
         match r.model.dtype {

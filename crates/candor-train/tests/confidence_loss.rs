@@ -187,6 +187,12 @@ fn direct_loss(
                                 .unwrap();
                             (e.clone().log() * y + (e.neg() + 1.0).log() * (1.0 - y)).neg()
                         }
+                        ConfidenceLoss::TwoHot => q
+                            .iter()
+                            .zip(vs.two_hot(y * 100.0))
+                            .map(|(q, t)| q.clone().log() * -t)
+                            .reduce(|a, b| a + b)
+                            .unwrap(),
                         ConfidenceLoss::Ce => unreachable!(),
                     };
                     total = total + (score - mass.log()) * (w * vw) - at(p, s.ids[p]) * (w * vce);
@@ -249,6 +255,7 @@ fn answer_tokens_carry_no_loss_under_each_confidence_loss() {
     for kind in [
         ConfidenceLoss::Brier,
         ConfidenceLoss::Log,
+        ConfidenceLoss::TwoHot,
         ConfidenceLoss::Ce,
     ] {
         check_against_direct(kind, 0.0, 1.0, 0.0);
@@ -260,6 +267,7 @@ fn value_weight_scales_the_deciding_token_under_each_confidence_loss() {
     for kind in [
         ConfidenceLoss::Brier,
         ConfidenceLoss::Log,
+        ConfidenceLoss::TwoHot,
         ConfidenceLoss::Ce,
     ] {
         check_against_direct(kind, 0.5, 7.0, 0.0);
@@ -268,7 +276,11 @@ fn value_weight_scales_the_deciding_token_under_each_confidence_loss() {
 
 #[test]
 fn value_ce_adds_the_written_labels_cross_entropy_beside_the_scoring_rule() {
-    for kind in [ConfidenceLoss::Brier, ConfidenceLoss::Log] {
+    for kind in [
+        ConfidenceLoss::Brier,
+        ConfidenceLoss::Log,
+        ConfidenceLoss::TwoHot,
+    ] {
         check_against_direct(kind, 0.5, 7.0, 0.3);
     }
 }
@@ -292,6 +304,48 @@ fn label_balancing_gives_every_bin_the_same_weight() {
     for x in &v {
         assert!((x - v[0]).abs() < 1e-12, "{per_bin:?}");
     }
+}
+
+#[test]
+fn two_hot_targets_keep_the_teachers_mean_on_at_most_two_neighbouring_values() {
+    let (tok, _d) = tokenizer();
+    let vs = ValueSet::new(&tok).unwrap();
+    let (lo, hi) = (vs.values[0] as f64, *vs.values.last().unwrap() as f64);
+    for pct in [-5.0, 0.0, 3.0, 10.0, 17.5, 45.0, 60.0, 99.0, 100.0, 120.0] {
+        let w = vs.two_hot(pct);
+        let nz: Vec<usize> = (0..w.len()).filter(|&i| w[i] > 0.0).collect();
+        assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12, "{pct}: {w:?}");
+        assert!(w.iter().all(|&x| x >= 0.0), "{pct}: {w:?}");
+        assert!(
+            nz.len() <= 2 && nz.windows(2).all(|p| p[1] == p[0] + 1),
+            "{pct}: {w:?}"
+        );
+        let mean: f64 = w.iter().zip(&vs.values).map(|(w, &v)| w * v as f64).sum();
+        assert!(
+            (mean - pct.clamp(lo, hi)).abs() < 1e-9,
+            "{pct}: mean {mean}"
+        );
+    }
+    // a value of the set is its own target
+    let i = vs.values.len() / 2;
+    let w = vs.two_hot(vs.values[i] as f64);
+    assert_eq!(w[i], 1.0, "{w:?}");
+}
+
+#[test]
+fn an_explicit_value_set_keeps_ten_percent_and_refuses_a_shared_first_token() {
+    let (tok, _d) = tokenizer();
+    let tens: Vec<u32> = (0..10).map(|i| i * 10).collect();
+    let vs = ValueSet::exact(&tok, &tens).unwrap();
+    assert_eq!(vs.values, tens);
+    let line = tok.decode(vs.line(vs.nearest(12.0)), false).unwrap();
+    assert_eq!(line, "\nConfidence: 10%");
+    // with every digit its own token, 10% and 100% both start with `1`
+    let default = ValueSet::new(&tok).unwrap();
+    assert!(!default.values.contains(&10), "{:?}", default.values);
+    let all: Vec<u32> = (0..=10).map(|i| i * 10).collect();
+    let e = ValueSet::exact(&tok, &all).unwrap_err().to_string();
+    assert!(e.contains("100% and 10%"), "{e}");
 }
 
 #[test]
@@ -510,8 +564,15 @@ fn the_training_fit_line_reports_the_expected_value_of_right_and_wrong_answers()
     let cfg = ModelConfig::preset("tiny", 259).unwrap();
     let model = Llama::<Flex>::init(&cfg, 3, &Default::default());
     let ex = labelled(&tok);
-    let line =
-        candor_train::evaluate::training_fit(&model, &tok, &ex, 5, &Default::default()).unwrap();
+    let line = candor_train::evaluate::training_fit(
+        &model,
+        &tok,
+        &ValueSet::new(&tok).unwrap(),
+        &ex,
+        5,
+        &Default::default(),
+    )
+    .unwrap();
     // by hand, one answer at a time
     let mut right = vec![];
     let mut wrong = vec![];

@@ -90,6 +90,12 @@ fn malformed_recipes_name_key_line_and_allowed_values() {
         e.contains("global_batch = 20") && e.contains("multiple"),
         "{e}"
     );
+    let e = err(&format!("{MODEL}[train]\nvalues = [0, 50, 150]\n"));
+    assert!(e.contains("train.values: 150 is out of range"), "{e}");
+    let e = err(&format!("{MODEL}[train]\nvalues = [0, 50, 50]\n"));
+    assert!(e.contains("train.values: 50 is listed twice"), "{e}");
+    let e = err(&format!("{MODEL}[train]\nvalues = [50]\n"));
+    assert!(e.contains("fewer than two values"), "{e}");
     let e = err(&format!("{MODEL}[lora]\ntargets = [\"qkv\"]\n"));
     assert!(e.contains("lora.targets") && e.contains("q_proj"), "{e}");
     let e = err(&format!(

@@ -154,7 +154,7 @@ fn lora_forward_equals_merged_forward_and_only_adapters_train() {
     let dev = Default::default();
     let targets: Vec<String> = ["q_proj", "v_proj", "down_proj"].map(String::from).to_vec();
     let base_model = model.valid();
-    let mut m = model.with_lora(&targets, 4, 8.0, 0.0, 12, &dev);
+    let mut m = model.with_lora(&targets, &[], 4, 8.0, 0.0, 12, &dev);
     // make B non-zero so the adapter changes the output
     for (_, lin) in m.linears_mut() {
         if let Some(l) = lin.lora.as_mut() {
@@ -182,6 +182,31 @@ fn lora_forward_equals_merged_forward_and_only_adapters_train() {
     let (g, _) = accumulate(&m, &batch, &Objective::response(), 4, 0, 0, &dev);
     let n_with_grad = grads_of(&m, &g).len();
     assert_eq!(n_with_grad, 2 * 3 * 4, "A and B of 3 targets × 4 layers");
+}
+
+#[test]
+fn lora_layers_puts_adapters_on_the_listed_layers_only() {
+    let (model, _tok, seqs, _d) = setup();
+    let dev = Default::default();
+    let targets: Vec<String> = ["q_proj", "down_proj"].map(String::from).to_vec();
+    let n_layers = model.layers.len();
+    let last = n_layers - 1;
+    let m = model.with_lora(&targets, &[last], 4, 8.0, 0.0, 12, &dev);
+    for (i, block) in m.layers.iter().enumerate() {
+        let has = [&block.self_attn.q_proj, &block.mlp.down_proj].map(|l| l.lora.is_some());
+        assert_eq!(has, [i == last; 2], "layer {i} of {n_layers}");
+        assert!(
+            block.self_attn.k_proj.lora.is_none(),
+            "k_proj is not a target"
+        );
+    }
+    let batch: Vec<&Seq> = seqs.iter().take(4).collect();
+    let (g, _) = accumulate(&m, &batch, &Objective::response(), 4, 0, 0, &dev);
+    assert_eq!(
+        grads_of(&m, &g).len(),
+        2 * 2,
+        "A and B of 2 targets × 1 layer"
+    );
 }
 
 /// Every parameter of the model, flattened, in visiting order.

@@ -173,7 +173,7 @@ fn child<B: burn::tensor::backend::AutodiffBackend>(
         let t: Vec<String> = ["q_proj", "k_proj", "v_proj", "o_proj"]
             .map(String::from)
             .to_vec();
-        model = model.with_lora(&t, 16, 32.0, 0.0, 0, device);
+        model = model.with_lora(&t, &[], 16, 32.0, 0.0, 0, device);
     }
     let start = if workload.ends_with("sft") {
         a.seq - a.response

@@ -79,6 +79,7 @@ impl BackendTask for Task {
             &models,
             names,
             &tok,
+            &r.value_set(&tok)?,
             &r.eval.sets,
             &r.eval,
             a.constant,
