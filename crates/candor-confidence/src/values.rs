@@ -44,37 +44,16 @@ impl ValueSet {
     /// Exactly these values (percent, any order): an error names two values whose lines start
     /// with the same deciding token under this tokenizer (`10` and `100` with digit tokens).
     pub fn exact(tok: &Tokenizer, values: &[u32]) -> Result<Self> {
-        let vs = Self::from_candidates(tok, values)?;
-        if vs.values.len() < values.len() {
-            let dropped: Vec<u32> = values
-                .iter()
-                .filter(|v| !vs.values.contains(v))
-                .copied()
-                .collect();
-            let (d, kept) = dropped
-                .iter()
-                .find_map(|d| {
-                    let t = vs.line_token(tok, *d).ok()?;
-                    let i = vs.tokens.iter().position(|&x| x == t)?;
-                    Some((*d, vs.values[i]))
-                })
-                .unwrap_or((dropped[0], dropped[0]));
-            bail!(
-                "confidence values {kept}% and {d}% start with the same token under this tokenizer, so one token cannot choose between them: keep one"
-            );
-        }
-        Ok(vs)
-    }
-
-    /// The deciding token of `value`'s line.
-    fn line_token(&self, tok: &Tokenizer, value: u32) -> Result<u32> {
-        let line = tok.encode(&format!("{PREFIX}{value}%"), false)?;
-        line.get(self.prefix.len())
-            .copied()
-            .ok_or_else(|| anyhow::anyhow!("the line of {value}% ends within the shared prefix"))
+        Self::build(tok, values, true)
     }
 
     pub fn from_candidates(tok: &Tokenizer, candidates: &[u32]) -> Result<Self> {
+        Self::build(tok, candidates, false)
+    }
+
+    /// The value set of `candidates`; two that share their deciding token are an error under
+    /// `refuse_shared`, else the one farther from 50% is kept.
+    fn build(tok: &Tokenizer, candidates: &[u32], refuse_shared: bool) -> Result<Self> {
         if candidates.len() < 2 {
             bail!("a confidence value set needs at least two values");
         }
@@ -95,6 +74,11 @@ impl ValueSet {
         for (v, line) in candidates.iter().zip(&lines) {
             let t = line[lcp];
             match kept.iter_mut().find(|k| k.1 == t) {
+                Some(k) if refuse_shared => bail!(
+                    "confidence values {}% and {}% start with the same token under this tokenizer, so one token cannot choose between them: keep one",
+                    k.0.max(*v),
+                    k.0.min(*v)
+                ),
                 Some(k) if v.abs_diff(50) > k.0.abs_diff(50) => *k = (*v, t, line.clone()),
                 Some(_) => {}
                 None => kept.push((*v, t, line.clone())),

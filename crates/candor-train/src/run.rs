@@ -29,7 +29,7 @@ pub fn run_recipe<B: Backend>(r: &Recipe, device: B::Device) -> Result<()> {
     type A<B> = Autodiff<B>;
     let (model, tok) = load_model::<A<B>>(r, &device)?;
     // a value set the tokenizer cannot write stops the run before the data stage
-    r.value_set(&tok)?;
+    let vs = r.value_set(&tok)?;
     let n = model.config.num_hidden_layers;
     if let Some(&bad) = r.lora.iter().flat_map(|l| &l.layers).find(|&&i| i >= n) {
         bail!(
@@ -80,7 +80,7 @@ pub fn run_recipe<B: Backend>(r: &Recipe, device: B::Device) -> Result<()> {
         let fit = crate::evaluate::training_fit(
             &after,
             &tok,
-            &r.value_set(&tok)?,
+            &vs,
             &train_ex,
             r.eval.batch_size,
             &device,
@@ -129,7 +129,7 @@ pub fn run_recipe<B: Backend>(r: &Recipe, device: B::Device) -> Result<()> {
             &models,
             names,
             &tok,
-            &r.value_set(&tok)?,
+            &vs,
             &r.eval.sets,
             &r.eval,
             constant,
