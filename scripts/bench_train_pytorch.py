@@ -33,9 +33,11 @@ class LoraLinear(nn.Module):
     def __init__(self, base: nn.Linear, r=16, alpha=32):
         super().__init__()
         self.base = base
-        self.a = nn.Parameter(torch.empty(r, base.in_features))
+        # on the base layer's device: the model was moved before the adapters were added
+        dev = base.weight.device
+        self.a = nn.Parameter(torch.empty(r, base.in_features, device=dev))
         nn.init.kaiming_uniform_(self.a, a=math.sqrt(5))
-        self.b = nn.Parameter(torch.zeros(base.out_features, r))
+        self.b = nn.Parameter(torch.zeros(base.out_features, r, device=dev))
         self.scale = alpha / r
 
     def forward(self, x):

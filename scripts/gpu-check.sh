@@ -4,7 +4,9 @@
 #   scripts/gpu-check.sh tests              # tiny model on cuda vs cpu: f32 logits, bf16 error
 #   scripts/gpu-check.sh quickstart bf16    # recipes/quickstart.toml on cuda (f32 or bf16)
 #   scripts/gpu-check.sh bench bf16         # bench-train, SmolLM2-135M shapes (random init)
-#                                           # beside PyTorch on the same GPU (f32 or bf16)
+#                                           # beside PyTorch on the same GPU (f32 or bf16);
+#                                           # further arguments go to bench-train (--only …),
+#                                           # CANDOR_BENCH_ROUNDS=N rounds (default 3)
 # With $OUT set, each step's log (and the quickstart's report.md) is also written there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -58,7 +60,7 @@ quickstart)
 bench)
   [ -f "$bundle/smollm2-135m/config.json" ] || { echo "no $bundle/smollm2-135m/config.json" >&2; exit 2; }
   run "bench-$dtype" "$bin/bench-train" --model "$bundle/smollm2-135m" --random-init \
-    --device cuda --dtype "$dtype" --python python3 --steps 10 --rounds 3
+    --device cuda --dtype "$dtype" --python python3 --steps 10 --rounds "${CANDOR_BENCH_ROUNDS:-3}" "${@:3}"
   ;;
 *)
   echo "usage: scripts/gpu-check.sh tests | quickstart [f32|bf16] | bench [f32|bf16]" >&2

@@ -71,14 +71,18 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0f32, f32::max)
 }
 
-fn compare(spec: DeviceSpec) {
+/// The tiny model's f32 logits on `spec` against the CPU's, within `tol`.
+fn compare(spec: DeviceSpec, tol: f32) {
     let cpu = Logits(tiny(), DType::F32)
         .run::<Flex>(Default::default())
         .unwrap();
     let gpu = candor_model::run_on(spec, Logits(tiny(), DType::F32)).unwrap();
     let worst = max_diff(&cpu, &gpu);
-    eprintln!("{spec}: tiny model max |Δlogit| vs cpu = {worst:.2e}");
-    assert!(worst < 1e-3, "{spec} differs from cpu by {worst}");
+    eprintln!("{spec}: tiny model max |Δlogit| vs cpu = {worst:.2e} (tolerance {tol:.2e})");
+    assert!(
+        worst < tol,
+        "{spec} differs from cpu by {worst} (tolerance {tol})"
+    );
 }
 
 /// `true` when a CUDA test may run; otherwise the skip is recorded.
@@ -100,7 +104,7 @@ fn cuda_asked() -> bool {
 )]
 fn tiny_model_on_wgpu_matches_cpu() {
     if have_vulkan() {
-        compare(DeviceSpec::Wgpu(None));
+        compare(DeviceSpec::Wgpu(None), 1e-3);
     }
 }
 
@@ -109,9 +113,16 @@ fn tiny_model_on_wgpu_matches_cpu() {
     not(feature = "cuda"),
     ignore = "built without --features cuda (and needs an NVIDIA GPU)"
 )]
+/// On CUDA, Burn's f32 matmuls run on the tensor cores in TF32 wherever the GPU has it
+/// (cubek-matmul 0.2 stages f32 operands as `tf32`, as PyTorch does under `allow_tf32`): 10
+/// mantissa bits against bf16's 7, so the error is about an eighth of the CPU's bf16 error
+/// (measured on an H200: 4.77e-3 against 3.78e-2). The bound is a quarter of it, and never
+/// below the 1e-3 that a full-f32 GPU must meet; a wrong kernel is off by far more.
 fn tiny_model_on_cuda_matches_cpu() {
     if cuda_asked() {
-        compare(DeviceSpec::Cuda(0));
+        let on_cpu = |d| Logits(tiny(), d).run::<Flex>(Default::default()).unwrap();
+        let bf16_err = max_diff(&on_cpu(DType::F32), &on_cpu(DType::BF16));
+        compare(DeviceSpec::Cuda(0), (bf16_err / 4.0).max(1e-3));
     }
 }
 
