@@ -233,6 +233,18 @@ pub enum MapKind {
     None,
 }
 
+/// A fitted correction of `empirical-question` labels toward the greedy answer's accuracy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Recalibrate {
+    /// The labels as the teacher gives them.
+    None,
+    /// Platt scaling: P(greedy right) = σ(a·logit(label) + b), (a, b) fitted by logistic
+    /// regression on the training questions' greedy grades. Two parameters: the labels keep
+    /// their order (and AUROC); their level moves to the greedy answers' accuracy.
+    Logistic,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConfidenceFormat {
@@ -296,6 +308,10 @@ pub struct LabelsConfig {
     /// sub-task accuracy; empirical Bayes). 0 = the plain share.
     #[serde(deserialize_with = "bounded::non_negative")]
     pub subtask_prior: f64,
+    /// `empirical-question` only: map the labels to the greedy answers' accuracy (the K
+    /// samples are drawn at a temperature, so their share right runs below the greedy
+    /// answer's chance of being right).
+    pub recalibrate: Recalibrate,
 }
 
 impl Default for LabelsConfig {
@@ -323,6 +339,7 @@ impl Default for LabelsConfig {
             max_answer_words: 0,
             min_subtask_accuracy: 0.0,
             subtask_prior: 0.0,
+            recalibrate: Recalibrate::None,
         }
     }
 }
@@ -354,6 +371,13 @@ impl LabelsConfig {
             Teacher::EmpiricalQuestion if self.samples < 1 => anyhow::bail!(
                 "labels.samples = 0: teacher \"empirical-question\" needs at least 1 sample"
             ),
+            _ if self.recalibrate != Recalibrate::None
+                && self.teacher != Teacher::EmpiricalQuestion =>
+            {
+                anyhow::bail!(
+                    "labels.recalibrate = \"logistic\": applies to teacher \"empirical-question\" only (allowed: \"none\" for the others; \"sar\" and \"answer-logit\" are mapped by labels.map)"
+                )
+            }
             _ if self.subtask_prior > 0.0 && self.teacher != Teacher::EmpiricalQuestion => {
                 anyhow::bail!(
                     "labels.subtask_prior = {}: applies to teacher \"empirical-question\" only (it shrinks the per-question share toward the sub-task's accuracy)",

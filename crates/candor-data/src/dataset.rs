@@ -5,7 +5,7 @@
 
 use crate::answering::{Answered, Sample};
 use crate::calibratedmath::Grade;
-use crate::config::{DataConfig, LabelsConfig, MapKind, SarVariant, Teacher};
+use crate::config::{DataConfig, LabelsConfig, MapKind, Recalibrate, SarVariant, Teacher};
 use crate::teacher::{self, MonotoneMap, Verdict};
 use anyhow::{Context, Result};
 use candor_confidence::deepconf::{self, DeepConf};
@@ -132,6 +132,9 @@ pub struct Summary {
     pub auroc: BTreeMap<String, Option<f64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub map: Option<MonotoneMap>,
+    /// `labels.recalibrate = "logistic"`: the fitted correction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recalibration: Option<teacher::Recalibration>,
 }
 
 fn hist(values: impl Iterator<Item = f64>) -> [usize; 10] {
@@ -419,6 +422,7 @@ pub fn label_with(
 
     // teacher confidence
     let mut map = None;
+    let mut recalibration = None;
     // each sub-task's greedy accuracy (percent): the CalibratedMath label, the per-question
     // label's prior and the accuracy floor
     let subtask_acc =
@@ -446,6 +450,19 @@ pub fn label_with(
                     labels.subtask_prior,
                 );
                 e.teacher = "empirical-question".into();
+            }
+            if labels.recalibrate == Recalibrate::Logistic {
+                // fitted on the questions the run trains on, as the maps are
+                let fit: Vec<&Example> = ex.iter().filter(|e| !e.below_floor).collect();
+                let l: Vec<f64> = fit.iter().map(|e| e.confidence).collect();
+                let c: Vec<bool> = fit.iter().map(|e| e.correct).collect();
+                let r = teacher::Recalibration::logistic(&l, &c).context(
+                    "labels.recalibrate = \"logistic\": the training questions' greedy answers are all right or all wrong, so there is nothing to fit; use \"none\"",
+                )?;
+                for e in ex.iter_mut() {
+                    e.confidence = r.apply(e.confidence);
+                }
+                recalibration = Some(r);
             }
         }
         Teacher::AnswerLogit if !labels.fits_map() => {
@@ -505,6 +522,7 @@ pub fn label_with(
         teacher: ex.first().map(|e| e.teacher.clone()).unwrap_or_default(),
         questions: ex.len(),
         map,
+        recalibration,
         ..Default::default()
     };
     for e in &ex {
@@ -636,6 +654,9 @@ impl Summary {
             }
         }
         o += "\n";
+        if let Some(r) = &self.recalibration {
+            o += &format!("{r}\n");
+        }
         if let Some(m) = &self.map {
             o += &format!(
                 "SAR → confidence map ({}, fitted on {} held-out answers):",

@@ -44,6 +44,77 @@ pub fn empirical_question_shrunk(share: f64, n: usize, subtask: f64, m: f64) -> 
     100.0 * (n * share + m * subtask) / (n + m)
 }
 
+/// `labels.recalibrate = "logistic"` (Platt scaling of a label): P(right) = σ(a·logit(label) +
+/// b), fitted by logistic regression of the greedy answers' grades on the logit of their
+/// labels. With a > 0 the labels keep their order; the intercept brings their mean to the
+/// greedy accuracy (a property of the logistic fit).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Recalibration {
+    pub a: f64,
+    pub b: f64,
+    pub fitted_on: usize,
+    /// Mean label (percent) before and after, and the greedy accuracy (percent) of the fit.
+    pub mean_before: f64,
+    pub mean_after: f64,
+    pub accuracy: f64,
+}
+
+/// logit of a percentage, clamped to [0.5%, 99.5%] so that 0% and 100% labels stay finite.
+fn logit_percent(p: f64) -> f64 {
+    let q = (p / 100.0).clamp(0.005, 0.995);
+    (q / (1.0 - q)).ln()
+}
+
+impl Recalibration {
+    /// Fit on labels (percent) and grades. `None` when one class is absent.
+    pub fn logistic(labels: &[f64], correct: &[bool]) -> Option<Self> {
+        let x: Vec<Vec<f32>> = labels
+            .iter()
+            .map(|&l| vec![logit_percent(l) as f32])
+            .collect();
+        // the probe's logistic regression (one feature; a negligible penalty keeps a
+        // separable fit finite); it standardises, so undo that into (a, b)
+        let p = candor_confidence::probe::Probe::fit(&x, correct, 1e-3)?;
+        let a = p.w[0] / p.std[0];
+        let b = p.w[1] - a * p.mean[0];
+        let n = labels.len() as f64;
+        let mut r = Self {
+            a,
+            b,
+            fitted_on: labels.len(),
+            mean_before: labels.iter().sum::<f64>() / n,
+            mean_after: 0.0,
+            accuracy: 100.0 * correct.iter().filter(|&&c| c).count() as f64 / n,
+        };
+        r.mean_after = labels.iter().map(|&l| r.apply(l)).sum::<f64>() / n;
+        Some(r)
+    }
+
+    /// The recalibrated label (percent).
+    pub fn apply(&self, label: f64) -> f64 {
+        100.0 / (1.0 + (-(self.a * logit_percent(label) + self.b)).exp())
+    }
+}
+
+impl std::fmt::Display for Recalibration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "labels recalibrated (logistic, fitted on {} training answers): σ({:.3}·logit(label) {:+.3}); mean label {:.1}% → {:.1}% (greedy accuracy {:.1}%); e.g. 5% → {:.0}%, 20% → {:.0}%, 50% → {:.0}%, 80% → {:.0}%",
+            self.fitted_on,
+            self.a,
+            self.b,
+            self.mean_before,
+            self.mean_after,
+            self.accuracy,
+            self.apply(5.0),
+            self.apply(20.0),
+            self.apply(50.0),
+            self.apply(80.0)
+        )
+    }
+}
+
 /// A monotone map from an uncertainty score (higher = less sure, like SAR) to a probability of
 /// being correct, fitted on held-out graded questions and saved with the dataset.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -210,6 +281,35 @@ pub fn target(answer: &str, percent: f64, format: ConfidenceFormat) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logistic_recalibration_keeps_order_and_meets_the_accuracy() {
+        // labels that run low: the answers are right about twice as often as labelled
+        let mut labels = vec![];
+        let mut correct = vec![];
+        for (l, right_of_10) in [(5.0, 1), (10.0, 2), (20.0, 4), (40.0, 7), (60.0, 9)] {
+            for i in 0..10 {
+                labels.push(l);
+                correct.push(i < right_of_10);
+            }
+        }
+        let r = Recalibration::logistic(&labels, &correct).unwrap();
+        assert!(r.a > 0.0, "{r}");
+        // order kept
+        let mapped: Vec<f64> = [5.0, 10.0, 20.0, 40.0, 60.0]
+            .iter()
+            .map(|&l| r.apply(l))
+            .collect();
+        assert!(mapped.windows(2).all(|w| w[0] < w[1]), "{mapped:?}");
+        // the fit's mean is the accuracy (46%), well above the labels' mean (27%)
+        assert!((r.accuracy - 46.0).abs() < 1e-9);
+        assert!((r.mean_after - r.accuracy).abs() < 0.5, "{r}");
+        assert!((r.mean_before - 27.0).abs() < 1e-9);
+        // each level near its bin's accuracy
+        assert!((r.apply(10.0) - 20.0).abs() < 8.0, "{r}");
+        // one class only: nothing to fit
+        assert!(Recalibration::logistic(&[10.0, 20.0], &[false, false]).is_none());
+    }
 
     #[test]
     fn empirical_subtask_floors() {
