@@ -243,6 +243,10 @@ pub enum Recalibrate {
     /// regression on the training questions' greedy grades. Two parameters: the labels keep
     /// their order (and AUROC); their level moves to the greedy answers' accuracy.
     Logistic,
+    /// Calibration in the large: the same with a = 1, so every label's log-odds moves by the
+    /// one b that makes the mean label the greedy accuracy; the spread stays the teacher's (a
+    /// student that ranks less sharply than its teacher is not pushed further apart).
+    Mean,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -375,7 +379,8 @@ impl LabelsConfig {
                 && self.teacher != Teacher::EmpiricalQuestion =>
             {
                 anyhow::bail!(
-                    "labels.recalibrate = \"logistic\": applies to teacher \"empirical-question\" only (allowed: \"none\" for the others; \"sar\" and \"answer-logit\" are mapped by labels.map)"
+                    "labels.recalibrate = \"{}\": applies to teacher \"empirical-question\" only (allowed: \"none\" for the others; \"sar\" and \"answer-logit\" are mapped by labels.map)",
+                    if self.recalibrate == Recalibrate::Mean { "mean" } else { "logistic" }
                 )
             }
             _ if self.subtask_prior > 0.0 && self.teacher != Teacher::EmpiricalQuestion => {

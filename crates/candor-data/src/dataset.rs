@@ -451,13 +451,17 @@ pub fn label_with(
                 );
                 e.teacher = "empirical-question".into();
             }
-            if labels.recalibrate == Recalibrate::Logistic {
+            if labels.recalibrate != Recalibrate::None {
                 // fitted on the questions the run trains on, as the maps are
                 let fit: Vec<&Example> = ex.iter().filter(|e| !e.below_floor).collect();
                 let l: Vec<f64> = fit.iter().map(|e| e.confidence).collect();
                 let c: Vec<bool> = fit.iter().map(|e| e.correct).collect();
-                let r = teacher::Recalibration::logistic(&l, &c).context(
-                    "labels.recalibrate = \"logistic\": the training questions' greedy answers are all right or all wrong, so there is nothing to fit; use \"none\"",
+                let r = match labels.recalibrate {
+                    Recalibrate::Mean => teacher::Recalibration::mean(&l, &c),
+                    _ => teacher::Recalibration::logistic(&l, &c),
+                }
+                .context(
+                    "labels.recalibrate: the training questions' greedy answers are all right or all wrong, so there is nothing to fit; use \"none\"",
                 )?;
                 for e in ex.iter_mut() {
                     e.confidence = r.apply(e.confidence);

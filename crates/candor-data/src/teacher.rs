@@ -90,6 +90,36 @@ impl Recalibration {
         Some(r)
     }
 
+    /// `a = 1`: the shift `b` of every label's log-odds that makes the mean label the
+    /// accuracy (bisection: the mean rises with b). `None` when one class is absent.
+    pub fn mean(labels: &[f64], correct: &[bool]) -> Option<Self> {
+        let n = labels.len() as f64;
+        let right = correct.iter().filter(|&&c| c).count();
+        if right == 0 || right == labels.len() {
+            return None;
+        }
+        let mut r = Self {
+            a: 1.0,
+            b: 0.0,
+            fitted_on: labels.len(),
+            mean_before: labels.iter().sum::<f64>() / n,
+            mean_after: 0.0,
+            accuracy: 100.0 * right as f64 / n,
+        };
+        let (mut lo, mut hi) = (-20.0, 20.0);
+        for _ in 0..100 {
+            r.b = 0.5 * (lo + hi);
+            let m = labels.iter().map(|&l| r.apply(l)).sum::<f64>() / n;
+            if m < r.accuracy {
+                lo = r.b;
+            } else {
+                hi = r.b;
+            }
+        }
+        r.mean_after = labels.iter().map(|&l| r.apply(l)).sum::<f64>() / n;
+        Some(r)
+    }
+
     /// The recalibrated label (percent).
     pub fn apply(&self, label: f64) -> f64 {
         100.0 / (1.0 + (-(self.a * logit_percent(label) + self.b)).exp())
@@ -100,7 +130,8 @@ impl std::fmt::Display for Recalibration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "labels recalibrated (logistic, fitted on {} training answers): σ({:.3}·logit(label) {:+.3}); mean label {:.1}% → {:.1}% (greedy accuracy {:.1}%); e.g. 5% → {:.0}%, 20% → {:.0}%, 50% → {:.0}%, 80% → {:.0}%",
+            "labels recalibrated ({}, fitted on {} training answers): σ({:.3}·logit(label) {:+.3}); mean label {:.1}% → {:.1}% (greedy accuracy {:.1}%); e.g. 5% → {:.0}%, 20% → {:.0}%, 50% → {:.0}%, 80% → {:.0}%",
+            if self.a == 1.0 { "mean" } else { "logistic" },
             self.fitted_on,
             self.a,
             self.b,
@@ -309,6 +340,12 @@ mod tests {
         assert!((r.apply(10.0) - 20.0).abs() < 8.0, "{r}");
         // one class only: nothing to fit
         assert!(Recalibration::logistic(&[10.0, 20.0], &[false, false]).is_none());
+        // the mean alone: slope 1, every label moved up, the mean met exactly
+        let m = Recalibration::mean(&labels, &correct).unwrap();
+        assert_eq!(m.a, 1.0);
+        assert!(m.b > 0.0 && (m.mean_after - m.accuracy).abs() < 1e-6, "{m}");
+        assert!(m.apply(10.0) > 10.0 && m.apply(10.0) < r.apply(60.0));
+        assert!(Recalibration::mean(&[10.0], &[true]).is_none());
     }
 
     #[test]
