@@ -50,6 +50,8 @@ pub fn empirical_question_shrunk(share: f64, n: usize, subtask: f64, m: f64) -> 
 /// greedy accuracy (a property of the logistic fit).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Recalibration {
+    /// `logistic` or `mean` (`labels.recalibrate`).
+    pub kind: String,
     pub a: f64,
     pub b: f64,
     pub fitted_on: usize,
@@ -79,6 +81,7 @@ impl Recalibration {
         let b = p.w[1] - a * p.mean[0];
         let n = labels.len() as f64;
         let mut r = Self {
+            kind: "logistic".into(),
             a,
             b,
             fitted_on: labels.len(),
@@ -99,6 +102,7 @@ impl Recalibration {
             return None;
         }
         let mut r = Self {
+            kind: "mean".into(),
             a: 1.0,
             b: 0.0,
             fitted_on: labels.len(),
@@ -131,7 +135,7 @@ impl std::fmt::Display for Recalibration {
         write!(
             f,
             "labels recalibrated ({}, fitted on {} training answers): σ({:.3}·logit(label) {:+.3}); mean label {:.1}% → {:.1}% (greedy accuracy {:.1}%); e.g. 5% → {:.0}%, 20% → {:.0}%, 50% → {:.0}%, 80% → {:.0}%",
-            if self.a == 1.0 { "mean" } else { "logistic" },
+            self.kind,
             self.fitted_on,
             self.a,
             self.b,
