@@ -249,6 +249,17 @@ pub enum Recalibrate {
     Mean,
 }
 
+impl Recalibrate {
+    /// The name a recipe writes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Logistic => "logistic",
+            Self::Mean => "mean",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConfidenceFormat {
@@ -380,7 +391,7 @@ impl LabelsConfig {
             {
                 anyhow::bail!(
                     "labels.recalibrate = \"{}\": applies to teacher \"empirical-question\" only (allowed: \"none\" for the others; \"sar\" and \"answer-logit\" are mapped by labels.map)",
-                    if self.recalibrate == Recalibrate::Mean { "mean" } else { "logistic" }
+                    self.recalibrate.name()
                 )
             }
             _ if self.subtask_prior > 0.0 && self.teacher != Teacher::EmpiricalQuestion => {

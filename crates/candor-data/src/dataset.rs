@@ -132,7 +132,7 @@ pub struct Summary {
     pub auroc: BTreeMap<String, Option<f64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub map: Option<MonotoneMap>,
-    /// `labels.recalibrate = "logistic"`: the fitted correction.
+    /// `labels.recalibrate` (`logistic` or `mean`): the fitted correction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recalibration: Option<teacher::Recalibration>,
 }
@@ -456,11 +456,7 @@ pub fn label_with(
                 let fit: Vec<&Example> = ex.iter().filter(|e| !e.below_floor).collect();
                 let l: Vec<f64> = fit.iter().map(|e| e.confidence).collect();
                 let c: Vec<bool> = fit.iter().map(|e| e.correct).collect();
-                let r = match labels.recalibrate {
-                    Recalibrate::Mean => teacher::Recalibration::mean(&l, &c),
-                    _ => teacher::Recalibration::logistic(&l, &c),
-                }
-                .context(
+                let r = teacher::Recalibration::fit(labels.recalibrate, &l, &c).context(
                     "labels.recalibrate: the training questions' greedy answers are all right or all wrong, so there is nothing to fit; use \"none\"",
                 )?;
                 for e in ex.iter_mut() {

@@ -2,7 +2,7 @@
 //! and target format turn labels into training examples (`../shared/reference/methods.md`
 //! §1, §3).
 
-use crate::config::ConfidenceFormat;
+use crate::config::{ConfidenceFormat, Recalibrate};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -44,14 +44,14 @@ pub fn empirical_question_shrunk(share: f64, n: usize, subtask: f64, m: f64) -> 
     100.0 * (n * share + m * subtask) / (n + m)
 }
 
-/// `labels.recalibrate = "logistic"` (Platt scaling of a label): P(right) = σ(a·logit(label) +
-/// b), fitted by logistic regression of the greedy answers' grades on the logit of their
-/// labels. With a > 0 the labels keep their order; the intercept brings their mean to the
-/// greedy accuracy (a property of the logistic fit).
+/// `labels.recalibrate`: P(right) = σ(a·logit(label) + b) for a label (percent), fitted on
+/// the greedy answers' grades. `logistic` (Platt scaling) fits a and b by logistic
+/// regression; `mean` fixes a = 1 and finds the b that makes the mean label the accuracy.
+/// With a > 0 the labels keep their order; both bring their mean to the greedy accuracy (for
+/// the logistic fit, a property of its intercept).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Recalibration {
-    /// `logistic` or `mean` (`labels.recalibrate`).
-    pub kind: String,
+    pub kind: Recalibrate,
     pub a: f64,
     pub b: f64,
     pub fitted_on: usize,
@@ -67,66 +67,76 @@ fn logit_percent(p: f64) -> f64 {
     (q / (1.0 - q)).ln()
 }
 
+/// σ(a·logit(label) + b), in percent.
+fn platt(a: f64, b: f64, label: f64) -> f64 {
+    100.0 / (1.0 + (-(a * logit_percent(label) + b)).exp())
+}
+
 impl Recalibration {
-    /// Fit on labels (percent) and grades. `None` when one class is absent.
-    pub fn logistic(labels: &[f64], correct: &[bool]) -> Option<Self> {
-        let x: Vec<Vec<f32>> = labels
-            .iter()
-            .map(|&l| vec![logit_percent(l) as f32])
-            .collect();
-        // the probe's logistic regression (one feature; a negligible penalty keeps a
-        // separable fit finite); it standardises, so undo that into (a, b)
-        let p = candor_confidence::probe::Probe::fit(&x, correct, 1e-3)?;
-        let a = p.w[0] / p.std[0];
-        let b = p.w[1] - a * p.mean[0];
+    /// Fit `kind` on labels (percent) and grades. `None` when one class is absent (or for
+    /// `Recalibrate::None`: nothing to fit).
+    pub fn fit(kind: Recalibrate, labels: &[f64], correct: &[bool]) -> Option<Self> {
+        let right = correct.iter().filter(|&&c| c).count();
+        if right == 0 || right == labels.len() {
+            return None;
+        }
+        let (a, b) = match kind {
+            Recalibrate::None => return None,
+            Recalibrate::Logistic => Self::logistic_ab(labels, correct)?,
+            Recalibrate::Mean => (1.0, Self::mean_b(labels, right)),
+        };
         let n = labels.len() as f64;
         let mut r = Self {
-            kind: "logistic".into(),
+            kind,
             a,
             b,
             fitted_on: labels.len(),
             mean_before: labels.iter().sum::<f64>() / n,
             mean_after: 0.0,
-            accuracy: 100.0 * correct.iter().filter(|&&c| c).count() as f64 / n,
+            accuracy: 100.0 * right as f64 / n,
         };
-        r.mean_after = labels.iter().map(|&l| r.apply(l)).sum::<f64>() / n;
+        r.mean_after = r.mean_of(labels);
         Some(r)
     }
 
-    /// `a = 1`: the shift `b` of every label's log-odds that makes the mean label the
-    /// accuracy (bisection: the mean rises with b). `None` when one class is absent.
-    pub fn mean(labels: &[f64], correct: &[bool]) -> Option<Self> {
-        let n = labels.len() as f64;
-        let right = correct.iter().filter(|&&c| c).count();
-        if right == 0 || right == labels.len() {
-            return None;
-        }
-        let mut r = Self {
-            kind: "mean".into(),
-            a: 1.0,
-            b: 0.0,
-            fitted_on: labels.len(),
-            mean_before: labels.iter().sum::<f64>() / n,
-            mean_after: 0.0,
-            accuracy: 100.0 * right as f64 / n,
-        };
+    /// Platt scaling: the probe's logistic regression on one feature, the label's logit (a
+    /// negligible penalty keeps a separable fit finite); it standardises, so undo that.
+    fn logistic_ab(labels: &[f64], correct: &[bool]) -> Option<(f64, f64)> {
+        let x: Vec<Vec<f32>> = labels
+            .iter()
+            .map(|&l| vec![logit_percent(l) as f32])
+            .collect();
+        let p = candor_confidence::probe::Probe::fit(&x, correct, 1e-3)?;
+        let a = p.w[0] / p.std[0];
+        Some((a, p.w[1] - a * p.mean[0]))
+    }
+
+    /// The log-odds shift that makes the mean label the accuracy (bisection: the mean rises
+    /// with b).
+    fn mean_b(labels: &[f64], right: usize) -> f64 {
+        let accuracy = 100.0 * right as f64 / labels.len() as f64;
+        let mean =
+            |b: f64| labels.iter().map(|&l| platt(1.0, b, l)).sum::<f64>() / labels.len() as f64;
         let (mut lo, mut hi) = (-20.0, 20.0);
         for _ in 0..100 {
-            r.b = 0.5 * (lo + hi);
-            let m = labels.iter().map(|&l| r.apply(l)).sum::<f64>() / n;
-            if m < r.accuracy {
-                lo = r.b;
+            let b = 0.5 * (lo + hi);
+            if mean(b) < accuracy {
+                lo = b;
             } else {
-                hi = r.b;
+                hi = b;
             }
         }
-        r.mean_after = labels.iter().map(|&l| r.apply(l)).sum::<f64>() / n;
-        Some(r)
+        0.5 * (lo + hi)
+    }
+
+    /// The mean recalibrated label (percent).
+    fn mean_of(&self, labels: &[f64]) -> f64 {
+        labels.iter().map(|&l| self.apply(l)).sum::<f64>() / labels.len() as f64
     }
 
     /// The recalibrated label (percent).
     pub fn apply(&self, label: f64) -> f64 {
-        100.0 / (1.0 + (-(self.a * logit_percent(label) + self.b)).exp())
+        platt(self.a, self.b, label)
     }
 }
 
@@ -135,7 +145,7 @@ impl std::fmt::Display for Recalibration {
         write!(
             f,
             "labels recalibrated ({}, fitted on {} training answers): σ({:.3}·logit(label) {:+.3}); mean label {:.1}% → {:.1}% (greedy accuracy {:.1}%); e.g. 5% → {:.0}%, 20% → {:.0}%, 50% → {:.0}%, 80% → {:.0}%",
-            self.kind,
+            self.kind.name(),
             self.fitted_on,
             self.a,
             self.b,
@@ -328,7 +338,7 @@ mod tests {
                 correct.push(i < right_of_10);
             }
         }
-        let r = Recalibration::logistic(&labels, &correct).unwrap();
+        let r = Recalibration::fit(Recalibrate::Logistic, &labels, &correct).unwrap();
         assert!(r.a > 0.0, "{r}");
         // order kept
         let mapped: Vec<f64> = [5.0, 10.0, 20.0, 40.0, 60.0]
@@ -343,13 +353,15 @@ mod tests {
         // each level near its bin's accuracy
         assert!((r.apply(10.0) - 20.0).abs() < 8.0, "{r}");
         // one class only: nothing to fit
-        assert!(Recalibration::logistic(&[10.0, 20.0], &[false, false]).is_none());
+        assert!(
+            Recalibration::fit(Recalibrate::Logistic, &[10.0, 20.0], &[false, false]).is_none()
+        );
         // the mean alone: slope 1, every label moved up, the mean met exactly
-        let m = Recalibration::mean(&labels, &correct).unwrap();
+        let m = Recalibration::fit(Recalibrate::Mean, &labels, &correct).unwrap();
         assert_eq!(m.a, 1.0);
         assert!(m.b > 0.0 && (m.mean_after - m.accuracy).abs() < 1e-6, "{m}");
         assert!(m.apply(10.0) > 10.0 && m.apply(10.0) < r.apply(60.0));
-        assert!(Recalibration::mean(&[10.0], &[true]).is_none());
+        assert!(Recalibration::fit(Recalibrate::Mean, &[10.0], &[true]).is_none());
     }
 
     #[test]
