@@ -50,6 +50,9 @@ pub struct SetResult {
     pub readouts: BTreeMap<String, ReadoutResult>,
     /// The same metrics per task (no bootstrap).
     pub by_task: BTreeMap<String, TaskResult>,
+    /// Questions of the set that are also in the training data, left out of everything above.
+    #[serde(default)]
+    pub left_out_seen: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -234,6 +237,7 @@ pub fn set_result(
             .collect(),
         readouts,
         by_task,
+        left_out_seen: 0,
     }
 }
 
@@ -412,6 +416,12 @@ impl Report {
                         .map(|(k, v)| format!("{k} {v}"))
                         .collect();
                     o += &format!(" (failures: {})", fails.join(", "));
+                }
+                if r.left_out_seen > 0 {
+                    o += &format!(
+                        "; {} questions also in the training data left out",
+                        r.left_out_seen
+                    );
                 }
                 o += "\n";
             }

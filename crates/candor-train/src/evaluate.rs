@@ -26,7 +26,7 @@ use candor_model::generate::{Finish, Generation};
 use candor_model::tokenizer::Message;
 use candor_model::{generate, score, GenConfig, Llama, Tokenizer};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 /// One evaluated question, as written to `<out>/generations-<set>-<model>.jsonl`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -556,6 +556,7 @@ pub fn evaluate_and_report<B: Backend>(
     recipe_hash: Option<String>,
     out: &std::path::Path,
     probe_data: Option<&[GradedAnswer]>,
+    seen: &HashSet<String>,
     mut sim: Option<&mut dyn Similarity>,
     device: &B::Device,
 ) -> Result<candor_eval::report::Report> {
@@ -631,15 +632,34 @@ pub fn evaluate_and_report<B: Backend>(
                     recs
                 }
             };
+            // a question the run trained on is not held out: left out of the metrics (the
+            // generations file keeps it, so the same file serves another training set)
+            let total = recs.len();
+            let recs: Vec<EvalRecord> = recs
+                .into_iter()
+                .filter(|r| !seen.contains(&r.question))
+                .collect();
+            let left_out = total - recs.len();
+            anyhow::ensure!(
+                !recs.is_empty(),
+                "eval set {name}: all {total} of its questions are in the training data, so none is held out; give it another seed or other sub-tasks"
+            );
+            if left_out > 0 && *label == models[0].0 {
+                eprintln!(
+                    "eval {name}: {left_out} of {total} questions are also in the training data; left out of the metrics"
+                );
+            }
             let scored = to_scored(&recs);
-            results.push(set_result(
+            let mut result = set_result(
                 &name,
                 label,
                 &scored,
                 parse_stats(&recs),
                 ev.bootstrap,
                 ev.seed,
-            ));
+            );
+            result.left_out_seen = left_out;
+            results.push(result);
             per_model.push((label.to_string(), scored));
         }
         let find = |l: &str| per_model.iter().find(|(m, _)| m == l).map(|(_, s)| s);

@@ -136,6 +136,7 @@ pub fn run_recipe<B: Backend>(r: &Recipe, device: B::Device) -> Result<()> {
             Some(recipe_hash(r)),
             &out,
             probe.as_deref(),
+            &train_ex.iter().map(|e| e.question.clone()).collect(),
             sim.as_mut()
                 .map(|s| &mut **s as &mut dyn candor_confidence::Similarity),
             &device,

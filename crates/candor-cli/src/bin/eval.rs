@@ -69,11 +69,16 @@ impl BackendTask for Task {
         };
         // the probe is fitted on the run's training set when the run folder has one
         let ds = r.run_dir().join("data").join("dataset.jsonl");
-        let probe = if ds.exists() {
-            let ex = candor_data::dataset::read(&ds)?;
-            candor_train::run::probe_data(&r, &tok, &ex)?
+        // … and the questions it trained on are left out of the eval sets
+        let (probe, seen) = if ds.exists() {
+            let ex: Vec<_> = candor_data::dataset::read(&ds)?
+                .into_iter()
+                .filter(|e| e.kept())
+                .collect();
+            let seen = ex.iter().map(|e| e.question.clone()).collect();
+            (candor_train::run::probe_data(&r, &tok, &ex)?, seen)
         } else {
-            None
+            (None, Default::default())
         };
         let rep = candor_train::evaluate::evaluate_and_report(
             &models,
@@ -86,6 +91,7 @@ impl BackendTask for Task {
             Some(candor_train::run::recipe_hash(&r)),
             &out,
             probe.as_deref(),
+            &seen,
             sim.as_mut()
                 .map(|s| &mut **s as &mut dyn candor_confidence::Similarity),
             &device,
