@@ -2,7 +2,8 @@
 //! SIGKILL and resumed ends with exactly the weights of an uninterrupted run (LoRA dropout
 //! included); a diverging run stops on a non-finite loss and keeps its last good checkpoint;
 //! a model folder whose tokenizer does not fit its embeddings is refused by name; the whole
-//! pipeline on tiny-arith runs on WGPU (lavapipe) as on the CPU.
+//! pipeline on tiny-arith runs on WGPU (lavapipe) as on the CPU; questions the run trained on
+//! are left out of its eval sets.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -383,5 +384,142 @@ fn a_model_folder_whose_tokenizer_outgrows_its_embeddings_is_an_error_not_a_pani
     assert!(
         err.contains("go up to 259") && err.contains("vocab_size = 259"),
         "{err}"
+    );
+}
+
+/// Writes `body` (a recipe with `run_dir` and `[model] path` filled in for tiny-arith) to a
+/// recipe in `dir` and trains it; returns the run folder and the run's stderr.
+fn train_tiny_arith(dir: &Path, body: &str) -> (PathBuf, String) {
+    let run = dir.join("run");
+    let text = format!(
+        "run_dir = \"{}\"\n[model]\npath = \"{}\"\n{body}",
+        run.display(),
+        tiny_arith().display()
+    );
+    let r = dir.join("recipe.toml");
+    std::fs::write(&r, text).unwrap();
+    let out = train(&r);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    (run, stderr)
+}
+
+fn jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn questions_the_run_trained_on_are_left_out_of_its_eval_sets() {
+    // the eval set's first 8 "+:1:1" questions are the training set's (same seed, same stream)
+    let d = tempfile::tempdir().unwrap();
+    let (run, stderr) = train_tiny_arith(
+        d.path(),
+        r#"[data]
+subtasks = ["+:1:1"]
+per_subtask = 8
+style = "plain"
+[labels]
+teacher = "empirical-subtask"
+max_new_tokens = 12
+[train]
+max_steps = 1
+micro_batch = 8
+global_batch = 8
+[eval]
+max_new_tokens = 24
+bootstrap = 20
+[[eval.sets]]
+name = "overlapping"
+source = "calibratedmath"
+subtasks = ["+:1:1"]
+per_subtask = 20
+style = "plain"
+"#,
+    );
+    let trained: std::collections::HashSet<String> = jsonl(&run.join("data/dataset.jsonl"))
+        .iter()
+        .map(|v| v["question"].as_str().unwrap().to_string())
+        .collect();
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("report/report.json")).unwrap())
+            .unwrap();
+    let gens = jsonl(&run.join("report/generations-overlapping-after.jsonl"));
+    assert_eq!(gens.len(), 20, "the generations file keeps every question");
+    let seen = gens
+        .iter()
+        .filter(|g| trained.contains(g["question"].as_str().unwrap()))
+        .count();
+    assert!(seen >= 8, "{seen} of the eval questions were trained on");
+    for res in rep["results"].as_array().unwrap() {
+        assert_eq!(res["left_out_seen"], seen, "{}", res["model"]);
+        assert_eq!(res["n"], 20 - seen, "{}", res["model"]);
+    }
+    assert!(stderr.contains("also in the training data"), "{stderr}");
+    let md = std::fs::read_to_string(run.join("report/report.md")).unwrap();
+    assert!(
+        md.contains(&format!(
+            "{seen} questions also in the training data left out"
+        )),
+        "{md}"
+    );
+}
+
+#[test]
+fn the_probe_teacher_labels_every_trained_question_from_a_cross_fitted_probe() {
+    let d = tempfile::tempdir().unwrap();
+    let (run, stderr) = train_tiny_arith(
+        d.path(),
+        r#"[data]
+subtasks = ["+:1:1", "+:2:2", "-:1:1", "-:2:2"]
+per_subtask = 15
+style = "plain"
+[labels]
+teacher = "probe"
+max_new_tokens = 12
+[train]
+max_steps = 1
+micro_batch = 8
+global_batch = 8
+[eval]
+enabled = false
+"#,
+    );
+    assert!(stderr.contains("5-fold cross-fitted"), "{stderr}");
+    let ex = jsonl(&run.join("data/dataset.jsonl"));
+    assert_eq!(ex.len(), 60);
+    let right = ex.iter().filter(|e| e["correct"] == true).count();
+    assert!(
+        0 < right && right < 60,
+        "{right} of 60 right: the probe needs both"
+    );
+    for e in &ex {
+        let p = e["signals"]["probe"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&p), "{e}");
+        assert_eq!(e["teacher"], "probe");
+        assert_eq!(
+            e["confidence"].as_f64().unwrap(),
+            (100.0 * p).round(),
+            "{e}"
+        );
+    }
+    // the label follows the grade: right answers get more on average (tiny-arith's hidden
+    // state tells its sums apart)
+    let mean = |c: bool| {
+        let v: Vec<f64> = ex
+            .iter()
+            .filter(|e| e["correct"] == c)
+            .map(|e| e["confidence"].as_f64().unwrap())
+            .collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    assert!(
+        mean(true) > mean(false),
+        "right {} wrong {}",
+        mean(true),
+        mean(false)
     );
 }

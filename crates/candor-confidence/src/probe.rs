@@ -147,9 +147,61 @@ impl Probe {
     }
 }
 
+/// Out-of-fold probabilities: row i's comes from a probe fitted on the rows of the other
+/// folds (row i is in fold i mod `folds`, `folds` ≥ 2), so no row's probability has seen its
+/// own label (the `probe` teacher). `Err(f)` when the rows outside fold f hold one class only.
+pub fn cross_fitted(x: &[Vec<f32>], y: &[bool], folds: usize, l2: f64) -> Result<Vec<f64>, usize> {
+    assert!(folds >= 2, "cross-fitting needs at least 2 folds");
+    let mut p = vec![0.0; x.len()];
+    for f in 0..folds {
+        let (xs, ys): (Vec<Vec<f32>>, Vec<bool>) = (0..x.len())
+            .filter(|i| i % folds != f)
+            .map(|i| (x[i].clone(), y[i]))
+            .unzip();
+        let probe = Probe::fit(&xs, &ys, l2).ok_or(f)?;
+        for i in (f..x.len()).step_by(folds) {
+            p[i] = probe.predict(&x[i]);
+        }
+    }
+    Ok(p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cross_fitted_probability_never_sees_its_own_label() {
+        let mut s = 11u64;
+        let mut r = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) as f64 / (1u64 << 31) as f64) as f32 * 2.0 - 1.0
+        };
+        let x: Vec<Vec<f32>> = (0..100).map(|_| vec![r(), r()]).collect();
+        let mut y: Vec<bool> = x.iter().map(|v| v[0] > 0.0).collect();
+        let before = cross_fitted(&x, &y, 5, 1.0).unwrap();
+        // it still ranks: the other folds teach the rule
+        let right = (0..100).filter(|&i| (before[i] > 0.5) == y[i]).count();
+        assert!(right >= 90, "{right} of 100");
+        // flip row 7's label: its own probability is unchanged, its fold-mates' are not
+        y[7] = !y[7];
+        let after = cross_fitted(&x, &y, 5, 1.0).unwrap();
+        assert_eq!(before[7], after[7]);
+        assert_eq!(
+            before[12], after[12],
+            "same fold as row 7 (7 mod 5 = 12 mod 5)"
+        );
+        assert_ne!(
+            before[8], after[8],
+            "another fold's probe saw the flipped label"
+        );
+        // a fold whose complement has one class is named
+        let one = vec![true, true, true, true, true, false];
+        let x6: Vec<Vec<f32>> = (0..6).map(|i| vec![i as f32]).collect();
+        assert_eq!(cross_fitted(&x6, &one, 6, 1.0), Err(5));
+    }
 
     #[test]
     fn separates_a_separable_case_and_refuses_one_class() {

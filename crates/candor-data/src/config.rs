@@ -199,6 +199,12 @@ pub enum Teacher {
     /// slice like SAR's (`map`, `heldout`). Needs no samples; per-question labels that rank
     /// as the starting model's answer logit does.
     AnswerLogit,
+    /// A linear probe of the starting model (logistic regression on its final hidden state
+    /// after its greedy answer, the `probe` readout) fitted on the greedy grades of the
+    /// questions the run trains on, cross-fitted in 5 folds so that no question's label comes
+    /// from a probe that saw its grade. What the model knows about its answer, as the number
+    /// it should learn to say. Needs no samples.
+    Probe,
     /// No answering run, no confidence: targets are the gold answers (pre-training a model
     /// such as checkpoints/tiny-arith to answer).
     Gold,
@@ -323,6 +329,11 @@ pub struct LabelsConfig {
     /// sub-task accuracy; empirical Bayes). 0 = the plain share.
     #[serde(deserialize_with = "bounded::non_negative")]
     pub subtask_prior: f64,
+    /// `empirical-question` only: the greedy answer's own grade counts as this many of the K
+    /// samples in the question's share (the share then estimates the chance that the answer
+    /// the model gives, the greedy one, is right). 0 = the samples alone.
+    #[serde(deserialize_with = "bounded::non_negative")]
+    pub greedy_weight: f64,
     /// `empirical-question` only: map the labels to the greedy answers' accuracy (the K
     /// samples are drawn at a temperature, so their share right runs below the greedy
     /// answer's chance of being right).
@@ -354,6 +365,7 @@ impl Default for LabelsConfig {
             max_answer_words: 0,
             min_subtask_accuracy: 0.0,
             subtask_prior: 0.0,
+            greedy_weight: 0.0,
             recalibrate: Recalibrate::None,
         }
     }
@@ -400,6 +412,16 @@ impl LabelsConfig {
                     self.subtask_prior
                 )
             }
+            _ if self.greedy_weight > 0.0 && self.teacher != Teacher::EmpiricalQuestion => {
+                anyhow::bail!(
+                    "labels.greedy_weight = {}: applies to teacher \"empirical-question\" only (it counts the greedy answer's grade among the samples)",
+                    self.greedy_weight
+                )
+            }
+            _ if self.greedy_weight.is_nan() || self.greedy_weight > 1e6 => anyhow::bail!(
+                "labels.greedy_weight = {} is out of range (allowed: 0 to 1000000 samples)",
+                self.greedy_weight
+            ),
             _ if self.subtask_prior.is_nan() || self.subtask_prior > 1e6 => anyhow::bail!(
                 "labels.subtask_prior = {} is out of range (allowed: 0 to 1000000 pseudo-samples)",
                 self.subtask_prior

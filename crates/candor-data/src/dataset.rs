@@ -34,6 +34,9 @@ pub struct Signals {
     pub sentence_sar: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sar: Option<f64>,
+    /// The starting model's cross-fitted probe probability (teacher `probe`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<f64>,
 }
 
 /// One labelled question. `dataset.jsonl` holds the kept ones; `labels.jsonl` all of them.
@@ -317,7 +320,7 @@ pub fn label(
         Some(s) => SarSource::Compute(s),
         None => SarSource::None,
     };
-    label_with(answers, data, labels, tok, sar, on_progress)
+    label_with(answers, data, labels, tok, sar, None, on_progress)
 }
 
 /// [`label`], with SAR's scores computed or read from a cache ([`SarSource`]).
@@ -327,9 +330,18 @@ pub fn label_with(
     labels: &LabelsConfig,
     tok: &Tokenizer,
     mut sar: SarSource<'_>,
+    probe: Option<&[f64]>,
     on_progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Vec<Example>, Summary)> {
     labels.validate()?;
+    if let Some(p) = probe {
+        anyhow::ensure!(
+            p.len() == answers.len(),
+            "{} probe probabilities for {} answers",
+            p.len(),
+            answers.len()
+        );
+    }
     let how = data.matcher();
     if let SarSource::Compute(sim) = &mut sar {
         // learn every text SAR will compare, so that the model embeds them in a few batches
@@ -371,6 +383,7 @@ pub fn label_with(
                 deepconf::from_top_logprobs(&tops, labels.deepconf_window)
             },
             sample_accuracy: teacher::empirical_question(&sample_ok).map(|p| p / 100.0),
+            probe: probe.map(|p| p[i]),
             ..Default::default()
         };
         match &mut sar {
@@ -446,6 +459,7 @@ pub fn label_with(
                 e.confidence = teacher::empirical_question_shrunk(
                     share,
                     a.samples.len(),
+                    (e.correct, labels.greedy_weight),
                     subtask_acc[&e.subtask] / 100.0,
                     labels.subtask_prior,
                 );
@@ -463,6 +477,15 @@ pub fn label_with(
                     e.confidence = r.apply(e.confidence);
                 }
                 recalibration = Some(r);
+            }
+        }
+        Teacher::Probe => {
+            for e in ex.iter_mut() {
+                let p = e.signals.probe.context(
+                    "labels.teacher = \"probe\": no probe probabilities were given (the pipeline fits the probe; `label` alone cannot)",
+                )?;
+                e.confidence = (100.0 * p).round();
+                e.teacher = "probe".into();
             }
         }
         Teacher::AnswerLogit if !labels.fits_map() => {
@@ -578,6 +601,7 @@ pub fn label_with(
         e.signals.deepconf.map(|d| d.lowest_group)
     });
     signal("sample_accuracy", &|e| e.signals.sample_accuracy);
+    signal("probe (cross-fitted)", &|e| e.signals.probe);
     signal("sar (negated)", &|e| e.signals.sar.map(|x| -x));
     signal("token_sar (negated)", &|e| e.signals.token_sar.map(|x| -x));
     signal("sentence_sar (negated)", &|e| {

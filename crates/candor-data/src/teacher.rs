@@ -32,16 +32,24 @@ pub fn empirical_question(sample_correct: &[bool]) -> Option<f64> {
 }
 
 /// Per-question label with a sub-task prior (empirical Bayes): a share `share` (0–1) of `n`
-/// samples right, shrunk toward the sub-task's accuracy `subtask` (0–1) with `m`
-/// pseudo-samples: 100·(n·share + m·subtask)/(n + m). A question of a sub-task the model
+/// samples right, the greedy answer's grade `greedy` counted as `w` more samples, shrunk
+/// toward the sub-task's accuracy `subtask` (0–1) with `m` pseudo-samples:
+/// 100·(n·share + w·greedy + m·subtask)/(n + w + m). A question of a sub-task the model
 /// always gets right keeps a high label when its few samples were unlucky; questions of one
 /// sub-task still differ by their own samples, which a per-sub-task label cannot.
-pub fn empirical_question_shrunk(share: f64, n: usize, subtask: f64, m: f64) -> f64 {
+pub fn empirical_question_shrunk(
+    share: f64,
+    n: usize,
+    (greedy, w): (bool, f64),
+    subtask: f64,
+    m: f64,
+) -> f64 {
     let n = n as f64;
-    if n + m <= 0.0 {
+    if n + w + m <= 0.0 {
         return 100.0 * subtask;
     }
-    100.0 * (n * share + m * subtask) / (n + m)
+    let g = if greedy { w } else { 0.0 };
+    100.0 * (n * share + g + m * subtask) / (n + w + m)
 }
 
 /// `labels.recalibrate`: P(right) = σ(a·logit(label) + b) for a label (percent), fitted on
@@ -375,12 +383,21 @@ mod tests {
         );
         assert_eq!(empirical_question(&[]), None);
         // 1 of 4 right, sub-task at 80%, 4 pseudo-samples: (1 + 3.2) / 8
-        let l = empirical_question_shrunk(0.25, 4, 0.8, 4.0);
+        let l = empirical_question_shrunk(0.25, 4, (true, 0.0), 0.8, 4.0);
         assert!((l - 52.5).abs() < 1e-9, "{l}");
         // no prior: the plain share
-        assert_eq!(empirical_question_shrunk(0.5, 2, 0.9, 0.0), 50.0);
+        assert_eq!(
+            empirical_question_shrunk(0.5, 2, (false, 0.0), 0.9, 0.0),
+            50.0
+        );
         // a strong prior: near the sub-task's accuracy
-        assert!((empirical_question_shrunk(0.0, 10, 0.6, 1e6) - 60.0).abs() < 0.01);
+        let l = empirical_question_shrunk(0.0, 10, (true, 0.0), 0.6, 1e6);
+        assert!((l - 60.0).abs() < 0.01);
+        // the greedy answer counted as 2 samples: right (1 + 2) / 6, wrong 1 / 6
+        let l = empirical_question_shrunk(0.25, 4, (true, 2.0), 0.8, 0.0);
+        assert!((l - 50.0).abs() < 1e-9, "{l}");
+        let l = empirical_question_shrunk(0.25, 4, (false, 2.0), 0.8, 0.0);
+        assert!((l - 100.0 / 6.0).abs() < 1e-9, "{l}");
     }
 
     #[test]

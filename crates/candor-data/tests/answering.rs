@@ -162,7 +162,7 @@ fn answering_resumes_after_a_kill_to_the_same_result() {
     assert!(dataset::sar_cache_covers(&cache, &full));
     let from_cache = |answers| {
         let sar_src = dataset::SarSource::Cached(&cache);
-        dataset::label_with(answers, &data(), &sar, &tok, sar_src, &mut |_, _| {})
+        dataset::label_with(answers, &data(), &sar, &tok, sar_src, None, &mut |_, _| {})
     };
     let (again, sum2) = from_cache(&full).unwrap();
     assert_eq!(again, ex);

@@ -219,16 +219,101 @@ pub fn build_dataset<B: Backend>(
         (None, Some(s)) => dataset::SarSource::Compute(&mut **s as &mut dyn Similarity),
         (None, None) => dataset::SarSource::None,
     };
+    let probe = if r.labels.teacher == Teacher::Probe {
+        Some(cross_fitted_probe(model, tok, &answers, r, device)?)
+    } else {
+        None
+    };
     let pb = bar(answers.len() as u64, "labelling");
-    let (ex, s) = dataset::label_with(&answers, &r.data, &r.labels, tok, sar, &mut |d, _| {
-        pb.set_position(d as u64)
-    })?;
+    let (ex, s) = dataset::label_with(
+        &answers,
+        &r.data,
+        &r.labels,
+        tok,
+        sar,
+        probe.as_deref(),
+        &mut |d, _| pb.set_position(d as u64),
+    )?;
     pb.finish_and_clear();
     if sim.is_some() {
         write_sar_cache(r, &dir, &dataset::sar_cache_rows(&answers, &ex))?;
     }
     dataset::write(&dir, &ex, &s)?;
     Ok((ex, s))
+}
+
+/// Teacher `probe`: each answer's probability under a logistic-regression probe of the starting
+/// model's final hidden state after its greedy answer (the `probe` readout), fitted on the
+/// greedy grades of the other four folds ([`candor_confidence::probe::cross_fitted`]) of the questions above
+/// the sub-task accuracy floor; a question never gets its label from a probe that saw its
+/// grade. Questions below the floor are not trained on and not probed: their label is their
+/// sub-task's accuracy.
+pub fn cross_fitted_probe<B: Backend>(
+    model: &Llama<B>,
+    tok: &Tokenizer,
+    answers: &[candor_data::answering::Answered],
+    r: &Recipe,
+    device: &B::Device,
+) -> Result<Vec<f64>> {
+    use candor_data::calibratedmath::Grade;
+    const FOLDS: usize = 5;
+    let how = r.data.matcher();
+    let correct: Vec<bool> = answers
+        .iter()
+        .map(|a| a.item.grade(&a.greedy.text, how) == Grade::Correct)
+        .collect();
+    let acc = candor_data::teacher::empirical_subtask(
+        answers
+            .iter()
+            .zip(&correct)
+            .map(|(a, &c)| (a.item.subtask.as_str(), c)),
+    );
+    let kept: Vec<usize> = (0..answers.len())
+        .filter(|&i| acc[&answers[i].item.subtask] >= r.labels.min_subtask_accuracy)
+        .collect();
+    let t0 = Instant::now();
+    let pb = bar(kept.len() as u64, "probe teacher: hidden states");
+    let mut xs: Vec<Vec<f32>> = Vec::with_capacity(kept.len());
+    for chunk in kept.chunks(r.labels.batch_size.max(1)) {
+        let rows = chunk
+            .iter()
+            .map(|&i| {
+                let a = &answers[i];
+                let mut ids = tok.encode(&a.prompt, false)?;
+                ids.extend(&a.greedy.tokens[..a.greedy.answer_len()]);
+                Ok(ids)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (states, _) = candor_model::generate::tail_states(model, &rows, 1, tok.pad_id, device);
+        xs.extend(
+            states
+                .into_iter()
+                .map(|st| st.into_iter().next().expect("k = 1")),
+        );
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    let ys: Vec<bool> = kept.iter().map(|&i| correct[i]).collect();
+    let out = candor_confidence::probe::cross_fitted(&xs, &ys, FOLDS, crate::evaluate::PROBE_L2)
+        .map_err(|f| {
+            anyhow::anyhow!(
+                "labels.teacher = \"probe\": outside fold {f}, the {} questions above the sub-task accuracy floor have only right or only wrong greedy answers; add questions",
+                kept.len()
+            )
+        })?;
+    let mut p: Vec<f64> = answers
+        .iter()
+        .map(|a| acc[&a.item.subtask] / 100.0)
+        .collect();
+    for (&i, q) in kept.iter().zip(out) {
+        p[i] = q;
+    }
+    eprintln!(
+        "probe teacher: the starting model's probe on {} answers above the sub-task floor, {FOLDS}-fold cross-fitted, in {:.1} s",
+        kept.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(p)
 }
 
 /// What SAR's scores depend on besides the answers themselves (which each cache row
