@@ -131,6 +131,39 @@ impl ValueSet {
         &self.lines[i]
     }
 
+    /// `train.value_digits = 2`: the line `\nConfidence: NN%` for a label (percent) written
+    /// with two digits, so that the second digit says where in its decade the label lies. The
+    /// label is rounded to a whole percent and capped at 99; one under 10 is written as the
+    /// nearer of 0% and 10% (a one-digit `7%` would start with the token of 70%). Returns the
+    /// line's tokens and, for a two-digit value, the units digit as a share (0, 0.1, …, 0.9):
+    /// the target of the token after the deciding one, which is scored over the same digit
+    /// tokens. Needs the value set 0, 10, …, 90 under a tokenizer that writes one token per
+    /// digit (SmolLM2's, the byte tokenizer); anything else is an error.
+    pub fn two_digit_line(&self, tok: &Tokenizer, percent: f64) -> Result<(Vec<u32>, Option<f32>)> {
+        let deciles: Vec<u32> = (0..10).map(|d| 10 * d).collect();
+        if self.values != deciles {
+            bail!(
+                "two-digit confidence values need the value set 0, 10, …, 90 (train.values = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90]); this one is {:?}",
+                self.values
+            );
+        }
+        let l = percent.round().clamp(0.0, 99.0) as u32;
+        if l < 10 {
+            return Ok((self.lines[usize::from(l >= 5)].clone(), None));
+        }
+        let line = tok.encode(&format!("{PREFIX}{l}%"), false)?;
+        let p = self.prefix.len();
+        let (tens, units) = ((l / 10) as usize, (l % 10) as usize);
+        if line.len() < p + 2
+            || line[..p] != self.prefix[..]
+            || line[p] != self.tokens[tens]
+            || line[p + 1] != self.tokens[units]
+        {
+            bail!("two-digit confidence values need a tokenizer that writes one token per digit; this one does not split `{l}%` that way");
+        }
+        Ok((line, Some(units as f32 / 10.0)))
+    }
+
     /// A one-line description for logs: `0%:"0" 20%:"2" … 100%:"1"`.
     pub fn describe(&self, tok: &Tokenizer) -> String {
         self.values

@@ -158,6 +158,12 @@ pub struct TrainSection {
     /// where two share their first token keeping the one farther from 50% (digit tokenizers
     /// such as SmolLM2's: 0, 20, 30, …, 100).
     pub values: Vec<u32>,
+    /// Digits the confidence line is trained to write: 1 (each label goes to the nearest of
+    /// `values`) or 2 (the label rounded to a whole percent, `NN%`: the first digit is the
+    /// value token, the second is trained with the same loss over the digit tokens, its
+    /// target the label's place within its decade; labels under 10 go to 0% or 10%). Two
+    /// digits need `values` = 0, 10, …, 90 and a tokenizer that writes one token per digit.
+    pub value_digits: u8,
     /// Under `loss_on = "confidence"`: stop the confidence loss's gradient at the keys and
     /// values of the prompt and answer (computed once, held fixed while the confidence line
     /// attends to them), so the confidence is learned from what the model computes there
@@ -262,6 +268,7 @@ impl Default for TrainSection {
             value_ce: 0.0,
             value_ce_decay: 0.0,
             values: vec![],
+            value_digits: 1,
             answer_target: AnswerTarget::Distribution,
             detach_context: true,
             rehearsal: vec![],
@@ -588,6 +595,17 @@ impl Recipe {
             if let Some(w) = v.windows(2).find(|w| w[0] == w[1]) {
                 bail!("train.values: {} is listed twice", w[0]);
             }
+        }
+        if !(1..=2).contains(&self.train.value_digits) {
+            bail!(
+                "train.value_digits = {} (allowed: 1 or 2)",
+                self.train.value_digits
+            );
+        }
+        let mut sorted = self.train.values.clone();
+        sorted.sort_unstable();
+        if self.train.value_digits == 2 && sorted != (0..10).map(|d| 10 * d).collect::<Vec<u32>>() {
+            bail!("train.value_digits = 2 writes NN% with the first digit as the value token: it needs train.values = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90]");
         }
         if self.eval.samples == 1 {
             bail!("eval.samples = 1: SAR compares samples with each other; use 0 (no SAR) or at least 2");

@@ -45,6 +45,10 @@ pub struct Seq {
     /// The token that decides the confidence value and the target probability: trained with
     /// the scoring rule (or, under `ce`, its cross-entropy), weighted by `value_weight`.
     pub value: Option<(usize, f32)>,
+    /// Under `train.value_digits = 2`: the token after the deciding one (the units digit of a
+    /// two-digit value) and its target share (0, 0.1, …, 0.9), trained like the value token
+    /// over the same digit tokens.
+    pub unit: Option<(usize, f32)>,
 }
 
 impl Seq {
@@ -57,6 +61,7 @@ impl Seq {
             ce_from: start,
             soft: vec![],
             value: None,
+            unit: None,
         }
     }
 
@@ -97,6 +102,9 @@ pub struct Objective {
     pub detach_context: bool,
     /// Needed under `loss_on = "confidence"` (the written values and the deciding token).
     pub values: Option<ValueSet>,
+    /// `train.value_digits`: 1 (the value set's own lines) or 2 (`NN%`, the units digit
+    /// trained too; [`ValueSet::two_digit_line`]).
+    pub value_digits: u8,
 }
 
 impl Objective {
@@ -124,6 +132,7 @@ impl Objective {
             value_ce_decay: 0.0,
             detach_context: false,
             values: None,
+            value_digits: 1,
         }
     }
 
@@ -132,6 +141,16 @@ impl Objective {
         let t = &r.train;
         let confidence = t.loss_on == LossOn::Confidence
             && r.labels.teacher != candor_data::config::Teacher::Gold;
+        let values = if confidence {
+            Some(r.value_set(tok)?)
+        } else {
+            None
+        };
+        if let (Some(vs), 2) = (&values, t.value_digits) {
+            // refuse a value set or tokenizer that cannot write `NN%` before any work
+            vs.two_digit_line(tok, 42.0)
+                .context("train.value_digits = 2")?;
+        }
         Ok(Self {
             loss_on: if confidence {
                 LossOn::Confidence
@@ -147,11 +166,8 @@ impl Objective {
             value_ce: t.value_ce,
             value_ce_decay: t.value_ce_decay,
             detach_context: confidence && t.detach_context,
-            values: if confidence {
-                Some(r.value_set(tok)?)
-            } else {
-                None
-            },
+            values,
+            value_digits: t.value_digits,
         })
     }
 
@@ -222,6 +238,7 @@ pub fn rehearsal_seq(
         ce_from,
         soft: answer_targets(target, answer, top),
         value: None,
+        unit: None,
     }
 }
 
@@ -262,9 +279,15 @@ pub fn encode(
                     }
                     vec![]
                 };
-                let v = vs.nearest(e.confidence);
                 let ce_from = ids.len();
-                ids.extend(vs.line(v));
+                let unit = if obj.value_digits == 2 {
+                    let (line, unit) = vs.two_digit_line(tok, e.confidence)?;
+                    ids.extend(line);
+                    unit.map(|y| (ce_from + vs.prefix.len() + 1, y))
+                } else {
+                    ids.extend(vs.line(vs.nearest(e.confidence)));
+                    None
+                };
                 ids.push(eos);
                 let target = match obj.confidence_target {
                     ConfidenceTarget::Teacher => (e.confidence / 100.0).clamp(0.0, 1.0) as f32,
@@ -277,6 +300,7 @@ pub fn encode(
                     ce_from,
                     soft,
                     value: Some((ce_from + vs.prefix.len(), target)),
+                    unit,
                 }
             }
             _ => {
@@ -321,8 +345,10 @@ pub fn batch_loss<B: Backend>(
             }
         }
         for p in s.ce_from..s.ids.len() {
-            match s.value {
-                Some((vp, y)) if vp == p => {
+            // the value token, and a two-digit value's units digit, carry the value loss
+            let scored = [s.value, s.unit].into_iter().flatten().find(|v| v.0 == p);
+            match scored {
+                Some((_, y)) => {
                     if !scores {
                         ce.push((i, p - 1, s.ids[p], s.weight * vw));
                         continue;
@@ -706,7 +732,11 @@ pub fn train<B: AutodiffBackend>(
                 String::new()
             },
             vs.describe(tok)
-        ),
+        ) + if obj.value_digits == 2 {
+            ", written with two digits (NN%; the units digit scored the same way)"
+        } else {
+            ""
+        },
         _ => "loss on the whole response (cross-entropy)".into(),
     });
     let (seqs, kept, dropped) = encode(

@@ -69,6 +69,7 @@ fn objective(tok: &Tokenizer, loss: ConfidenceLoss, kl: f64) -> Objective {
         value_ce_decay: 0.0,
         detach_context: false,
         values: Some(ValueSet::new(tok).unwrap()),
+        value_digits: 1,
     }
 }
 
@@ -160,8 +161,9 @@ fn direct_loss(
             }
         }
         for p in s.ce_from..s.ids.len() {
-            match s.value {
-                Some((vp, y)) if vp == p && kind != ConfidenceLoss::Ce => {
+            let scored = [s.value, s.unit].into_iter().flatten().find(|v| v.0 == p);
+            match scored {
+                Some((_, y)) if kind != ConfidenceLoss::Ce => {
                     let lps: Vec<Tensor<A, 1>> = vs.tokens.iter().map(|&t| at(p, t)).collect();
                     let mass = lps
                         .iter()
@@ -197,7 +199,7 @@ fn direct_loss(
                     };
                     total = total + (score - mass.log()) * (w * vw) - at(p, s.ids[p]) * (w * vce);
                 }
-                Some((vp, _)) if vp == p => total = total - at(p, s.ids[p]) * (w * vw),
+                Some(_) => total = total - at(p, s.ids[p]) * (w * vw),
                 _ => total = total - at(p, s.ids[p]) * w,
             }
         }
@@ -208,13 +210,29 @@ fn direct_loss(
 /// batch_loss against direct_loss: value and every parameter's gradient; and the direct loss
 /// with the answers' cross-entropy added must differ (the answers carry no loss).
 fn check_against_direct(kind: ConfidenceLoss, kl: f64, vw: f64, vce: f64) {
+    check_against_direct_digits(kind, kl, vw, vce, 1)
+}
+
+/// The deciles 0–90, the value set two-digit lines need.
+fn deciles(tok: &Tokenizer) -> ValueSet {
+    ValueSet::exact(tok, &[0, 10, 20, 30, 40, 50, 60, 70, 80, 90]).unwrap()
+}
+
+fn check_against_direct_digits(kind: ConfidenceLoss, kl: f64, vw: f64, vce: f64, digits: u8) {
     let (tok, _d) = tokenizer();
     let ex = labelled(&tok);
     let w: Vec<f64> = (0..ex.len()).map(|i| 0.5 + (i % 4) as f64 * 0.5).collect();
+    let base = objective(&tok, kind, kl);
     let obj = Objective {
         value_weight: vw,
         value_ce: vce,
-        ..objective(&tok, kind, kl)
+        value_digits: digits,
+        values: if digits == 2 {
+            Some(deciles(&tok))
+        } else {
+            base.values.clone()
+        },
+        ..base
     };
     let (seqs, _, _) = encode(&tok, &ex, &w, Style::Plain, 256, &obj).unwrap();
     let cfg = ModelConfig::preset("tiny", 259).unwrap();
@@ -283,6 +301,79 @@ fn value_ce_adds_the_written_labels_cross_entropy_beside_the_scoring_rule() {
     ] {
         check_against_direct(kind, 0.5, 7.0, 0.3);
     }
+}
+
+#[test]
+fn two_digit_values_write_the_rounded_label_and_score_its_units_digit() {
+    let (tok, _d) = tokenizer();
+    let ex = labelled(&tok);
+    let w = vec![1.0; ex.len()];
+    let obj = Objective {
+        value_digits: 2,
+        values: Some(deciles(&tok)),
+        ..objective(&tok, ConfidenceLoss::Brier, 0.0)
+    };
+    let (seqs, kept, _) = encode(&tok, &ex, &w, Style::Plain, 256, &obj).unwrap();
+    let vs = obj.values.as_ref().unwrap();
+    for (s, &i) in seqs.iter().zip(&kept) {
+        let c = ex[i].confidence;
+        // labels 0, 13, 47, 66, 91, 100: one digit only for 0; 100 is capped at 99
+        let (text, unit) = match c as u32 {
+            0 => ("0", None),
+            13 => ("13", Some(0.3)),
+            47 => ("47", Some(0.7)),
+            66 => ("66", Some(0.6)),
+            91 => ("91", Some(0.1)),
+            100 => ("99", Some(0.9)),
+            other => panic!("unexpected label {other}"),
+        };
+        let line = tok.decode(&s.ids[s.ce_from..], false).unwrap();
+        assert_eq!(line, format!("\nConfidence: {text}%<|im_end|>"));
+        let (vp, y) = s.value.unwrap();
+        assert_eq!(vp, s.ce_from + vs.prefix.len());
+        assert_eq!(
+            y,
+            (c / 100.0) as f32,
+            "the first digit scores against the label"
+        );
+        match (s.unit, unit) {
+            (Some((up, y)), Some(want)) => {
+                assert_eq!(up, vp + 1, "the units digit follows the value token");
+                assert!((y - want).abs() < 1e-6, "{text}: {y}");
+            }
+            (None, None) => {}
+            (got, want) => panic!("{text}: unit {got:?}, expected {want:?}"),
+        }
+    }
+    // the units digit's loss and gradient match the direct computation, for each loss
+    for kind in [
+        ConfidenceLoss::Brier,
+        ConfidenceLoss::Log,
+        ConfidenceLoss::TwoHot,
+        ConfidenceLoss::Ce,
+    ] {
+        check_against_direct_digits(
+            kind,
+            0.5,
+            7.0,
+            if kind == ConfidenceLoss::Ce { 0.0 } else { 0.3 },
+            2,
+        );
+    }
+    // a label under 10 goes to the nearer of 0% and 10%
+    let l = |p: f64| {
+        tok.decode(&vs.two_digit_line(&tok, p).unwrap().0, false)
+            .unwrap()
+    };
+    assert_eq!(l(4.4), "\nConfidence: 0%");
+    assert_eq!(l(5.0), "\nConfidence: 10%");
+    // a value set other than the deciles 0–90 is refused by name
+    let err = ValueSet::new(&tok)
+        .unwrap()
+        .two_digit_line(&tok, 42.0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("train.values"), "{err}");
 }
 
 #[test]
