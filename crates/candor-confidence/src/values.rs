@@ -140,8 +140,7 @@ impl ValueSet {
     /// tokens. Needs the value set 0, 10, …, 90 under a tokenizer that writes one token per
     /// digit (SmolLM2's, the byte tokenizer); anything else is an error.
     pub fn two_digit_line(&self, tok: &Tokenizer, percent: f64) -> Result<(Vec<u32>, Option<f32>)> {
-        let deciles: Vec<u32> = (0..10).map(|d| 10 * d).collect();
-        if self.values != deciles {
+        if self.values != DECILES[..10] {
             bail!(
                 "two-digit confidence values need the value set 0, 10, …, 90 (train.values = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90]); this one is {:?}",
                 self.values

@@ -84,17 +84,33 @@ pub fn fit_probe<B: Backend>(
     batch: usize,
     device: &B::Device,
 ) -> Result<Option<Probe>> {
-    let mut x = vec![];
-    let mut y = vec![];
-    for chunk in answered.chunks(batch.max(1)) {
-        let rows: Vec<Vec<u32>> = chunk.iter().map(|(ids, _)| ids.clone()).collect();
-        let (states, _) = tail_states(model, &rows, 1, tok.pad_id, device);
-        for (st, (_, c)) in states.into_iter().zip(chunk) {
-            x.push(st.into_iter().next().expect("k = 1"));
-            y.push(*c);
-        }
-    }
+    let rows: Vec<Vec<u32>> = answered.iter().map(|(ids, _)| ids.clone()).collect();
+    let x = probe_features(model, tok, &rows, batch, device, &mut |_| {});
+    let y: Vec<bool> = answered.iter().map(|(_, c)| *c).collect();
     Ok(Probe::fit(&x, &y, PROBE_L2))
+}
+
+/// The probe's feature of each row (prompt + answer tokens): the final hidden state at its
+/// last token, in batches of `batch`; `done(n)` after each batch.
+pub fn probe_features<B: Backend>(
+    model: &Llama<B>,
+    tok: &Tokenizer,
+    rows: &[Vec<u32>],
+    batch: usize,
+    device: &B::Device,
+    done: &mut dyn FnMut(usize),
+) -> Vec<Vec<f32>> {
+    let mut x = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(batch.max(1)) {
+        let (states, _) = tail_states(model, chunk, 1, tok.pad_id, device);
+        x.extend(
+            states
+                .into_iter()
+                .map(|st| st.into_iter().next().expect("k = 1")),
+        );
+        done(chunk.len());
+    }
+    x
 }
 
 /// How the trained model's confidence fits its own training answers, as one line for the log:

@@ -273,25 +273,19 @@ pub fn cross_fitted_probe<B: Backend>(
         .collect();
     let t0 = Instant::now();
     let pb = bar(kept.len() as u64, "probe teacher: hidden states");
-    let mut xs: Vec<Vec<f32>> = Vec::with_capacity(kept.len());
-    for chunk in kept.chunks(r.labels.batch_size.max(1)) {
-        let rows = chunk
-            .iter()
-            .map(|&i| {
-                let a = &answers[i];
-                let mut ids = tok.encode(&a.prompt, false)?;
-                ids.extend(&a.greedy.tokens[..a.greedy.answer_len()]);
-                Ok(ids)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let (states, _) = candor_model::generate::tail_states(model, &rows, 1, tok.pad_id, device);
-        xs.extend(
-            states
-                .into_iter()
-                .map(|st| st.into_iter().next().expect("k = 1")),
-        );
-        pb.inc(chunk.len() as u64);
-    }
+    let rows = kept
+        .iter()
+        .map(|&i| {
+            let a = &answers[i];
+            let mut ids = tok.encode(&a.prompt, false)?;
+            ids.extend(&a.greedy.tokens[..a.greedy.answer_len()]);
+            Ok(ids)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let xs =
+        crate::evaluate::probe_features(model, tok, &rows, r.labels.batch_size, device, &mut |n| {
+            pb.inc(n as u64)
+        });
     pb.finish_and_clear();
     let ys: Vec<bool> = kept.iter().map(|&i| correct[i]).collect();
     let out = candor_confidence::probe::cross_fitted(&xs, &ys, FOLDS, crate::evaluate::PROBE_L2)

@@ -602,9 +602,11 @@ impl Recipe {
                 self.train.value_digits
             );
         }
-        let mut sorted = self.train.values.clone();
-        sorted.sort_unstable();
-        if self.train.value_digits == 2 && sorted != (0..10).map(|d| 10 * d).collect::<Vec<u32>>() {
+        if self.train.value_digits == 2 && {
+            let mut v = self.train.values.clone();
+            v.sort_unstable();
+            v != candor_confidence::values::DECILES[..10]
+        } {
             bail!("train.value_digits = 2 writes NN% with the first digit as the value token: it needs train.values = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90]");
         }
         if self.eval.samples == 1 {

@@ -71,10 +71,7 @@ impl BackendTask for Task {
         let ds = r.run_dir().join("data").join("dataset.jsonl");
         // … and the questions it trained on are left out of the eval sets
         let (probe, seen) = if ds.exists() {
-            let ex: Vec<_> = candor_data::dataset::read(&ds)?
-                .into_iter()
-                .filter(|e| e.kept())
-                .collect();
+            let ex = candor_data::dataset::read(&ds)?; // the kept examples only
             let seen = ex.iter().map(|e| e.question.clone()).collect();
             (candor_train::run::probe_data(&r, &tok, &ex)?, seen)
         } else {
