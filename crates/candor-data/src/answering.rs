@@ -297,7 +297,10 @@ pub fn run_answers<B: Backend>(
         file.write_all(out.as_bytes())
             .and_then(|_| file.sync_data())
             .with_context(|| format!("writing {}", path.display()))?;
-        progress.done = (done.len() + too_long.len()).min(items.len());
+        // counted over `items` alone: a copied answers file may hold other questions too
+        progress.done = (items.iter().filter(|it| done.contains_key(&it.id)).count()
+            + too_long.len())
+        .min(items.len());
         progress.elapsed_s = t0.elapsed().as_secs_f64();
         on_progress(&progress);
     }

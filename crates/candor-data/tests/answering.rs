@@ -36,6 +36,33 @@ fn labels() -> LabelsConfig {
 }
 
 #[test]
+fn progress_counts_only_this_runs_questions_when_the_answers_file_holds_others() {
+    // answers copied from a run over other sub-tasks and fewer questions per sub-task (as
+    // README § SmolLM2 does to reuse answers): progress counts this run's questions only
+    let (model, tok, dir) = setup();
+    let dev = Default::default();
+    let path = dir.path().join("answers.jsonl");
+    let s = AnswerSettings::new("test model", &data(), &labels());
+    let earlier = load_items(&data()).unwrap();
+    run_answers(&model, &tok, &earlier, &s, &path, &dev, &mut |_| {}).unwrap();
+    let more = DataConfig {
+        subtasks: vec!["+:1:1".into()],
+        per_subtask: 9,
+        ..Default::default()
+    };
+    let items = load_items(&more).unwrap();
+    let mut seen = vec![];
+    let out = run_answers(&model, &tok, &items, &s, &path, &dev, &mut |p| {
+        assert_eq!(p.total, 9);
+        seen.push(p.done)
+    })
+    .unwrap();
+    assert_eq!(out.len(), 9);
+    // 3 reused, then batches of 4 questions: items 0-3, 4-7, 8
+    assert_eq!(seen, vec![3, 4, 8, 9]);
+}
+
+#[test]
 fn answering_resumes_after_a_kill_to_the_same_result() {
     let (model, tok, dir) = setup();
     let items = load_items(&data()).unwrap();
