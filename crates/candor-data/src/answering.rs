@@ -221,6 +221,7 @@ pub fn run_answers<B: Backend>(
         elapsed_s: 0.0,
     };
     on_progress(&progress);
+    let mut answered = 0;
     // Batches are fixed slices of `items`, whatever is already done: a batch cut by a kill is
     // answered again whole (its finished records are not written twice), so every record is
     // computed in the same batch as in an uninterrupted run, bit for bit.
@@ -281,6 +282,7 @@ pub fn run_answers<B: Backend>(
             if done.contains_key(&it.id) {
                 continue; // written before the kill; recomputed only to keep the batch whole
             }
+            answered += 1;
             progress.new_tokens +=
                 g.tokens.len() + samples.iter().map(|x| x.tokens.len()).sum::<usize>();
             let a = Answered {
@@ -297,10 +299,9 @@ pub fn run_answers<B: Backend>(
         file.write_all(out.as_bytes())
             .and_then(|_| file.sync_data())
             .with_context(|| format!("writing {}", path.display()))?;
-        // counted over `items` alone: a copied answers file may hold other questions too
-        progress.done = (items.iter().filter(|it| done.contains_key(&it.id)).count()
-            + too_long.len())
-        .min(items.len());
+        // this run's questions only (a copied answers file may hold others): those done
+        // before, those answered since, those skipped as too long
+        progress.done = items.len() - todo + answered + too_long.len();
         progress.elapsed_s = t0.elapsed().as_secs_f64();
         on_progress(&progress);
     }
