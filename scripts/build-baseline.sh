@@ -11,10 +11,17 @@ if [ ! -d "$DIR" ]; then
   git -C "$ROOT" worktree add --detach "$DIR" "$SHA" >&2
 fi
 # seed its target folder with hard links to this checkout's compiled dependencies, so only the
-# workspace crates are compiled again (cargo replaces files rather than writing into them)
+# workspace crates are compiled again. Cargo writes fingerprint files in place, and the
+# workspace crates' fingerprints and artifacts have the same names in both folders (cargo's
+# hashes do not include the workspace path): linked, the baseline's build would rewrite this
+# checkout's and make it think stale code fresh. So fingerprints are copied, and the workspace
+# crates' files are left out.
 if [ ! -d "$DIR/target/release" ] && [ -d "$ROOT/target/release" ]; then
-  mkdir -p "$DIR/target"
-  cp -al "$ROOT/target/release" "$DIR/target/release"
+  mkdir -p "$DIR/target/release"
+  cp -al "$ROOT/target/release/deps" "$ROOT/target/release/build" "$DIR/target/release/"
+  cp -a "$ROOT/target/release/.fingerprint" "$DIR/target/release/"
+  rm -rf "$DIR"/target/release/.fingerprint/candor-* "$DIR"/target/release/build/candor-* \
+    "$DIR"/target/release/deps/*candor*
 fi
 (cd "$DIR" && CARGO_TARGET_DIR="$DIR/target" cargo build --release --bin dataset >&2)
 echo "$DIR/target/release/dataset"
