@@ -4,7 +4,8 @@
 //! gemm packs the whole right-hand side into its own layout on every call. At a few rows that
 //! copy costs more than the product: `bench --matmul` measured 16 and 32 rows against SmolLM2's
 //! 576 × 1536 weight at 4–5 GB/s of weight read, where one row reads it at 12 GB/s. Here each
-//! task owns a block of 256 output columns and walks the weight 64 rows at a time: it prefetches
+//! task owns a block of up to 256 output columns (narrower where that shares the columns more
+//! evenly among the threads, [`block_width`]) and walks the weight 64 rows at a time: it prefetches
 //! each row's 1 KB slice of the block a few rows ahead (contiguous, so memory and TLB are used
 //! well), then computes the block 32 columns × up to 8 rows at a time with the 2 × 8 output
 //! vectors in AVX-512 registers over those 64 rows, the slice staying in cache for the next rows
@@ -95,8 +96,10 @@ pub fn matmul(
         dst: Out(out.as_mut_ptr()),
     };
     let whole = n / COLS * COLS;
+    let threads = rayon::current_num_threads();
+    let block = block_width(whole / COLS, threads);
     let task = |t: usize| {
-        let (c0, c1) = (t * BLOCK, ((t + 1) * BLOCK).min(whole));
+        let (c0, c1) = (t * block, ((t + 1) * block).min(whole));
         // SAFETY: AVX-512F is present (`applies`); the views were checked above; the task
         // writes columns c0..c1 of each row, which no other task writes.
         #[cfg(target_arch = "x86_64")]
@@ -104,8 +107,8 @@ pub fn matmul(
             block_avx512(&tile, c0, c1)
         }
     };
-    let tasks = whole.div_ceil(BLOCK);
-    if m * k * n >= 1 << 20 && rayon::current_num_threads() > 1 {
+    let tasks = whole.div_ceil(block);
+    if m * k * n >= 1 << 20 && threads > 1 {
         (0..tasks).into_par_iter().for_each(task);
     } else {
         (0..tasks).for_each(task);
@@ -117,6 +120,31 @@ pub fn matmul(
         }
     }
     out
+}
+
+/// Columns per task for `tiles` tiles of [`COLS`] shared by `threads` threads: at most
+/// [`BLOCK`], chosen so that the busiest thread has as few tiles as possible (ties: the widest
+/// block). With 256 columns always, SmolLM2's 576 outputs are 3 tasks (one thread does 320
+/// columns while the other does 256) and its 192-wide key and value products one task, on one
+/// thread of two; 96-column blocks split both evenly.
+fn block_width(tiles: usize, threads: usize) -> usize {
+    let threads = threads.max(1);
+    let most = BLOCK / COLS;
+    // tiles of the busiest thread when whole blocks go round the threads and the remainder
+    // block to a least loaded one
+    let busiest = |per: usize| {
+        let (full, rest) = (tiles / per, tiles % per);
+        if full % threads == 0 {
+            full / threads * per + rest
+        } else {
+            (full / threads + 1) * per
+        }
+    };
+    let per = (1..=most)
+        .rev()
+        .min_by_key(|&per| busiest(per))
+        .unwrap_or(most);
+    per * COLS
 }
 
 /// Columns `c0..c1` (whole 32s) of every output row.
@@ -217,5 +245,24 @@ impl Tile<'_> {
             _mm512_storeu_ps(out(r), acc0[r]);
             _mm512_storeu_ps(out(r).add(16), acc1[r]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_split_smollm2_widths_evenly_over_two_threads() {
+        // 1536 outputs: 48 tiles, 6 blocks of 256 (3 per thread)
+        assert_eq!(block_width(48, 2), 256);
+        // 576: 18 tiles, 6 blocks of 96 rather than 3 of 256 (one thread 320 columns)
+        assert_eq!(block_width(18, 2), 96);
+        // 192 (SmolLM2's key and value): 2 blocks of 96 rather than 1 of 192
+        assert_eq!(block_width(6, 2), 96);
+        // one thread: the widest block
+        assert_eq!(block_width(18, 1), 256);
+        // four threads on 1536 outputs: 8 blocks of 192 (2 each) rather than 6 of 256
+        assert_eq!(block_width(48, 4), 192);
     }
 }
