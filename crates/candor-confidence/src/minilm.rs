@@ -6,7 +6,6 @@
 use crate::similarity::Similarity;
 use anyhow::{anyhow, bail, Context, Result};
 use burn::module::{Module, Param};
-use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use candor_model::checkpoint::{read_safetensors_dir, HostTensor};
@@ -37,11 +36,7 @@ struct LayerNorm<B: Backend> {
 
 impl<B: Backend> LayerNorm<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let mean = x.clone().mean_dim(2);
-        let x = x - mean;
-        let var = x.clone().square().mean_dim(2);
-        let x = x * (var + self.eps).sqrt().recip();
-        x * self.weight.val().unsqueeze_dims(&[0, 1]) + self.bias.val().unsqueeze_dims(&[0, 1])
+        candor_model::fused::layer_norm(x, self.weight.val(), self.bias.val(), self.eps)
     }
 }
 
@@ -264,25 +259,25 @@ impl<B: Backend> MiniLm<B> {
         let mut x = burn::tensor::module::embedding(e.word.val(), ids) + pos + tt;
         x = e.emb_norm.forward(x);
         let (h, hd) = (e.heads, d / e.heads);
-        // key padding mask, true = masked: [b, 1, 1, n] → [b, h, n, n]
+        // key padding mask, true = masked: [b, 1, 1, n] → [b, 1, n, n] (shared by the heads)
         let mask: Tensor<B, 4, Bool> = keep
             .clone()
             .equal_elem(0.0)
             .reshape([b, 1, 1, n])
-            .expand([b, h, n, n]);
+            .expand([b, 1, n, n]);
         for l in &e.layers {
-            let split = |t: Tensor<B, 3>| t.reshape([b, n, h, hd]).swap_dims(1, 2);
-            let q = split(l.query.forward(x.clone()));
-            let k = split(l.key.forward(x.clone()));
-            let v = split(l.value.forward(x.clone()));
-            let scores = q.matmul(k.swap_dims(2, 3)) / (hd as f64).sqrt();
-            let scores = scores.mask_fill(mask.clone(), f32::NEG_INFINITY);
-            let ctx = softmax(scores, 3)
-                .matmul(v)
-                .swap_dims(1, 2)
-                .reshape([b, n, d]);
+            let heads = |t: Tensor<B, 3>| t.reshape([b, n, h, hd]);
+            let q = heads(l.query.forward(x.clone())).swap_dims(1, 2);
+            let k = heads(l.key.forward(x.clone())).swap_dims(1, 2);
+            let v = heads(l.value.forward(x.clone()));
+            // softmax(q kᵀ / √hd) v per head: on the CPU backend the products go to gemm and
+            // the scale-mask-softmax is one pass (SmolLM2's attention, with as many key/value
+            // heads as query heads)
+            let ctx = candor_model::fused::attention(q, k, v, &mask).reshape([b, n, d]);
             x = l.attn_norm.forward(l.attn_out.forward(ctx) + x);
-            let ff = l.output.forward(gelu(l.intermediate.forward(x.clone())));
+            let ff = l
+                .output
+                .forward(candor_model::fused::gelu(l.intermediate.forward(x.clone())));
             x = l.out_norm.forward(ff + x);
         }
         let m = keep.unsqueeze_dim::<3>(2); // [b, n, 1]

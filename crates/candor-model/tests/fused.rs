@@ -74,6 +74,26 @@ fn rms_norm_matches_tensor_ops() {
 }
 
 #[test]
+fn gelu_and_layer_norm_match_tensor_ops() {
+    // values past ±4 as well, where erf saturates
+    let x = rand([2, 41, 700], 7) * 3.0;
+    close(
+        "gelu",
+        fused::gelu(x.clone()),
+        reference::gelu(x.clone()),
+        1e-6,
+    );
+    let (w, b) = (rand([700], 8), rand([700], 9));
+    let shifted = x + 5.0; // a mean far from 0 (the variance is taken around it)
+    close(
+        "layer_norm",
+        fused::layer_norm(shifted.clone(), w.clone(), b.clone(), 1e-12),
+        reference::layer_norm(shifted, w, b, 1e-12),
+        1e-5,
+    );
+}
+
+#[test]
 fn swiglu_matches_tensor_ops() {
     let g = rand([2, 41, 700], 4);
     let u = rand([2, 41, 700], 5);

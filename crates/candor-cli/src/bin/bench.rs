@@ -36,6 +36,139 @@ struct Args {
     /// second; no model needed.
     #[arg(long)]
     matmul: bool,
+    /// Instead: all-MiniLM-L6-v2 (this folder, `scripts/fetch-minilm.sh`) embedding
+    /// `--texts` distinct SAR-like texts (3–24 words), beside sentence-transformers' computation
+    /// in transformers with the same batches when the PyTorch side is available.
+    #[arg(long, value_name = "DIR")]
+    minilm: Option<PathBuf>,
+    /// Texts for `--minilm`.
+    #[arg(long, default_value_t = 2000)]
+    texts: usize,
+}
+
+/// `bench --minilm DIR`: texts per second of the MiniLM embedding SAR uses, best of
+/// `repeats` after a warm-up, and the same texts in transformers (batches of 64 sorted by
+/// length, mean pooling, L2 norm — what `MiniLm::embed` does).
+fn minilm_table(a: &Args, dir: &std::path::Path) -> Result<()> {
+    let words = [
+        "the",
+        "answer",
+        "is",
+        "Paris",
+        "river",
+        "Thames",
+        "in",
+        "1969",
+        "a",
+        "famous",
+        "painter",
+        "Vincent",
+        "van",
+        "Gogh",
+        "of",
+        "capital",
+        "Australia",
+        "Canberra",
+        "was",
+        "born",
+        "on",
+        "island",
+        "Corsica",
+        "Napoleon",
+        "I",
+        "think",
+        "it",
+        "probably",
+        "novel",
+        "written",
+        "by",
+        "George",
+        "Orwell",
+        "Mount",
+        "Everest",
+        "highest",
+    ];
+    let mut rng = StdRng::seed_from_u64(1);
+    let texts: Vec<String> = (0..a.texts)
+        .map(|i| {
+            let n = rng.random_range(3..=24);
+            let mut t: Vec<&str> = (0..n)
+                .map(|_| words[rng.random_range(0..words.len())])
+                .collect();
+            let id = i.to_string();
+            t.push(&id);
+            t.join(" ")
+        })
+        .map(|t| t.to_string())
+        .collect();
+    let device = Default::default();
+    let ours = best(a.repeats, || {
+        // a fresh model each time: the embedding cache would otherwise answer from memory
+        let mut m = candor_confidence::MiniLm::<Flex>::load(dir, &device)?;
+        std::hint::black_box(m.embed(&texts)?);
+        Ok(())
+    })?;
+    let python = a.python.clone().or_else(|| {
+        let p = PathBuf::from(".venv-bench/bin/python");
+        p.exists().then_some(p)
+    });
+    let theirs = match (&python, a.no_pytorch) {
+        (Some(py), false) => {
+            let file = std::env::temp_dir().join("candor-bench-minilm.json");
+            std::fs::write(&file, serde_json::to_string(&texts)?)?;
+            let out = std::process::Command::new(py)
+                .arg("scripts/bench_minilm_pytorch.py")
+                .arg(dir)
+                .arg(&file)
+                .arg(a.repeats.to_string())
+                .output()
+                .context("running scripts/bench_minilm_pytorch.py")?;
+            if out.status.success() {
+                let line = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .to_string();
+                let v: serde_json::Value =
+                    serde_json::from_str(&line).context("parsing the PyTorch result")?;
+                v["seconds"].as_f64()
+            } else {
+                eprintln!(
+                    "PyTorch side failed:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                None
+            }
+        }
+        _ => None,
+    };
+    let n = texts.len() as f64;
+    println!(
+        "MiniLM ({}), {} distinct texts of 4–25 words, batches of 64 by length",
+        dir.display(),
+        texts.len()
+    );
+    println!(
+        "{:<22} {:>12} {:>12} {:>8}",
+        "measure", "candor", "pytorch", "ratio"
+    );
+    match theirs {
+        Some(t) => println!(
+            "{:<22} {:>12.1} {:>12.1} {:>7.2}×",
+            "texts/s",
+            n / ours,
+            n / t,
+            t / ours
+        ),
+        None => println!(
+            "{:<22} {:>12.1} {:>12} {:>8}",
+            "texts/s",
+            n / ours,
+            "-",
+            "-"
+        ),
+    }
+    Ok(())
 }
 
 /// `bench --matmul`: rows × in · in × out products through `candor_model::fused::matmul`,
@@ -45,25 +178,39 @@ fn matmul_table() {
     use burn::tensor::{Tensor, TensorData};
     let device = Default::default();
     println!(
-        "{:<20} {:>10} {:>16}",
+        "{:<26} {:>10} {:>16}",
         "rows × in × out", "GFLOP/s", "weight GB/s"
     );
-    for (m, k, n) in [
-        (1, 576, 1536),
-        (2, 576, 1536),
-        (4, 576, 1536),
-        (8, 576, 1536),
-        (16, 576, 1536),
-        (32, 576, 1536),
-        (32, 1536, 576),
-        (32, 576, 49152),
-        (512, 576, 1536),
+    // (rows, in, out, transposed): `transposed` = the weight held `[out, in]` and used through a
+    // transposed view, as the tied output layer uses the embedding table
+    for (m, k, n, transposed) in [
+        (1, 576, 1536, false),
+        (2, 576, 1536, false),
+        (4, 576, 1536, false),
+        (8, 576, 1536, false),
+        (16, 576, 1536, false),
+        (32, 576, 1536, false),
+        (16, 576, 192, false),
+        (16, 576, 576, false),
+        (16, 1536, 576, false),
+        (32, 1536, 576, false),
+        (64, 576, 1536, false),
+        (64, 1536, 576, false),
+        (16, 576, 49152, false),
+        (32, 576, 49152, false),
+        (16, 576, 49152, true),
+        (32, 576, 49152, true),
+        (512, 576, 1536, false),
     ] {
         let count = (200_000_000 / (4 * k * n)).max(2);
         let weights: Vec<Tensor<Flex, 2>> = (0..count)
             .map(|j| {
                 let v: Vec<f32> = (0..k * n).map(|i| ((i + j) % 7) as f32 * 0.1).collect();
-                Tensor::from_data(TensorData::new(v, [k, n]), &device)
+                if transposed {
+                    Tensor::from_data(TensorData::new(v, [n, k]), &device).transpose()
+                } else {
+                    Tensor::from_data(TensorData::new(v, [k, n]), &device)
+                }
             })
             .collect();
         let x = Tensor::<Flex, 2>::from_data(TensorData::new(vec![0.5f32; m * k], [m, k]), &device);
@@ -75,8 +222,8 @@ fn matmul_table() {
         }
         let s = t.elapsed().as_secs_f64() / reps as f64;
         println!(
-            "{:<20} {:>10.1} {:>16.1}",
-            format!("{m} × {k} × {n}"),
+            "{:<26} {:>10.1} {:>16.1}",
+            format!("{m} × {k} × {n}{}", if transposed { " (ᵀ)" } else { "" }),
             2.0 * (m * k * n) as f64 / s / 1e9,
             4.0 * (k * n) as f64 / s / 1e9
         );
@@ -100,6 +247,9 @@ fn main() -> Result<()> {
     if a.matmul {
         matmul_table();
         return Ok(());
+    }
+    if let Some(dir) = &a.minilm {
+        return minilm_table(&a, dir);
     }
     let device = Default::default();
     let (model, tok) = load_model_and_tokenizer::<Flex>(&a.model, &device)?;

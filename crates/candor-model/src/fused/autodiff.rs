@@ -123,6 +123,26 @@ pub fn rms_norm_ad(x: Tensor<CpuAd, 3>, w: Tensor<CpuAd, 1>, eps: f64) -> Tensor
 
 // ---- SwiGLU ----
 
+pub fn gelu(x: Tensor<Cpu, 3>) -> Tensor<Cpu, 3> {
+    let shape = x.shape();
+    let x = plain(x);
+    from_plain(flex(kernels::gelu(slice(&x)), shape))
+}
+
+pub fn layer_norm(
+    x: Tensor<Cpu, 3>,
+    w: Tensor<Cpu, 1>,
+    b: Tensor<Cpu, 1>,
+    eps: f64,
+) -> Tensor<Cpu, 3> {
+    let shape = x.shape();
+    let (x, w, b) = (plain(x), plain(w), plain(b));
+    from_plain(flex(
+        kernels::layer_norm(slice(&x), slice(&w), slice(&b), eps as f32),
+        shape,
+    ))
+}
+
 pub fn swiglu(gate: Tensor<Cpu, 3>, up: Tensor<Cpu, 3>) -> Tensor<Cpu, 3> {
     let shape = gate.shape();
     let (g, u) = (plain(gate), plain(up));

@@ -91,6 +91,35 @@ pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 1>, eps: f64) -> Tenso
     }
 }
 
+/// GELU, exact (erf) form — BERT's activation. Inference only: on the CPU backend without
+/// autodiff it is one parallel pass; elsewhere Burn's `gelu`.
+pub fn gelu<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
+    if !fusable(&x) {
+        return reference::gelu(x);
+    }
+    match cast::<_, Tensor<Cpu, 3>>(x) {
+        Ok(x) => same(autodiff::gelu(x)),
+        Err(x) => reference::gelu(x),
+    }
+}
+
+/// LayerNorm over the last axis with weight and bias (BERT's). Inference only: on the CPU
+/// backend without autodiff it is one parallel pass; elsewhere the tensor ops.
+pub fn layer_norm<B: Backend>(
+    x: Tensor<B, 3>,
+    w: Tensor<B, 1>,
+    b: Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, 3> {
+    if !fusable(&x) {
+        return reference::layer_norm(x, w, b, eps);
+    }
+    match cast::<_, (Tensor<Cpu, 3>, Tensor<Cpu, 1>, Tensor<Cpu, 1>)>((x, w, b)) {
+        Ok((x, w, b)) => same(autodiff::layer_norm(x, w, b, eps)),
+        Err((x, w, b)) => reference::layer_norm(x, w, b, eps),
+    }
+}
+
 /// SwiGLU's gate, `silu(gate) · up`.
 pub fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
     if !fusable(&gate) {
@@ -305,6 +334,23 @@ pub mod reference {
 
     pub fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
         silu(gate) * up
+    }
+
+    pub fn gelu<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
+        burn::tensor::activation::gelu(x)
+    }
+
+    pub fn layer_norm<B: Backend>(
+        x: Tensor<B, 3>,
+        w: Tensor<B, 1>,
+        b: Tensor<B, 1>,
+        eps: f64,
+    ) -> Tensor<B, 3> {
+        let mean = x.clone().mean_dim(2);
+        let x = x - mean;
+        let var = x.clone().square().mean_dim(2);
+        let x = x * (var + eps).sqrt().recip();
+        x * w.unsqueeze_dims(&[0, 1]) + b.unsqueeze_dims(&[0, 1])
     }
 
     pub fn rope<B: Backend>(
