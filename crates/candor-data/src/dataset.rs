@@ -361,6 +361,8 @@ pub fn label_with(
                 t0.elapsed().as_secs_f64()
             );
         }
+        // labelling proper starts now (a progress bar's rate must not include the embedding)
+        on_progress(0, answers.len());
     }
     let mut ex: Vec<Example> = Vec::with_capacity(answers.len());
     for (i, a) in answers.iter().enumerate() {

@@ -232,7 +232,13 @@ pub fn build_dataset<B: Backend>(
         tok,
         sar,
         probe.as_deref(),
-        &mut |d, _| pb.set_position(d as u64),
+        &mut |d, _| {
+            if d == 0 {
+                // after SAR's similarity prefetch: its time is not the labelling rate
+                pb.reset_eta();
+            }
+            pb.set_position(d as u64)
+        },
     )?;
     pb.finish_and_clear();
     if sim.is_some() {
