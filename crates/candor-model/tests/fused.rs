@@ -183,6 +183,22 @@ fn attention_matches_tensor_ops() {
         reference::attention(q.clone(), k.clone(), v.clone(), &mask(&dev)),
         1e-5,
     );
+    // queries and keys as head-first views of `[b, seq, heads, d]` projections (MiniLM's), made
+    // contiguous by a row copy rather than Flex's strided copy: same values
+    let (qs, ks) = (
+        q.clone().swap_dims(1, 2).into_data(),
+        k.clone().swap_dims(1, 2).into_data(),
+    );
+    let (qs, ks) = (
+        Tensor::<Flex, 4>::from_data(qs, &dev).swap_dims(1, 2),
+        Tensor::<Flex, 4>::from_data(ks, &dev).swap_dims(1, 2),
+    );
+    close(
+        "forward, head-first views",
+        fused::attention(qs, ks, v.clone(), &mask(&dev)),
+        reference::attention(q.clone(), k.clone(), v.clone(), &mask(&dev)),
+        1e-5,
+    );
     let grads = |fused: bool| {
         let (qa, ka, va) = (leaf(&q), leaf(&k), leaf(&v));
         let ma = Tensor::<Ad, 4, Bool>::from_inner(mask(&dev));
