@@ -142,7 +142,7 @@ pub fn rms_norm_ad(x: Tensor<CpuAd, 3>, w: Tensor<CpuAd, 1>, eps: f64) -> Tensor
     record(RmsNormBackward, [&x, &w], state, flex(y, shape))
 }
 
-// ---- SwiGLU ----
+// ---- GELU and LayerNorm (MiniLM's; inference only, no backward) ----
 
 pub fn gelu(x: Tensor<Cpu, 3>) -> Tensor<Cpu, 3> {
     let shape = x.shape();
@@ -163,6 +163,8 @@ pub fn layer_norm(
         shape,
     ))
 }
+
+// ---- SwiGLU ----
 
 pub fn swiglu(gate: Tensor<Cpu, 3>, up: Tensor<Cpu, 3>) -> Tensor<Cpu, 3> {
     let shape = gate.shape();

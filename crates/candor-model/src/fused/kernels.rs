@@ -141,8 +141,8 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
-/// `erf(x)` by Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7, about f32's own rounding
-/// near 1) with [`exp`]: a loop of these vectorizes, where the `libm` crate's scalar `erff`
+/// `erf(x)` by Abramowitz & Stegun 7.1.26 (their bound: absolute error ≤ 1.5e-7, about f32's
+/// own rounding near 1) with [`exp`]: a loop of these vectorizes, where the `libm` crate's scalar `erff`
 /// (Burn's GELU) took a third of MiniLM's time in SAR labelling.
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
@@ -178,7 +178,7 @@ fn gelu_loop(o: &mut [f32], x: &[f32]) {
 }
 
 /// [`gelu_loop`] compiled for the widest vectors the machine has: the build targets baseline
-/// x86-64 (SSE2), where this loop ran at a seventh of MiniLM's time beside gemm's AVX-512.
+/// x86-64 (SSE2), where this loop took a seventh of MiniLM's time beside gemm's AVX-512.
 /// The same operations in the same order on every path, so the values do not depend on it.
 fn gelu_chunk(o: &mut [f32], x: &[f32]) {
     #[cfg(target_arch = "x86_64")]
