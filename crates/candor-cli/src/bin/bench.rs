@@ -99,7 +99,6 @@ fn minilm_table(a: &Args, dir: &std::path::Path) -> Result<()> {
             t.push(&id);
             t.join(" ")
         })
-        .map(|t| t.to_string())
         .collect();
     let device = Default::default();
     let ours = best(a.repeats, || {
@@ -108,40 +107,14 @@ fn minilm_table(a: &Args, dir: &std::path::Path) -> Result<()> {
         std::hint::black_box(m.embed(&texts)?);
         Ok(())
     })?;
-    let python = a.python.clone().or_else(|| {
-        let p = PathBuf::from(".venv-bench/bin/python");
-        p.exists().then_some(p)
-    });
-    let theirs = match (&python, a.no_pytorch) {
-        (Some(py), false) => {
-            let file = std::env::temp_dir().join("candor-bench-minilm.json");
-            std::fs::write(&file, serde_json::to_string(&texts)?)?;
-            let out = std::process::Command::new(py)
-                .arg("scripts/bench_minilm_pytorch.py")
-                .arg(dir)
-                .arg(&file)
-                .arg(a.repeats.to_string())
-                .output()
-                .context("running scripts/bench_minilm_pytorch.py")?;
-            if out.status.success() {
-                let line = String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .last()
-                    .unwrap_or("")
-                    .to_string();
-                let v: serde_json::Value =
-                    serde_json::from_str(&line).context("parsing the PyTorch result")?;
-                v["seconds"].as_f64()
-            } else {
-                eprintln!(
-                    "PyTorch side failed:\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                None
-            }
-        }
-        _ => None,
-    };
+    let file = std::env::temp_dir().join("candor-bench-minilm.json");
+    std::fs::write(&file, serde_json::to_string(&texts)?)?;
+    let theirs = pytorch_side(
+        a,
+        "scripts/bench_minilm_pytorch.py",
+        &[dir.into(), file.into(), a.repeats.to_string().into()],
+    )?
+    .and_then(|v| v["seconds"].as_f64());
     let n = texts.len() as f64;
     println!(
         "MiniLM ({}), {} distinct texts of 4–25 words, batches of 64 by length",
@@ -230,6 +203,45 @@ fn matmul_table() {
     }
 }
 
+/// The last stdout line of `script` (a JSON object) run with the bench venv's Python (or
+/// `--python`) on `args`; `None`, with a line saying why, when there is no such Python, with
+/// `--no-pytorch`, or when the script fails.
+fn pytorch_side(
+    a: &Args,
+    script: &str,
+    args: &[std::ffi::OsString],
+) -> Result<Option<serde_json::Value>> {
+    let python = a.python.clone().or_else(|| {
+        let p = PathBuf::from(".venv-bench/bin/python");
+        p.exists().then_some(p)
+    });
+    let py = match (&python, a.no_pytorch) {
+        (Some(py), false) => py,
+        _ => {
+            eprintln!("(no PyTorch side: run scripts/setup-bench-venv.sh or pass --python)");
+            return Ok(None);
+        }
+    };
+    eprintln!("running the PyTorch side with {} …", py.display());
+    let out = std::process::Command::new(py)
+        .arg(script)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {script}"))?;
+    if !out.status.success() {
+        eprintln!(
+            "PyTorch side failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return Ok(None);
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or("");
+    Ok(Some(
+        serde_json::from_str(line).context("parsing the PyTorch result")?,
+    ))
+}
+
 fn best(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;
     let mut b = f64::INFINITY;
@@ -293,43 +305,16 @@ fn main() -> Result<()> {
     }
     ours.insert("peak_rss_mb".into(), peak_rss_mb().into());
 
-    let python = a.python.clone().or_else(|| {
-        let p = PathBuf::from(".venv-bench/bin/python");
-        p.exists().then_some(p)
-    });
-    let theirs: Option<serde_json::Value> = match (&python, a.no_pytorch) {
-        (Some(py), false) => {
-            eprintln!("running the PyTorch side with {} …", py.display());
-            let out = std::process::Command::new(py)
-                .arg("scripts/bench_pytorch.py")
-                .arg(&a.model)
-                .args([
-                    a.seq.to_string(),
-                    a.new_tokens.to_string(),
-                    a.repeats.to_string(),
-                ])
-                .output()
-                .context("running scripts/bench_pytorch.py")?;
-            if out.status.success() {
-                let line = String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .last()
-                    .unwrap_or("")
-                    .to_string();
-                Some(serde_json::from_str(&line).context("parsing the PyTorch result")?)
-            } else {
-                eprintln!(
-                    "PyTorch side failed:\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                None
-            }
-        }
-        _ => {
-            eprintln!("(no PyTorch side: run scripts/setup-bench-venv.sh or pass --python)");
-            None
-        }
-    };
+    let theirs = pytorch_side(
+        &a,
+        "scripts/bench_pytorch.py",
+        &[
+            a.model.clone().into(),
+            a.seq.to_string().into(),
+            a.new_tokens.to_string().into(),
+            a.repeats.to_string().into(),
+        ],
+    )?;
     println!(
         "model: {}  (f32, CPU, {} threads available)",
         a.model.display(),
