@@ -8,6 +8,7 @@ use anyhow::Result;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::{rngs::StdRng, Rng, SeedableRng};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -71,51 +72,76 @@ pub struct Generation {
     pub finish: Finish,
 }
 
-/// log-softmax of one row, accumulated in f64.
+thread_local! {
+    /// A vocabulary-sized scratch row per thread for [`pick`] (a fresh 200 KB allocation per
+    /// row and step went to the OS and back, page faults included).
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `(max, ln Σ exp(x))` of a row, the exponentials vectorised and summed in f64
+/// ([`crate::fused::exp_shifted`]); `buf` receives `exp(x − max)`.
+fn log_sum_exp(row: &[f32], buf: &mut [f32]) -> (f32, f64) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum = crate::fused::exp_shifted(row, max, 1.0, buf);
+    (max, max as f64 + sum.ln())
+}
+
+/// log-softmax of one row (log-sum-exp in f64).
 pub fn log_softmax(row: &[f32]) -> Vec<f32> {
-    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
-    let lse = max as f64 + sum.ln();
+    let (_, lse) = log_sum_exp(row, &mut vec![0.0; row.len()]);
     row.iter().map(|&x| (x as f64 - lse) as f32).collect()
 }
 
-fn top_k(lp: &[f32], k: usize) -> Vec<(u32, f32)> {
-    let mut idx: Vec<u32> = (0..lp.len() as u32).collect();
-    let k = k.min(lp.len());
+/// The `k` largest entries of a row as `(id, value)`, best first, ties to the lower id: one
+/// pass that keeps the best `k` sorted and skips every entry at or below the k-th (a select
+/// over the whole vocabulary per row and step cost more than the rest of the host side).
+fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
     if k == 0 {
-        return vec![];
+        return best;
     }
-    idx.select_nth_unstable_by(k - 1, |&a, &b| {
-        lp[b as usize].total_cmp(&lp[a as usize]).then(a.cmp(&b))
-    });
-    let mut top: Vec<(u32, f32)> = idx[..k].iter().map(|&i| (i, lp[i as usize])).collect();
-    top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    top
+    let mut floor = f32::NEG_INFINITY;
+    for (i, &x) in row.iter().enumerate() {
+        if best.len() == k && x.total_cmp(&floor).is_le() {
+            continue;
+        }
+        let at = best.partition_point(|&(_, v)| v.total_cmp(&x).is_ge());
+        best.insert(at, (i as u32, x));
+        best.truncate(k);
+        floor = best[best.len() - 1].1;
+    }
+    best
 }
 
-/// Draw from `softmax(logits / t)` restricted to the top-p nucleus.
-fn sample(logits: &[f32], temperature: f32, top_p: f32, rng: &mut StdRng) -> u32 {
-    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut probs: Vec<(u32, f64)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &x)| (i as u32, (((x - max) / temperature) as f64).exp()))
-        .collect();
-    let total: f64 = probs.iter().map(|p| p.1).sum();
-    probs.iter_mut().for_each(|p| p.1 /= total);
-    if top_p < 1.0 {
-        probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        let mut cum = 0.0;
-        let mut keep = probs.len();
-        for (i, p) in probs.iter().enumerate() {
-            cum += p.1;
-            if cum >= top_p as f64 {
-                keep = i + 1;
-                break;
+/// Draw from `softmax(logits / t)` restricted to the top-p nucleus; `buf` is scratch.
+fn sample(logits: &[f32], max: f32, t: f32, top_p: f32, rng: &mut StdRng, buf: &mut [f32]) -> u32 {
+    let total = crate::fused::exp_shifted(logits, max, 1.0 / t, buf);
+    if top_p >= 1.0 {
+        let mut u = rng.random::<f64>() * total;
+        for (i, &w) in buf.iter().enumerate() {
+            u -= w as f64;
+            if u <= 0.0 {
+                return i as u32;
             }
         }
-        probs.truncate(keep);
+        return buf.len().saturating_sub(1) as u32;
     }
+    let mut probs: Vec<(u32, f64)> = buf
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| (i as u32, w as f64 / total))
+        .collect();
+    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut cum = 0.0;
+    let mut keep = probs.len();
+    for (i, p) in probs.iter().enumerate() {
+        cum += p.1;
+        if cum >= top_p as f64 {
+            keep = i + 1;
+            break;
+        }
+    }
+    probs.truncate(keep);
     let mass: f64 = probs.iter().map(|p| p.1).sum();
     let mut u = rng.random::<f64>() * mass;
     for &(i, p) in &probs {
@@ -127,8 +153,32 @@ fn sample(logits: &[f32], temperature: f32, top_p: f32, rng: &mut StdRng) -> u32
     probs.last().map(|p| p.0).unwrap_or(0)
 }
 
-/// Top-k `(id, log-prob)` and the full log-softmax of one row.
-type RowStats = (Vec<(u32, f32)>, Vec<f32>);
+/// The host side of one decoding step for one row: the next token (greedy at `t ≤ 0`, else
+/// drawn at temperature `t`), its log-prob, and the top-`k` `(id, log-prob)` (at least one),
+/// all under the model's untempered distribution.
+fn pick(
+    logits: &[f32],
+    t: f32,
+    top_p: f32,
+    k: usize,
+    rng: &mut StdRng,
+) -> (u32, f32, Vec<(u32, f32)>) {
+    SCRATCH.with_borrow_mut(|buf| {
+        buf.resize(logits.len(), 0.0);
+        let (max, lse) = log_sum_exp(logits, buf);
+        let lp = |x: f32| (x as f64 - lse) as f32;
+        let top: Vec<(u32, f32)> = top_k(logits, k.max(1))
+            .into_iter()
+            .map(|(i, x)| (i, lp(x)))
+            .collect();
+        let id = if t <= 0.0 {
+            top[0].0
+        } else {
+            sample(logits, max, t, top_p, rng, buf)
+        };
+        (id, lp(logits[id as usize]), top)
+    })
+}
 
 /// Logits of the last positions, flat `[rows × vocab]` on the host.
 fn logits_host<B: Backend>(model: &Llama<B>, hidden_last: Tensor<B, 2>) -> Vec<f32> {
@@ -286,29 +336,26 @@ pub fn generate<B: Backend>(
     for step in 0..cfg.max_new_tokens {
         let flat = logits_host(model, last);
         let v = model.config.vocab_size;
-        // log-softmax and top-k of each row (the host side of a decoding step)
-        let stats: Vec<RowStats> = flat
-            .chunks(v)
-            .map(|logits| {
-                let lp = log_softmax(logits);
-                let top = top_k(&lp, cfg.top_logprobs.max(1));
-                (top, lp)
-            })
-            .collect();
+        // the host side of the step, rows in parallel (each row draws from its own RNG)
+        let picked: Vec<(u32, f32, Vec<(u32, f32)>)> = {
+            let mut slots: Vec<Option<&mut StdRng>> = rngs.iter_mut().map(Some).collect();
+            let rows: Vec<(usize, &mut StdRng)> = active
+                .iter()
+                .map(|&i| (i, slots[i].take().expect("active rows are distinct")))
+                .collect();
+            rows.into_par_iter()
+                .zip(flat.par_chunks(v))
+                .map(|((i, rng), logits)| {
+                    pick(logits, temperature(i), cfg.top_p, cfg.top_logprobs, rng)
+                })
+                .collect()
+        };
         let mut next = Vec::with_capacity(active.len());
         let mut keep = Vec::with_capacity(active.len());
-        for (r, &i) in active.iter().enumerate() {
-            let logits = &flat[r * v..(r + 1) * v];
-            let (top, lp) = &stats[r];
-            let t = temperature(i);
-            let id = if t <= 0.0 {
-                top[0].0
-            } else {
-                sample(logits, t, cfg.top_p, &mut rngs[i])
-            };
+        for (r, (&i, (id, lp, top))) in active.iter().zip(picked).enumerate() {
             let g = &mut out[i];
             g.tokens.push(id);
-            g.logprobs.push(lp[id as usize]);
+            g.logprobs.push(lp);
             g.top.push(top[..cfg.top_logprobs.min(top.len())].to_vec());
             let mut done = false;
             if cfg.stop_ids.contains(&id) {
@@ -450,4 +497,77 @@ pub fn tail_states<B: Backend>(
         .map(|i| log_softmax(&logits[i * v..(i + 1) * v]))
         .collect();
     (states, lps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A vocabulary-sized row with repeated values (ties) and a wide range.
+    fn row(seed: u64) -> Vec<f32> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..49_152)
+            .map(|_| (rng.random::<f32>() * 40.0 - 30.0).round() / 4.0)
+            .collect()
+    }
+
+    #[test]
+    fn top_k_is_a_full_sort_cut_at_k() {
+        for seed in 0..4 {
+            let r = row(seed);
+            let mut all: Vec<(u32, f32)> =
+                r.iter().enumerate().map(|(i, &x)| (i as u32, x)).collect();
+            all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            for k in [0, 1, 5, 20] {
+                assert_eq!(top_k(&r, k), all[..k].to_vec(), "seed {seed}, k {k}");
+            }
+        }
+        assert_eq!(top_k(&[1.0, 3.0], 5), vec![(1, 3.0), (0, 1.0)]);
+    }
+
+    #[test]
+    fn log_softmax_matches_f64_reference() {
+        let r = row(7);
+        let max = r.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = max + r.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+        for (got, &x) in log_softmax(&r).iter().zip(&r) {
+            assert!(
+                (*got as f64 - (x as f64 - lse)).abs() < 1e-5,
+                "{got} vs {}",
+                x as f64 - lse
+            );
+        }
+    }
+
+    #[test]
+    fn sampling_follows_the_tempered_distribution() {
+        // three tokens at log-odds 0, ln 2, ln 3 → probabilities 1/6, 2/6, 3/6 at t = 1, and
+        // 1/14, 4/14, 9/14 at t = 0.5
+        let logits = [0.0, 2f32.ln(), 3f32.ln()];
+        for (t, want) in [(1.0f32, [1.0, 2.0, 3.0]), (0.5, [1.0, 4.0, 9.0])] {
+            let total: f64 = want.iter().sum();
+            let mut rng = StdRng::seed_from_u64(3);
+            let mut counts = [0usize; 3];
+            let n = 60_000;
+            for _ in 0..n {
+                let (id, lp, top) = pick(&logits, t, 1.0, 2, &mut rng);
+                counts[id as usize] += 1;
+                assert!((lp as f64 - (want_lp(&logits, id))).abs() < 1e-6);
+                assert_eq!(top.len(), 2);
+            }
+            for (c, w) in counts.iter().zip(want) {
+                let p = *c as f64 / n as f64;
+                assert!((p - w / total).abs() < 0.01, "t {t}: {counts:?}");
+            }
+        }
+        // greedy takes the top token
+        let mut rng = StdRng::seed_from_u64(0);
+        assert_eq!(pick(&logits, 0.0, 1.0, 0, &mut rng).0, 2);
+    }
+
+    /// The untempered log-prob of token `id`.
+    fn want_lp(logits: &[f32], id: u32) -> f64 {
+        let lse = logits.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
+        logits[id as usize] as f64 - lse
+    }
 }

@@ -177,31 +177,60 @@ fn gelu_loop(o: &mut [f32], x: &[f32]) {
     }
 }
 
-/// [`gelu_loop`] compiled for the widest vectors the machine has: the build targets baseline
-/// x86-64 (SSE2), where this loop took a seventh of MiniLM's time beside gemm's AVX-512.
-/// The same operations in the same order on every path, so the values do not depend on it.
-fn gelu_chunk(o: &mut [f32], x: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn wide(o: &mut [f32], x: &[f32]) {
-            gelu_loop(o, x)
+/// `$vis fn $name(args) -> ret` calling the `#[inline(always)]` fn `$inner` compiled for the
+/// widest vectors the machine has (AVX-512 or AVX2, detected at run time), for loops that
+/// vectorise: the build itself targets baseline x86-64 (SSE2). The same operations run in the
+/// same order on every path, so the values do not depend on the machine.
+macro_rules! widest {
+    ($vis:vis fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $inner:ident) => {
+        $vis fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn wide($($arg: $ty),*) -> $ret {
+                    $inner($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) -> $ret {
+                    $inner($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the feature was just detected
+                    return unsafe { wide($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: as above
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $inner($($arg),*)
         }
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2(o: &mut [f32], x: &[f32]) {
-            gelu_loop(o, x)
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was just detected
-            return unsafe { wide(o, x) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: as above
-            return unsafe { avx2(o, x) };
+    };
+}
+
+// GELU took a seventh of MiniLM's time beside gemm's AVX-512 when compiled for SSE2 only.
+widest!(fn gelu_chunk(o: &mut [f32], x: &[f32]) -> () = gelu_loop);
+
+#[inline(always)]
+fn exp_shifted_loop(x: &[f32], max: f32, s: f32, out: &mut [f32]) -> f64 {
+    for (o, &x) in out.iter_mut().zip(x) {
+        *o = exp((x - max) * s);
+    }
+    let mut acc = [0f64; 8];
+    let chunks = out.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|&w| w as f64).sum();
+    for c in chunks {
+        for (a, &w) in acc.iter_mut().zip(c) {
+            *a += w as f64;
         }
     }
-    gelu_loop(o, x)
+    acc.iter().sum::<f64>() + tail
 }
+
+// `out[i] = exp(s · (x[i] − max))` over a row, and `Σ out` accumulated in f64 (eight partial
+// sums, so the loop vectorises): a decoding step's log-sum-exp (`s = 1`) and its sampling
+// weights at temperature `1/s`, one pass over the vocabulary each.
+widest!(pub fn exp_shifted(x: &[f32], max: f32, s: f32, out: &mut [f32]) -> f64 = exp_shifted_loop);
 
 /// LayerNorm over rows of `w.len()`: `(x − mean) / √(var + eps) · w + b`, the variance
 /// biased (divided by the row length), as PyTorch's.

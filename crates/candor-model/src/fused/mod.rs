@@ -26,6 +26,8 @@ mod kernels;
 use autodiff::{Cpu, CpuAd};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Int, Tensor};
+/// The host side of a decoding step: `exp(s · (x − max))` over a row and its sum in f64.
+pub use kernels::exp_shifted;
 use std::any::Any;
 
 /// `a` as a `T` when `A` and `T` are the same type; `a` back otherwise.
