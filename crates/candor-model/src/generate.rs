@@ -153,6 +153,9 @@ fn sample(logits: &[f32], max: f32, t: f32, top_p: f32, rng: &mut StdRng, buf: &
     probs.last().map(|p| p.0).unwrap_or(0)
 }
 
+/// A decoding step's pick for one row: the token, its log-prob, the top-k `(id, log-prob)`.
+type Picked = (u32, f32, Vec<(u32, f32)>);
+
 /// The host side of one decoding step for one row: the next token (greedy at `t ≤ 0`, else
 /// drawn at temperature `t`), its log-prob, and the top-`k` `(id, log-prob)` (at least one),
 /// all under the model's untempered distribution.
@@ -337,7 +340,7 @@ pub fn generate<B: Backend>(
         let flat = logits_host(model, last);
         let v = model.config.vocab_size;
         // the host side of the step, rows in parallel (each row draws from its own RNG)
-        let picked: Vec<(u32, f32, Vec<(u32, f32)>)> = {
+        let picked: Vec<Picked> = {
             let mut slots: Vec<Option<&mut StdRng>> = rngs.iter_mut().map(Some).collect();
             let rows: Vec<(usize, &mut StdRng)> = active
                 .iter()
