@@ -259,12 +259,16 @@ impl<B: Backend> MiniLm<B> {
         let mut x = burn::tensor::module::embedding(e.word.val(), ids) + pos + tt;
         x = e.emb_norm.forward(x);
         let (h, hd) = (e.heads, d / e.heads);
-        // key padding mask, true = masked: [b, 1, 1, n] → [b, 1, n, n] (shared by the heads)
-        let mask: Tensor<B, 4, Bool> = keep
-            .clone()
-            .equal_elem(0.0)
-            .reshape([b, 1, 1, n])
-            .expand([b, 1, n, n]);
+        // key padding mask, true = masked, [b, 1, n, n] (shared by the heads): built whole here,
+        // since attention reads a contiguous mask and would copy an expanded view element by
+        // element in every layer
+        let mut masked = vec![false; b * n * n];
+        for (i, r) in rows.iter().enumerate() {
+            for q in masked[i * n * n..(i + 1) * n * n].chunks_mut(n) {
+                q[r.len()..].fill(true);
+            }
+        }
+        let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(masked, [b, 1, n, n]), dev);
         for l in &e.layers {
             let heads = |t: Tensor<B, 3>| t.reshape([b, n, h, hd]);
             let q = heads(l.query.forward(x.clone())).swap_dims(1, 2);

@@ -154,10 +154,16 @@ fn fused_ops_accept_strided_inputs() {
 
 #[test]
 fn attention_matches_tensor_ops() {
+    // 6 query heads over 3 KV heads, 5 new queries after 5 cached keys (t = 10 keys); and 7
+    // after 30 (t = 37: the softmax's 16-lane max over two whole chunks and a remainder)
+    attention_case([2, 6, 3, 5, 10, 8]);
+    attention_case([2, 6, 3, 7, 37, 8]);
+}
+
+/// Fused attention against the tensor ops at `[b, h, kv, tq, t, d]`; `v` a strided view, as
+/// the model's cache concatenation can leave it.
+fn attention_case([b, h, kv, tq, t, d]: [usize; 6]) {
     use burn::tensor::Bool;
-    // 6 query heads over 3 KV heads, 5 new queries after 5 cached keys (t = 10 keys); `v` a
-    // strided view, as the model's cache concatenation can leave it
-    let [b, h, kv, tq, t, d] = [2, 6, 3, 5, 10, 8];
     let nq = h / kv * tq;
     let (q, k, v) = (
         rand([b, h, tq, d], 13),

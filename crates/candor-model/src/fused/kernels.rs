@@ -116,6 +116,7 @@ pub fn exp(x: f32) -> f32 {
 
 /// `Σ f(x)` over a row with eight partial sums, so that the loop vectorises (one running f32
 /// sum is a serial dependency the compiler may not reorder).
+#[inline(always)]
 fn sum_of(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = row.chunks_exact(8);
@@ -128,6 +129,7 @@ fn sum_of(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+#[inline(always)]
 fn sum(row: &[f32]) -> f32 {
     sum_of(row, |x| x)
 }
@@ -240,18 +242,24 @@ pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
     let per = rows_per_task(h);
     y.par_chunks_mut(per * h)
         .zip(x.par_chunks(per * h))
-        .for_each(|(y, x)| {
-            for (y, x) in y.chunks_mut(h).zip(x.chunks(h)) {
-                let mean = sum(x) / h as f32;
-                let var = sum_of(x, |v| (v - mean) * (v - mean)) / h as f32;
-                let r = 1.0 / (var + eps).sqrt();
-                for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-                    *y = (x - mean) * r * w + b;
-                }
-            }
-        });
+        .for_each(|(y, x)| layer_norm_chunk(y, x, w, b, eps));
     y
 }
+
+#[inline(always)]
+fn layer_norm_rows(y: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
+    let h = w.len();
+    for (y, x) in y.chunks_mut(h).zip(x.chunks(h)) {
+        let mean = sum(x) / h as f32;
+        let var = sum_of(x, |v| (v - mean) * (v - mean)) / h as f32;
+        let r = 1.0 / (var + eps).sqrt();
+        for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+            *y = (x - mean) * r * w + b;
+        }
+    }
+}
+
+widest!(fn layer_norm_chunk(y: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) -> () = layer_norm_rows);
 
 /// SwiGLU's gate: `silu(g) · u`.
 pub fn swiglu(g: &[f32], u: &[f32]) -> Vec<f32> {
@@ -355,26 +363,42 @@ pub fn masked_softmax(s: &mut [f32], masked: &[u8], scale: f32, [b, kv, nq, t]: 
         .enumerate()
         .for_each(|(bk, block)| {
             let m = &masked[(bk / kv) * nq * t..][..nq * t];
-            for (row, m) in block.chunks_mut(t).zip(m.chunks(t)) {
-                let mut max = f32::NEG_INFINITY;
-                for (v, &m) in row.iter_mut().zip(m) {
-                    *v = if m != 0 {
-                        f32::NEG_INFINITY
-                    } else {
-                        *v * scale
-                    };
-                    max = max.max(*v);
-                }
-                if max == f32::NEG_INFINITY {
-                    row.fill(0.0); // every key masked: attend to nothing
-                    continue;
-                }
-                row.iter_mut().for_each(|v| *v = exp(*v - max));
-                let inv = 1.0 / sum(row);
-                row.iter_mut().for_each(|v| *v *= inv);
-            }
+            masked_softmax_chunk(block, m, scale, t)
         });
 }
+
+#[inline(always)]
+fn masked_softmax_rows(block: &mut [f32], m: &[u8], scale: f32, t: usize) {
+    for (row, m) in block.chunks_mut(t).zip(m.chunks(t)) {
+        // scale and mask, and the row's max over 16 lanes (a running `f32::max` keeps the loop
+        // scalar; short rows such as MiniLM's 30–60 keys are most of its time otherwise)
+        let mask = |v: f32, m: u8| if m != 0 { f32::NEG_INFINITY } else { v * scale };
+        let mut lanes = [f32::NEG_INFINITY; 16];
+        let mut vs = row.chunks_exact_mut(16);
+        let mut ms = m.chunks_exact(16);
+        for (vc, mc) in (&mut vs).zip(&mut ms) {
+            for ((v, &m), l) in vc.iter_mut().zip(mc).zip(lanes.iter_mut()) {
+                *v = mask(*v, m);
+                *l = if *v > *l { *v } else { *l };
+            }
+        }
+        let mut max = f32::NEG_INFINITY;
+        for (v, &m) in vs.into_remainder().iter_mut().zip(ms.remainder()) {
+            *v = mask(*v, m);
+            max = max.max(*v);
+        }
+        let max = lanes.iter().fold(max, |a, &l| a.max(l));
+        if max == f32::NEG_INFINITY {
+            row.fill(0.0); // every key masked: attend to nothing
+            continue;
+        }
+        row.iter_mut().for_each(|v| *v = exp(*v - max));
+        let inv = 1.0 / sum(row);
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+widest!(fn masked_softmax_chunk(block: &mut [f32], m: &[u8], scale: f32, t: usize) -> () = masked_softmax_rows);
 
 /// Softmax backward in place, scale included: `dp` (`∂L/∂P`) becomes
 /// `∂L/∂s = scale · P ⊙ (dP − Σ_keys dP ⊙ P)`, row by row.
