@@ -192,10 +192,11 @@ fn logits_host<B: Backend>(model: &Llama<B>, hidden_last: Tensor<B, 2>) -> Vec<f
         .expect("f32 logits")
 }
 
-/// The prompts' KV cache, each row's key validity, and the last prompt position's hidden
-/// state `[rows, hidden]`, computed with as little work as the prompts allow:
+/// The distinct prompts' KV cache, each one's key validity, the last prompt position's hidden
+/// state `[distinct, hidden]`, and which distinct prompt each prompt row is; computed with as
+/// little work as the prompts allow:
 /// - a prompt that occurs several times (a question's K samples, its greedy answer) is
-///   prefilled once and its cache rows are copied;
+///   prefilled once;
 /// - the head all distinct prompts share (a chat template's system prompt and instruction)
 ///   is prefilled once, for one row, and its keys and values are copied to every row; each
 ///   row then prefills only its own tail, left-padded after the shared head (`[head][pad]
@@ -208,7 +209,7 @@ fn prefill<B: Backend>(
     prompts: &[Vec<u32>],
     pad: u32,
     device: &B::Device,
-) -> (KvCache<B>, Vec<Vec<bool>>, Tensor<B, 2>) {
+) -> (KvCache<B>, Vec<Vec<bool>>, Tensor<B, 2>, Vec<usize>) {
     let d = model.config.hidden_size;
     // distinct prompts, in order of first occurrence, and each row's distinct prompt
     let mut distinct: Vec<&Vec<u32>> = vec![];
@@ -256,19 +257,13 @@ fn prefill<B: Backend>(
     let hidden = model
         .forward_hidden_from(tokens_tensor::<B>(&toks, device), &pos, &mut cache, t - 1)
         .reshape([u, d]);
-    if u == prompts.len() {
-        return (cache, valid, hidden);
-    }
-    let idx: Vec<i64> = of_row.iter().map(|&i| i as i64).collect();
-    let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [prompts.len()]), device);
-    cache.select_rows(rows.clone());
-    let valid = of_row.iter().map(|&i| valid[i].clone()).collect();
-    (cache, valid, hidden.select(0, rows))
+    (cache, valid, hidden, of_row)
 }
 
 /// Generate a continuation for each prompt (token ids), batched with left padding; repeated
-/// prompts and the head all prompts share are prefilled once ([`prefill`]). Finished
-/// sequences leave the batch. Row `i` samples from its own RNG seeded with `(seed, i)`, so the
+/// prompts and the head all prompts share are prefilled once ([`prefill`]), and rows with the
+/// same prompt decode as one row for as long as their tokens agree. Finished sequences leave
+/// the batch. Row `i` samples from its own RNG seeded with `(seed, i)`, so the
 /// result of a row does not depend on the rest of the batch.
 pub fn generate<B: Backend>(
     model: &Llama<B>,
@@ -332,68 +327,89 @@ pub fn generate<B: Backend>(
             .copied()
             .unwrap_or(cfg.temperature)
     };
-    let mut active: Vec<usize> = (0..n).collect();
-    let (mut cache, mut valid, hidden) = prefill(model, prompts, tok.pad_id, device);
+    // One cache row ("slot") per distinct history: prompt rows whose prompts and tokens so far
+    // are the same share a slot, so a question's greedy answer and its K samples decode as one
+    // row until their tokens differ, and the slot is then copied for each token drawn.
+    let (mut cache, mut valid, hidden, of_row) = prefill(model, prompts, tok.pad_id, device);
+    let mut members: Vec<Vec<usize>> = vec![vec![]; valid.len()];
+    for (i, &slot) in of_row.iter().enumerate() {
+        members[slot].push(i);
+    }
     let d = model.config.hidden_size;
     let mut last = hidden;
     for step in 0..cfg.max_new_tokens {
         let flat = logits_host(model, last);
         let v = model.config.vocab_size;
-        // the host side of the step, rows in parallel (each row draws from its own RNG)
+        // the host side of the step, every row in parallel (each draws from its own RNG)
         let picked: Vec<Picked> = {
-            let mut slots: Vec<Option<&mut StdRng>> = rngs.iter_mut().map(Some).collect();
-            let rows: Vec<(usize, &mut StdRng)> = active
+            let mut rng_of: Vec<Option<&mut StdRng>> = rngs.iter_mut().map(Some).collect();
+            let rows: Vec<(usize, usize, &mut StdRng)> = members
                 .iter()
-                .map(|&i| (i, slots[i].take().expect("active rows are distinct")))
+                .enumerate()
+                .flat_map(|(slot, m)| m.iter().map(move |&i| (slot, i)))
+                .map(|(slot, i)| (slot, i, rng_of[i].take().expect("rows are in one slot")))
                 .collect();
             rows.into_par_iter()
-                .zip(flat.par_chunks(v))
-                .map(|((i, rng), logits)| {
+                .map(|(slot, i, rng)| {
+                    let logits = &flat[slot * v..(slot + 1) * v];
                     pick(logits, temperature(i), cfg.top_p, cfg.top_logprobs, rng)
                 })
                 .collect()
         };
-        let mut next = Vec::with_capacity(active.len());
-        let mut keep = Vec::with_capacity(active.len());
-        for (r, (&i, (id, lp, top))) in active.iter().zip(picked).enumerate() {
-            let g = &mut out[i];
-            g.tokens.push(id);
-            g.logprobs.push(lp);
-            g.top.push(top[..cfg.top_logprobs.min(top.len())].to_vec());
-            let mut done = false;
-            if cfg.stop_ids.contains(&id) {
-                g.finish = Finish::StopToken;
-                done = true;
-            } else if !cfg.stop_strings.is_empty() {
-                let text = tok.decode(&g.tokens, true)?;
-                let text = text.trim_start();
-                if cfg.stop_strings.iter().any(|s| text.contains(s.as_str())) {
-                    g.finish = Finish::StopString;
+        // the next step's slots: per slot, one for each token its unfinished rows drew
+        let (mut source, mut next, mut next_members): (Vec<usize>, Vec<u32>, Vec<Vec<usize>>) =
+            (vec![], vec![], vec![]);
+        let mut picked = picked.into_iter();
+        for (slot, m) in members.iter().enumerate() {
+            let first = next.len();
+            for &i in m {
+                let (id, lp, top) = picked.next().expect("one pick per row");
+                let g = &mut out[i];
+                g.tokens.push(id);
+                g.logprobs.push(lp);
+                g.top.push(top[..cfg.top_logprobs.min(top.len())].to_vec());
+                let mut done = false;
+                if cfg.stop_ids.contains(&id) {
+                    g.finish = Finish::StopToken;
                     done = true;
+                } else if !cfg.stop_strings.is_empty() {
+                    let text = tok.decode(&g.tokens, true)?;
+                    let text = text.trim_start();
+                    if cfg.stop_strings.iter().any(|s| text.contains(s.as_str())) {
+                        g.finish = Finish::StopString;
+                        done = true;
+                    }
+                }
+                if done || step + 1 == cfg.max_new_tokens {
+                    continue;
+                }
+                match (first..next.len()).find(|&j| next[j] == id) {
+                    Some(j) => next_members[j].push(i),
+                    None => {
+                        source.push(slot);
+                        next.push(id);
+                        next_members.push(vec![i]);
+                    }
                 }
             }
-            if !done && step + 1 < cfg.max_new_tokens {
-                next.push(id);
-                keep.push(r);
-            }
         }
-        if keep.is_empty() {
+        if next.is_empty() {
             break;
         }
-        if keep.len() < active.len() {
-            let idx: Vec<i64> = keep.iter().map(|&r| r as i64).collect();
+        if !source.iter().copied().eq(0..members.len()) {
+            let idx: Vec<i64> = source.iter().map(|&r| r as i64).collect();
             cache.select_rows(Tensor::<B, 1, Int>::from_data(
-                TensorData::new(idx, [keep.len()]),
+                TensorData::new(idx, [source.len()]),
                 device,
             ));
-            valid = keep.iter().map(|&r| valid[r].clone()).collect();
-            active = keep.iter().map(|&r| active[r]).collect();
+            valid = source.iter().map(|&r| valid[r].clone()).collect();
         }
+        members = next_members;
         valid.iter_mut().for_each(|v| v.push(true));
         let pos = Positions::new(&model.config, &valid, 1, device);
         let ids: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
         let h = model.forward_hidden(tokens_tensor::<B>(&ids, device), &pos, &mut cache);
-        last = h.reshape([active.len(), d]);
+        last = h.reshape([next.len(), d]);
     }
     for g in out.iter_mut() {
         let mut text = tok.decode(&g.tokens, true)?;

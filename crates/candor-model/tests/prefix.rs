@@ -1,8 +1,8 @@
 //! Prefix reuse in `generate`: prompts that share a head, repeated prompts (a question's K
-//! samples) and greedy rows decoded beside sampled ones give what each prompt gives alone —
-//! the same tokens, log-probs within 1e-4. On checkpoints/tiny-arith (shipped in the repo), whose
-//! plain prompts share `Q: What is `, and on SmolLM2's chat prompts (a long shared system
-//! head) when it is fetched.
+//! samples, decoded as one row while their tokens agree) and greedy rows decoded beside sampled
+//! ones give what each prompt gives alone — the same tokens, log-probs within 1e-4. On
+//! checkpoints/tiny-arith (shipped in the repo), whose plain prompts share `Q: What is `, and on
+//! SmolLM2's chat prompts (a long shared system head) when it is fetched.
 
 mod common;
 
