@@ -278,11 +278,13 @@ impl<B: Backend> MiniLm<B> {
             // the scale-mask-softmax is one pass (SmolLM2's attention, with as many key/value
             // heads as query heads)
             let ctx = candor_model::fused::attention(q, k, v, &mask).reshape([b, n, d]);
-            x = l.attn_norm.forward(l.attn_out.forward(ctx) + x);
+            x = l
+                .attn_norm
+                .forward(candor_model::fused::add(l.attn_out.forward(ctx), x));
             let ff = l
                 .output
                 .forward(candor_model::fused::gelu(l.intermediate.forward(x.clone())));
-            x = l.out_norm.forward(ff + x);
+            x = l.out_norm.forward(candor_model::fused::add(ff, x));
         }
         let m = keep.unsqueeze_dim::<3>(2); // [b, n, 1]
         let pooled = (x * m.clone()).sum_dim(1) / m.sum_dim(1); // [b, 1, d]

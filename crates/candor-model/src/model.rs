@@ -163,7 +163,7 @@ impl<B: Backend> Linear<B> {
         let x = x.reshape([rows, d_in]);
         let mut y = fused::matmul(x.clone(), w);
         if let Some(b) = &self.bias {
-            y = y + to_dtype(b.val(), dt).unsqueeze_dim(0);
+            y = fused::add(y, to_dtype(b.val(), dt).unsqueeze_dim(0));
         }
         if let Some(l) = &self.lora {
             let x = if l.dropout > 0.0 && B::ad_enabled(&x.device()) {
@@ -598,11 +598,11 @@ impl<B: Backend> Llama<B> {
                 &self.config,
                 from,
             );
-            x = positions_from(x, from) + h;
+            x = fused::add(h, positions_from(x, from));
             let h = layer
                 .mlp
                 .forward(layer.post_attention_layernorm.forward(x.clone()));
-            x = x + h;
+            x = fused::add(h, x);
         }
         if n == 0 {
             x = positions_from(x, from);

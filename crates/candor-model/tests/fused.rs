@@ -372,3 +372,31 @@ fn matmul_with_few_rows_matches_tensor_ops() {
         1e-5,
     );
 }
+
+#[test]
+fn add_matches_tensor_ops_for_a_residual_and_a_bias() {
+    let y = rand([3, 41, 700], 21);
+    let r = rand([3, 41, 700], 22);
+    let b = rand([1, 1, 700], 23);
+    let want = (y.clone() + r.clone(), y.clone() + b.clone());
+    // `y` is held here too: the in-place pass must copy it rather than change this holder
+    let before = y.clone().into_data();
+    close("residual", fused::add(y.clone(), r.clone()), want.0, 0.0);
+    close("bias", fused::add(y.clone(), b.clone()), want.1, 0.0);
+    assert_eq!(y.into_data(), before, "the shared input changed");
+    // a fresh, unshared tensor is updated in place and gives the same values
+    close(
+        "unshared",
+        fused::add(rand([3, 41, 700], 21), r.clone()),
+        rand([3, 41, 700], 21) + r,
+        0.0,
+    );
+    // anything else (a broadcast over a middle axis) takes the tensor op
+    let m = rand([3, 1, 700], 24);
+    close(
+        "middle broadcast",
+        fused::add(rand([3, 41, 700], 21), m.clone()),
+        rand([3, 41, 700], 21) + m,
+        0.0,
+    );
+}

@@ -261,6 +261,23 @@ fn layer_norm_rows(y: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
 
 widest!(fn layer_norm_chunk(y: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) -> () = layer_norm_rows);
 
+/// `y += b` in place, in parallel: `b` either as long as `y` (a residual) or one row that every
+/// row of `y` gets (a bias; `y.len()` a multiple of `b.len()`).
+pub fn add_assign(y: &mut [f32], b: &[f32]) {
+    if b.len() == y.len() {
+        y.par_chunks_mut(16 * 1024)
+            .zip(b.par_chunks(16 * 1024))
+            .for_each(|(y, b)| y.iter_mut().zip(b).for_each(|(y, b)| *y += b));
+    } else {
+        let h = b.len();
+        y.par_chunks_mut(rows_per_task(h) * h).for_each(|c| {
+            for row in c.chunks_mut(h) {
+                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }
+        });
+    }
+}
+
 /// SwiGLU's gate: `silu(g) · u`.
 pub fn swiglu(g: &[f32], u: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; g.len()];

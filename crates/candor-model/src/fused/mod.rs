@@ -213,6 +213,21 @@ pub fn update_on_host<B: Backend, const D: usize>(
     }
 }
 
+/// `y + b`, `b` either `y`'s shape (a residual) or `[1, …, 1, n]` (a bias over the last
+/// axis): on the CPU backend without autodiff one parallel pass in place over `y` (Flex's add
+/// is one thread and a new buffer); a tensor op elsewhere. Same values either way.
+pub fn add<B: Backend, const D: usize>(y: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+    let (dy, db) = (y.dims(), b.dims());
+    let bias = db[..D - 1].iter().all(|&d| d == 1) && db[D - 1] == dy[D - 1];
+    if dy != db && !bias {
+        return y + b;
+    }
+    match update_on_host(y, b, kernels::add_assign) {
+        Ok(y) => y,
+        Err((y, b)) => y + b,
+    }
+}
+
 /// `Σ x²` over a tensor, in f64: one parallel pass over host memory on the CPU backend (the
 /// global gradient norm), a tensor op elsewhere.
 pub fn sum_of_squares<B: Backend, const D: usize>(t: Tensor<B, D>) -> f64 {
