@@ -256,7 +256,8 @@ impl<B: Backend> MiniLm<B> {
         let d = e.word.dims()[1];
         let pos = e.position.val().narrow(0, 0, n).unsqueeze_dim::<3>(0);
         let tt = e.token_type.val().narrow(0, 0, 1).unsqueeze_dim::<3>(0);
-        let mut x = burn::tensor::module::embedding(e.word.val(), ids) + pos + tt;
+        let x = burn::tensor::module::embedding(e.word.val(), ids);
+        let mut x = candor_model::fused::add(candor_model::fused::add(x, pos), tt);
         x = e.emb_norm.forward(x);
         let (h, hd) = (e.heads, d / e.heads);
         // key padding mask, true = masked, [b, 1, n, n] (shared by the heads): built whole here,

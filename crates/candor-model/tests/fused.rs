@@ -391,6 +391,14 @@ fn add_matches_tensor_ops_for_a_residual_and_a_bias() {
         rand([3, 41, 700], 21) + r,
         0.0,
     );
+    // positions `[1, seq, d]` repeated over the batch
+    let p = rand([1, 41, 700], 25);
+    close(
+        "positions",
+        fused::add(rand([3, 41, 700], 21), p.clone()),
+        rand([3, 41, 700], 21) + p,
+        0.0,
+    );
     // anything else (a broadcast over a middle axis) takes the tensor op
     let m = rand([3, 1, 700], 24);
     close(

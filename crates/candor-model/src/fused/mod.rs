@@ -213,13 +213,15 @@ pub fn update_on_host<B: Backend, const D: usize>(
     }
 }
 
-/// `y + b`, `b` either `y`'s shape (a residual) or `[1, …, 1, n]` (a bias over the last
-/// axis): on the CPU backend without autodiff one parallel pass in place over `y` (Flex's add
-/// is one thread and a new buffer); a tensor op elsewhere. Same values either way.
+/// `y + b`, `b` either `y`'s shape (a residual) or `y`'s trailing axes after leading 1s (a
+/// bias `[1, …, 1, n]`, positions `[1, seq, d]`), repeated over `y`'s leading axes: on the CPU
+/// backend without autodiff one parallel pass in place over `y` (Flex's add is one thread into
+/// a new buffer, element by element where it broadcasts); a tensor op elsewhere. Same values
+/// either way.
 pub fn add<B: Backend, const D: usize>(y: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
     let (dy, db) = (y.dims(), b.dims());
-    let bias = db[..D - 1].iter().all(|&d| d == 1) && db[D - 1] == dy[D - 1];
-    if dy != db && !bias {
+    let ones = db.iter().take_while(|&&d| d == 1).count().min(D - 1);
+    if db[ones..] != dy[ones..] {
         return y + b;
     }
     match update_on_host(y, b, kernels::add_assign) {
