@@ -244,15 +244,12 @@ impl<B: Backend> MiniLm<B> {
         let dev = &self.device;
         let (b, n) = (rows.len(), rows.iter().map(|r| r.len()).max().unwrap_or(1));
         let mut ids = vec![0i64; b * n];
-        let mut keep = vec![0f32; b * n];
         for (i, r) in rows.iter().enumerate() {
             for (j, &t) in r.iter().enumerate() {
                 ids[i * n + j] = t as i64;
-                keep[i * n + j] = 1.0;
             }
         }
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, n]), dev);
-        let keep = Tensor::<B, 2>::from_data(TensorData::new(keep, [b, n]), dev);
         let d = e.word.dims()[1];
         let pos = e.position.val().narrow(0, 0, n).unsqueeze_dim::<3>(0);
         let tt = e.token_type.val().narrow(0, 0, 1).unsqueeze_dim::<3>(0);
@@ -287,15 +284,22 @@ impl<B: Backend> MiniLm<B> {
                 .forward(candor_model::fused::gelu(l.intermediate.forward(x.clone())));
             x = l.out_norm.forward(candor_model::fused::add(ff, x));
         }
-        let m = keep.unsqueeze_dim::<3>(2); // [b, n, 1]
-        let pooled = (x * m.clone()).sum_dim(1) / m.sum_dim(1); // [b, 1, d]
-        let norm = pooled.clone().square().sum_dim(2).sqrt().clamp_min(1e-12);
-        let out = (pooled / norm).reshape([b, d]);
-        out.into_data()
-            .into_vec::<f32>()
-            .expect("f32 embeddings")
-            .chunks(d)
-            .map(|c| c.to_vec())
+        // mean over each text's own tokens, then L2 normalisation, on the host (as tensor ops
+        // these were four broadcast passes, element by element on the CPU backend)
+        let x = x.into_data().into_vec::<f32>().expect("f32 hidden states");
+        rows.iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let mut p = vec![0f32; d];
+                for t in x[i * n * d..].chunks(d).take(r.len()) {
+                    p.iter_mut().zip(t).for_each(|(p, &v)| *p += v);
+                }
+                let count = r.len() as f32;
+                p.iter_mut().for_each(|v| *v /= count);
+                let norm = p.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+                p.iter_mut().for_each(|v| *v /= norm);
+                p
+            })
             .collect()
     }
 
