@@ -6,7 +6,7 @@ use crate::model::{left_pad, tokens_tensor, KvCache, Llama, Positions};
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::Tensor;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -243,7 +243,7 @@ fn prefill<B: Backend>(
         let pos = Positions::new(&model.config, &valid, head, device);
         let tokens = tokens_tensor::<B>(&[distinct[0][..head].to_vec()], device);
         model.forward_hidden_from(tokens, &pos, &mut cache, head - 1);
-        cache.select_rows(Tensor::<B, 1, Int>::zeros([u], device));
+        cache.select_rows(&vec![0; u]);
     }
     let tails: Vec<Vec<u32>> = distinct.iter().map(|p| p[head..].to_vec()).collect();
     let (toks, tail_valid) = left_pad(&tails, pad);
@@ -397,11 +397,7 @@ pub fn generate<B: Backend>(
             break;
         }
         if !source.iter().copied().eq(0..members.len()) {
-            let idx: Vec<i64> = source.iter().map(|&r| r as i64).collect();
-            cache.select_rows(Tensor::<B, 1, Int>::from_data(
-                TensorData::new(idx, [source.len()]),
-                device,
-            ));
+            cache.select_rows(&source);
             valid = source.iter().map(|&r| valid[r].clone()).collect();
         }
         members = next_members;

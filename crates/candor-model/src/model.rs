@@ -274,12 +274,17 @@ pub struct Llama<B: Backend> {
 #[derive(Clone, Debug)]
 pub struct KvCache<B: Backend> {
     pub layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    /// The cached rows the next forward continues, in order (a repeat copies a row; `None`:
+    /// every row as it is). Applied with the new positions' keys and values in one copy
+    /// ([`fused::append`]).
+    pub rows: Option<Vec<usize>>,
 }
 
 impl<B: Backend> KvCache<B> {
     pub fn new(n_layers: usize) -> Self {
         Self {
             layers: vec![None; n_layers],
+            rows: None,
         }
     }
     pub fn seq_len(&self) -> usize {
@@ -289,12 +294,13 @@ impl<B: Backend> KvCache<B> {
             .map(|(k, _)| k.dims()[2])
             .unwrap_or(0)
     }
-    /// Keep only the given batch rows (for dropping finished sequences).
-    pub fn select_rows(&mut self, rows: Tensor<B, 1, Int>) {
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.clone().select(0, rows.clone());
-            *v = v.clone().select(0, rows.clone());
-        }
+    /// Continue from the given rows of the cache, in order, repeats allowed (dropping finished
+    /// sequences, forking a row): taken by the next forward.
+    pub fn select_rows(&mut self, rows: &[usize]) {
+        self.rows = Some(match &self.rows {
+            Some(earlier) => rows.iter().map(|&r| earlier[r]).collect(),
+            None => rows.to_vec(),
+        });
     }
 }
 
@@ -427,6 +433,7 @@ impl<B: Backend> Attention<B> {
         x: Tensor<B, 3>,
         pos: &Positions<B>,
         cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+        rows: Option<&[usize]>,
         config: &ModelConfig,
         from: usize,
     ) -> Tensor<B, 3> {
@@ -446,9 +453,10 @@ impl<B: Backend> Attention<B> {
         let q = fused::rope(q, &cos_q, &sin_q);
         let k = fused::rope(k, &pos.cos, &pos.sin);
         let v = self.v_proj.forward(x).reshape([b, t, kv, hd]);
-        // the cache holds keys `[b, kv, past, d]` and values `[b, past, kv, d]`
+        // the cache holds keys `[b, kv, past, d]` and values `[b, past, kv, d]`; `rows`: the
+        // cached rows these continue
         let (k, v) = match cache.take() {
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 1)),
+            Some((pk, pv)) => (fused::append(pk, rows, k, 2), fused::append(pv, rows, v, 1)),
             None => (k, v),
         };
         *cache = Some((k.clone(), v.clone()));
@@ -589,12 +597,14 @@ impl<B: Backend> Llama<B> {
         );
         let pos = &pos.cast(self.compute);
         let n = self.layers.len();
+        let rows = cache.rows.take();
         for (i, (layer, lc)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
             let from = if i + 1 == n { from } else { 0 };
             let h = layer.self_attn.forward(
                 layer.input_layernorm.forward(x.clone()),
                 pos,
                 lc,
+                rows.as_deref(),
                 &self.config,
                 from,
             );

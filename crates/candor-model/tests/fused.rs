@@ -408,3 +408,28 @@ fn add_matches_tensor_ops_for_a_residual_and_a_bias() {
         0.0,
     );
 }
+
+#[test]
+fn append_matches_select_and_cat() {
+    // keys `[b, kv, T, d]` extended along axis 2, values `[b, T, kv, d]` along axis 1; rows
+    // dropped, repeated and reordered, as decoding's slots do
+    for (cache, new, axis) in [
+        (rand([4, 3, 7, 8], 31), rand([5, 3, 1, 8], 32), 2),
+        (rand([4, 7, 3, 8], 33), rand([5, 1, 3, 8], 34), 1),
+    ] {
+        let rows = [2, 0, 0, 3, 1];
+        close(
+            "rows",
+            fused::append(cache.clone(), Some(&rows), new.clone(), axis),
+            reference::append(cache.clone(), Some(&rows), new.clone(), axis),
+            0.0,
+        );
+        let same = new.clone().narrow(0, 0, 4);
+        close(
+            "every row",
+            fused::append(cache.clone(), None, same.clone(), axis),
+            Tensor::cat(vec![cache.clone(), same], axis),
+            0.0,
+        );
+    }
+}

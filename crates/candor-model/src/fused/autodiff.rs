@@ -328,6 +328,44 @@ pub fn update_on_host<const D: usize>(
     from_plain(t)
 }
 
+/// `cat([cache[rows], new], axis)` in one copy: each output row is cache row `rows[i]` (row
+/// `i` without `rows`) followed along `axis` by row `i` of `new`, rows in parallel.
+pub fn append(
+    cache: Tensor<Cpu, 4>,
+    rows: Option<&[usize]>,
+    new: Tensor<Cpu, 4>,
+    axis: usize,
+) -> Tensor<Cpu, 4> {
+    use rayon::prelude::*;
+    let (dc, dn) = (cache.dims(), new.dims());
+    let (cache, new) = (plain(cache), plain(new));
+    let (c, n) = (slice(&cache), slice(&new));
+    // per batch row: `outer` runs of the cache's `inner_c` values then new's `inner_n`
+    let outer: usize = dc[1..axis].iter().product();
+    let inner_c: usize = dc[axis..].iter().product();
+    let inner_n: usize = dn[axis..].iter().product();
+    let row_c = outer * inner_c;
+    let row_n = outer * inner_n;
+    let mut out = vec![0f32; dn[0] * (row_c + row_n)];
+    out.par_chunks_mut(row_c + row_n)
+        .enumerate()
+        .for_each(|(i, o)| {
+            let src = rows.map_or(i, |r| r[i]);
+            let (c, n) = (&c[src * row_c..][..row_c], &n[i * row_n..][..row_n]);
+            for ((o, c), n) in o
+                .chunks_mut(inner_c + inner_n)
+                .zip(c.chunks(inner_c))
+                .zip(n.chunks(inner_n))
+            {
+                o[..inner_c].copy_from_slice(c);
+                o[inner_c..].copy_from_slice(n);
+            }
+        });
+    let mut shape = dn;
+    shape[axis] += dc[axis];
+    from_plain(flex(out, shape))
+}
+
 pub fn sum_of_squares<const D: usize>(t: Tensor<Cpu, D>) -> f64 {
     kernels::sum_of_squares(slice(&plain(t)))
 }

@@ -230,6 +230,30 @@ pub fn add<B: Backend, const D: usize>(y: Tensor<B, D>, b: Tensor<B, D>) -> Tens
     }
 }
 
+/// A KV cache extended by new positions: `cat([cache[rows], new], axis)` (`rows`: the cached
+/// rows each new row continues, repeats allowed; `None`: row `i` continues row `i`). On the
+/// CPU backend without autodiff one parallel copy (a row selection and a concatenation were
+/// two copies of the whole cache per decoding step, on one thread); tensor ops elsewhere.
+pub fn append<B: Backend>(
+    cache: Tensor<B, 4>,
+    rows: Option<&[usize]>,
+    new: Tensor<B, 4>,
+    axis: usize,
+) -> Tensor<B, 4> {
+    let (dc, dn) = (cache.dims(), new.dims());
+    let fits = (1..4).all(|a| a == axis || dc[a] == dn[a])
+        && rows.map_or(dc[0] == dn[0], |r| {
+            r.len() == dn[0] && r.iter().all(|&i| i < dc[0])
+        });
+    if fits && fusable(&cache) && fusable(&new) {
+        match cast::<_, (Tensor<Cpu, 4>, Tensor<Cpu, 4>)>((cache, new)) {
+            Ok((c, n)) => return same(autodiff::append(c, rows, n, axis)),
+            Err((c, n)) => return reference::append(c, rows, n, axis),
+        }
+    }
+    reference::append(cache, rows, new, axis)
+}
+
 /// `Σ x²` over a tensor, in f64: one parallel pass over host memory on the CPU backend (the
 /// global gradient norm), a tensor op elsewhere.
 pub fn sum_of_squares<B: Backend, const D: usize>(t: Tensor<B, D>) -> f64 {
@@ -293,6 +317,26 @@ pub mod reference {
     use burn::tensor::module::attention as sdpa;
     use burn::tensor::ops::AttentionModuleOptions;
     use burn::tensor::{Bool, Int, Tensor, TensorData};
+
+    pub fn append<B: Backend>(
+        cache: Tensor<B, 4>,
+        rows: Option<&[usize]>,
+        new: Tensor<B, 4>,
+        axis: usize,
+    ) -> Tensor<B, 4> {
+        let cache = match rows {
+            Some(r) => {
+                let idx: Vec<i64> = r.iter().map(|&i| i as i64).collect();
+                let dev = cache.device();
+                cache.select(
+                    0,
+                    Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [r.len()]), &dev),
+                )
+            }
+            None => cache,
+        };
+        Tensor::cat(vec![cache, new], axis)
+    }
 
     pub fn attention<B: Backend>(
         q: Tensor<B, 4>,
