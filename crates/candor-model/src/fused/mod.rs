@@ -11,7 +11,10 @@
 //! backends (CUDA, WGPU) run [`reference`], where the ops are fused or cheap anyway. The
 //! matmuls on the CPU backend call the `gemm` crate directly ([`gemm`] says why).
 //!
-//! Also here: [`update_on_host`] and [`sum_of_squares`], the host passes of the fused AdamW.
+//! Also here: [`update_on_host`] and [`sum_of_squares`], the host passes of the fused AdamW;
+//! [`add`] (residuals, biases) and [`append`] (the KV cache), in place or in one copy where
+//! Burn's ops would copy twice on one thread; and [`exp_shifted`], the host side of a
+//! decoding step.
 //!
 //! Rust has no specialisation, so the choice is made at run time by the backend's type:
 //! [`cast`] moves a value to the CPU backend's own type when `B` is that type (a `TypeId`
