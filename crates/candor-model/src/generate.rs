@@ -153,33 +153,43 @@ fn sample(logits: &[f32], max: f32, t: f32, top_p: f32, rng: &mut StdRng, buf: &
     probs.last().map(|p| p.0).unwrap_or(0)
 }
 
-/// A decoding step's pick for one row: the token, its log-prob, the top-k `(id, log-prob)`.
-type Picked = (u32, f32, Vec<(u32, f32)>);
+/// What every row decoding from one slot reads off the slot's logits, computed once per slot:
+/// the max, the log-sum-exp, and the top-k `(id, log-prob)` (at least one), all under the
+/// model's untempered distribution.
+struct SlotStats {
+    max: f32,
+    lse: f64,
+    top: Vec<(u32, f32)>,
+}
 
-/// The host side of one decoding step for one row: the next token (greedy at `t ≤ 0`, else
-/// drawn at temperature `t`), its log-prob, and the top-`k` `(id, log-prob)` (at least one),
-/// all under the model's untempered distribution.
-fn pick(
-    logits: &[f32],
-    t: f32,
-    top_p: f32,
-    k: usize,
-    rng: &mut StdRng,
-) -> (u32, f32, Vec<(u32, f32)>) {
+impl SlotStats {
+    fn of(logits: &[f32], k: usize) -> Self {
+        SCRATCH.with_borrow_mut(|buf| {
+            buf.resize(logits.len(), 0.0);
+            let (max, lse) = log_sum_exp(logits, buf);
+            let top = top_k(logits, k.max(1))
+                .into_iter()
+                .map(|(i, x)| (i, (x as f64 - lse) as f32))
+                .collect();
+            Self { max, lse, top }
+        })
+    }
+
+    /// The log-prob of the token whose logit is `x`.
+    fn logprob(&self, x: f32) -> f32 {
+        (x as f64 - self.lse) as f32
+    }
+}
+
+/// One row's next token from its slot's logits: greedy at `t ≤ 0`, else drawn at temperature
+/// `t` within the top-p nucleus.
+fn pick(logits: &[f32], s: &SlotStats, t: f32, top_p: f32, rng: &mut StdRng) -> u32 {
+    if t <= 0.0 {
+        return s.top[0].0;
+    }
     SCRATCH.with_borrow_mut(|buf| {
         buf.resize(logits.len(), 0.0);
-        let (max, lse) = log_sum_exp(logits, buf);
-        let lp = |x: f32| (x as f64 - lse) as f32;
-        let top: Vec<(u32, f32)> = top_k(logits, k.max(1))
-            .into_iter()
-            .map(|(i, x)| (i, lp(x)))
-            .collect();
-        let id = if t <= 0.0 {
-            top[0].0
-        } else {
-            sample(logits, max, t, top_p, rng, buf)
-        };
-        (id, lp(logits[id as usize]), top)
+        sample(logits, s.max, t, top_p, rng, buf)
     })
 }
 
@@ -340,8 +350,14 @@ pub fn generate<B: Backend>(
     for step in 0..cfg.max_new_tokens {
         let flat = logits_host(model, last);
         let v = model.config.vocab_size;
-        // the host side of the step, every row in parallel (each draws from its own RNG)
-        let picked: Vec<Picked> = {
+        // the host side of the step: each slot's statistics once, then every row's token, in
+        // parallel (each row draws from its own RNG)
+        let logits = |slot: usize| &flat[slot * v..(slot + 1) * v];
+        let stats: Vec<SlotStats> = flat
+            .par_chunks(v)
+            .map(|l| SlotStats::of(l, cfg.top_logprobs))
+            .collect();
+        let picked: Vec<u32> = {
             let mut rng_of: Vec<Option<&mut StdRng>> = rngs.iter_mut().map(Some).collect();
             let rows: Vec<(usize, usize, &mut StdRng)> = members
                 .iter()
@@ -351,8 +367,7 @@ pub fn generate<B: Backend>(
                 .collect();
             rows.into_par_iter()
                 .map(|(slot, i, rng)| {
-                    let logits = &flat[slot * v..(slot + 1) * v];
-                    pick(logits, temperature(i), cfg.top_p, cfg.top_logprobs, rng)
+                    pick(logits(slot), &stats[slot], temperature(i), cfg.top_p, rng)
                 })
                 .collect()
         };
@@ -363,11 +378,12 @@ pub fn generate<B: Backend>(
         for (slot, m) in members.iter().enumerate() {
             let first = next.len();
             for &i in m {
-                let (id, lp, top) = picked.next().expect("one pick per row");
-                let g = &mut out[i];
+                let id = picked.next().expect("one pick per row");
+                let (g, st) = (&mut out[i], &stats[slot]);
                 g.tokens.push(id);
-                g.logprobs.push(lp);
-                g.top.push(top[..cfg.top_logprobs.min(top.len())].to_vec());
+                g.logprobs.push(st.logprob(logits(slot)[id as usize]));
+                g.top
+                    .push(st.top[..cfg.top_logprobs.min(st.top.len())].to_vec());
                 let mut done = false;
                 if cfg.stop_ids.contains(&id) {
                     g.finish = Finish::StopToken;
@@ -564,8 +580,10 @@ mod tests {
             let mut rng = StdRng::seed_from_u64(3);
             let mut counts = [0usize; 3];
             let n = 60_000;
+            let stats = SlotStats::of(&logits, 2);
             for _ in 0..n {
-                let (id, lp, top) = pick(&logits, t, 1.0, 2, &mut rng);
+                let id = pick(&logits, &stats, t, 1.0, &mut rng);
+                let (lp, top) = (stats.logprob(logits[id as usize]), &stats.top);
                 counts[id as usize] += 1;
                 assert!((lp as f64 - (want_lp(&logits, id))).abs() < 1e-6);
                 assert_eq!(top.len(), 2);
@@ -577,7 +595,8 @@ mod tests {
         }
         // greedy takes the top token
         let mut rng = StdRng::seed_from_u64(0);
-        assert_eq!(pick(&logits, 0.0, 1.0, 0, &mut rng).0, 2);
+        let stats = SlotStats::of(&logits, 0);
+        assert_eq!(pick(&logits, &stats, 0.0, 1.0, &mut rng), 2);
     }
 
     /// The untempered log-prob of token `id`.

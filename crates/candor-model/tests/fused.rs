@@ -384,29 +384,20 @@ fn add_matches_tensor_ops_for_a_residual_and_a_bias() {
     close("residual", fused::add(y.clone(), r.clone()), want.0, 0.0);
     close("bias", fused::add(y.clone(), b.clone()), want.1, 0.0);
     assert_eq!(y.into_data(), before, "the shared input changed");
-    // a fresh, unshared tensor is updated in place and gives the same values
-    close(
-        "unshared",
-        fused::add(rand([3, 41, 700], 21), r.clone()),
-        rand([3, 41, 700], 21) + r,
-        0.0,
-    );
-    // positions `[1, seq, d]` repeated over the batch
-    let p = rand([1, 41, 700], 25);
-    close(
-        "positions",
-        fused::add(rand([3, 41, 700], 21), p.clone()),
-        rand([3, 41, 700], 21) + p,
-        0.0,
-    );
-    // anything else (a broadcast over a middle axis) takes the tensor op
-    let m = rand([3, 1, 700], 24);
-    close(
-        "middle broadcast",
-        fused::add(rand([3, 41, 700], 21), m.clone()),
-        rand([3, 41, 700], 21) + m,
-        0.0,
-    );
+    // a fresh, unshared tensor updated in place: a residual, positions `[1, seq, d]` repeated
+    // over the batch; anything else (a broadcast over a middle axis) takes the tensor op
+    for (what, other) in [
+        ("unshared", r),
+        ("positions", rand([1, 41, 700], 25)),
+        ("middle broadcast", rand([3, 1, 700], 24)),
+    ] {
+        close(
+            what,
+            fused::add(rand([3, 41, 700], 21), other.clone()),
+            rand([3, 41, 700], 21) + other,
+            0.0,
+        );
+    }
 }
 
 #[test]

@@ -346,8 +346,12 @@ pub fn append(
     let inner_n: usize = dn[axis..].iter().product();
     let row_c = outer * inner_c;
     let row_n = outer * inner_n;
-    let mut out = vec![0f32; dn[0] * (row_c + row_n)];
-    out.par_chunks_mut(row_c + row_n)
+    // every element is written below, so the buffer is not zeroed first (that was a pass over
+    // the whole cache per layer and step)
+    let len = dn[0] * (row_c + row_n);
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(row_c + row_n)
         .enumerate()
         .for_each(|(i, o)| {
             let src = rows.map_or(i, |r| r[i]);
@@ -357,10 +361,13 @@ pub fn append(
                 .zip(c.chunks(inner_c))
                 .zip(n.chunks(inner_n))
             {
-                o[..inner_c].copy_from_slice(c);
-                o[inner_c..].copy_from_slice(n);
+                o[..inner_c].write_copy_of_slice(c);
+                o[inner_c..].write_copy_of_slice(n);
             }
         });
+    // SAFETY: the chunks above cover all `len` elements (`dn[0]` rows of `outer` runs of
+    // `inner_c + inner_n`), each written once
+    unsafe { out.set_len(len) };
     let mut shape = dn;
     shape[axis] += dc[axis];
     from_plain(flex(out, shape))
