@@ -3,8 +3,9 @@
 //! question per line (fsynced per batch); a restarted run skips the questions already there, so
 //! a kill loses at most the batch in flight. A torn last line is dropped on restart, and the
 //! batch a kill cut is answered again whole, so a resumed run's records are bit-identical to an
-//! uninterrupted run's (batches are fixed slices of the question list: same `batch_size`, same
-//! batches). Questions whose prompt does not fit the model's context are skipped and counted.
+//! uninterrupted run's (batches are fixed slices of the question list ordered by prompt length,
+//! so that a batch pads little: same `batch_size`, same batches). Questions whose prompt does
+//! not fit the model's context are skipped and counted.
 
 use crate::config::{DataConfig, LabelsConfig, Style};
 use crate::item::Item;
@@ -222,30 +223,29 @@ pub fn run_answers<B: Backend>(
     };
     on_progress(&progress);
     let mut answered = 0;
-    // Batches are fixed slices of `items`, whatever is already done: a batch cut by a kill is
-    // answered again whole (its finished records are not written twice), so every record is
+    // every prompt first: those too long for the context are skipped, the rest ordered by
+    // length (stable) so that a batch's prompts pad to about the same length
+    let mut encoded: Vec<(&Item, String, Vec<u32>)> = vec![];
+    for it in items {
+        let p = tok.prompt(&it.question, style)?;
+        let t = tok.encode(&p, false)?;
+        if t.len() + s.max_new_tokens > context {
+            too_long.push((it.id.clone(), t.len()));
+        } else {
+            encoded.push((it, p, t));
+        }
+    }
+    encoded.sort_by_key(|(_, _, t)| t.len());
+    // Batches are fixed slices of that order, whatever is already done: a batch cut by a kill
+    // is answered again whole (its finished records are not written twice), so every record is
     // computed in the same batch as in an uninterrupted run, bit for bit.
-    for chunk in items.chunks(s.batch_size.max(1)) {
-        if chunk.iter().all(|it| done.contains_key(&it.id)) {
+    for chunk in encoded.chunks(s.batch_size.max(1)) {
+        if chunk.iter().all(|(it, _, _)| done.contains_key(&it.id)) {
             continue;
         }
-        let mut batch: Vec<&Item> = vec![];
-        let mut prompts: Vec<String> = vec![];
-        let mut ids: Vec<Vec<u32>> = vec![];
-        for it in chunk {
-            let p = tok.prompt(&it.question, style)?;
-            let t = tok.encode(&p, false)?;
-            if t.len() + s.max_new_tokens > context {
-                too_long.push((it.id.clone(), t.len()));
-                continue;
-            }
-            batch.push(it);
-            prompts.push(p);
-            ids.push(t);
-        }
-        if batch.is_empty() {
-            continue;
-        }
+        let batch: Vec<&Item> = chunk.iter().map(|(it, _, _)| *it).collect();
+        let prompts: Vec<String> = chunk.iter().map(|(_, p, _)| p.clone()).collect();
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|(_, _, t)| t.clone()).collect();
         // one call: each question's greedy row, then its K sample rows, all decoding from one
         // prefill of its prompt
         let k = s.samples;

@@ -373,6 +373,68 @@ fn matmul_with_few_rows_matches_tensor_ops() {
     );
 }
 
+/// A weight multiplied at decode shapes a second time is packed once and read packed from then
+/// on (`fused/decode.rs`): the first, second and third products give the same values, bit for
+/// bit (same summation order), and Flex's within rounding; for a row-major weight, a tied
+/// output layer's transposed view, panels that do not split evenly (3 tiles of 32) and columns
+/// past the last 32. A weight changed in place afterwards is not served from its stale packing.
+#[test]
+fn decode_products_with_a_packed_weight_match_tensor_ops() {
+    let mut seed = 60;
+    for (m, k, n, transposed) in [
+        (5, 64, 96, false),
+        (16, 300, 577, false),
+        (32, 576, 192, false),
+        (9, 70, 130, true),
+        (24, 576, 1024, true),
+    ] {
+        seed += 2;
+        let b = if transposed {
+            rand([n, k], seed).transpose()
+        } else {
+            rand([k, n], seed)
+        };
+        let a = rand([m, k], seed + 1);
+        let want = a.clone().matmul(b.clone());
+        let runs: Vec<_> = (0..3)
+            .map(|_| fused::matmul(a.clone(), b.clone()))
+            .collect();
+        for (i, got) in runs.iter().enumerate() {
+            close(
+                &format!(
+                    "{m}×{k}·{k}×{n} (transposed {transposed}) product {}",
+                    i + 1
+                ),
+                got.clone(),
+                want.clone(),
+                1e-5,
+            );
+        }
+        if !transposed {
+            // the first product streams the weight unpacked, the later ones read it packed
+            assert_eq!(runs[0].to_data(), runs[1].to_data(), "unpacked vs packed");
+        }
+        assert_eq!(runs[1].to_data(), runs[2].to_data(), "packed twice");
+    }
+    // a weight used (and packed), then changed in place: the product sees the new values
+    let w = rand([64, 160], 80);
+    let a = rand([8, 64], 81);
+    for _ in 0..3 {
+        fused::matmul(a.clone(), w.clone());
+    }
+    let delta = rand([64, 160], 82);
+    let w2 = fused::add(w, delta.clone()); // `w` is unshared: updated in place where it can be
+    let want = a.clone().matmul(w2.clone());
+    for i in 0..3 {
+        close(
+            &format!("changed weight, product {}", i + 1),
+            fused::matmul(a.clone(), w2.clone()),
+            want.clone(),
+            1e-5,
+        );
+    }
+}
+
 #[test]
 fn add_matches_tensor_ops_for_a_residual_and_a_bias() {
     let y = rand([3, 41, 700], 21);

@@ -146,7 +146,8 @@ fn minilm_table(a: &Args, dir: &std::path::Path) -> Result<()> {
 
 /// `bench --matmul`: rows × in · in × out products through `candor_model::fused::matmul`,
 /// cycling through ~200 MB of distinct weights so that each product reads its weight from
-/// memory, as a decoding step does.
+/// memory, as a decoding step does (`CANDOR_NO_PACK=1`: weights read unpacked;
+/// `CANDOR_NO_SMALL_M=1`: gemm's products).
 fn matmul_table() {
     use burn::tensor::{Tensor, TensorData};
     let device = Default::default();
@@ -188,6 +189,11 @@ fn matmul_table() {
             .collect();
         let x = Tensor::<Flex, 2>::from_data(TensorData::new(vec![0.5f32; m * k], [m, k]), &device);
         let reps = 100.max(count);
+        // two passes first: a weight's second decode-shaped product packs it
+        // (`fused/decode.rs`), and the timed ones read it packed, as decoding steps do
+        for w in weights.iter().chain(&weights) {
+            std::hint::black_box(candor_model::fused::matmul(x.clone(), w.clone()));
+        }
         let t = Instant::now();
         for r in 0..reps {
             let y = candor_model::fused::matmul(x.clone(), weights[r % count].clone());

@@ -78,17 +78,25 @@ pub fn matmul(a: FlexTensor, b: FlexTensor) -> FlexTensor {
     let count = lhs.bases.len();
     let mut shape = da.clone();
     shape[nd - 1] = n;
-    if count == 1 && lhs.cs == 1 && rhs.cs == 1 && super::decode::applies(m, n) {
-        let out = super::decode::matmul(
-            &lhs.data[lhs.bases[0]..],
-            lhs.rs as usize,
-            &rhs.data[rhs.bases[0]..],
-            rhs.rs as usize,
-            m,
-            k,
-            n,
-        );
-        return FlexTensor::from_data(TensorData::new(out, shape));
+    // a decoding step's products: the weight streamed (row-major) or packed once (either
+    // layout, the tied output layer's transposed view included)
+    let (rs, cs) = (rhs.rs as usize, rhs.cs as usize);
+    if count == 1 && lhs.cs == 1 && (cs == 1 || rs == 1) && super::decode::applies(m, n) {
+        let packed =
+            super::decode::packed_weight(b.data_arc(), rhs.data, rhs.bases[0], [rs, cs], k, n);
+        if cs == 1 || packed.is_some() {
+            let out = super::decode::matmul(
+                &lhs.data[lhs.bases[0]..],
+                lhs.rs as usize,
+                &rhs.data[rhs.bases[0]..],
+                [rs, cs],
+                m,
+                k,
+                n,
+                packed.as_deref(),
+            );
+            return FlexTensor::from_data(TensorData::new(out, shape));
+        }
     }
     let macs = m * n * k;
     let threads = rayon::current_num_threads();
