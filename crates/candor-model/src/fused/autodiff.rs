@@ -244,7 +244,7 @@ pub fn rope_ad(x: Tensor<CpuAd, 4>, cos: FlexTensor, sin: FlexTensor) -> Tensor<
 
 pub fn matmul_plain(a: Tensor<Cpu, 2>, b: Tensor<Cpu, 2>) -> Tensor<Cpu, 2> {
     let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
-    from_plain(matmul(a, b))
+    from_plain(super::gemm::matmul_packing(a, b))
 }
 
 #[derive(Debug)]

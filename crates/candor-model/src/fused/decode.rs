@@ -25,6 +25,11 @@ use rayon::prelude::*;
 pub const MIN_ROWS: usize = 2;
 pub const MAX_ROWS: usize = 32;
 
+/// Against a packed weight the kernel takes products up to this many rows (a SAR batch's
+/// greedy answers and samples, 16 questions × 6 rows, while their histories differ): the
+/// panel being multiplied stays in cache while every 8-row tile passes over it.
+pub const MAX_PACKED_ROWS: usize = 128;
+
 /// Output columns of one register tile (two AVX-512 vectors).
 const COLS: usize = 32;
 
@@ -60,18 +65,27 @@ fn no_packing() -> bool {
     *OFF.get_or_init(|| std::env::var_os("CANDOR_NO_PACK").is_some_and(|v| v == "1"))
 }
 
-/// Whether [`matmul`] takes this product on this machine.
+/// Whether [`matmul`] takes this product on this machine with the weight unpacked.
 pub fn applies(m: usize, n: usize) -> bool {
+    rows_apply(m, n, MAX_ROWS)
+}
+
+/// Whether [`matmul`] takes this product on this machine with the weight packed.
+pub fn applies_packed(m: usize, n: usize) -> bool {
+    rows_apply(m, n, MAX_PACKED_ROWS)
+}
+
+fn rows_apply(m: usize, n: usize, most: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        (MIN_ROWS..=MAX_ROWS).contains(&m)
+        (MIN_ROWS..=most).contains(&m)
             && n >= COLS
             && !disabled()
             && std::arch::is_x86_feature_detected!("avx512f")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (m, n);
+        let _ = (m, n, most);
         false
     }
 }
@@ -99,7 +113,7 @@ pub fn matmul(
     packed: Option<&Packed>,
 ) -> Vec<f32> {
     assert!(
-        applies(m, n),
+        applies(m, n) || (packed.is_some() && applies_packed(m, n)),
         "decode::matmul called where it does not apply"
     );
     assert!(

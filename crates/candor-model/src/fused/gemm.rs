@@ -64,6 +64,17 @@ fn operand<'a>(t: &'a FlexTensor, batch: &[usize]) -> Option<Operand<'a>> {
 /// `a · b` for f32 tensors `[..., m, k]` and `[..., k, n]` with the same batch dimensions and
 /// any non-negative strides (transposed views included); the result is contiguous.
 pub fn matmul(a: FlexTensor, b: FlexTensor) -> FlexTensor {
+    product_of(a, b, false)
+}
+
+/// [`matmul`] for inference: a right-hand side multiplied at decode shapes a second time is
+/// packed once and read packed from then on ([`super::decode::packed_weight`]). Training's
+/// products do not pack: their weights change every step.
+pub fn matmul_packing(a: FlexTensor, b: FlexTensor) -> FlexTensor {
+    product_of(a, b, true)
+}
+
+fn product_of(a: FlexTensor, b: FlexTensor, packing: bool) -> FlexTensor {
     let (da, db) = (a.layout().shape().to_vec(), b.layout().shape().to_vec());
     let nd = da.len();
     let fallback = |a: &FlexTensor, b: &FlexTensor| Flex::float_matmul(a.clone(), b.clone());
@@ -81,10 +92,15 @@ pub fn matmul(a: FlexTensor, b: FlexTensor) -> FlexTensor {
     // a decoding step's products: the weight streamed (row-major) or packed once (either
     // layout, the tied output layer's transposed view included)
     let (rs, cs) = (rhs.rs as usize, rhs.cs as usize);
-    if count == 1 && lhs.cs == 1 && (cs == 1 || rs == 1) && super::decode::applies(m, n) {
-        let packed =
-            super::decode::packed_weight(b.data_arc(), rhs.data, rhs.bases[0], [rs, cs], k, n);
-        if cs == 1 || packed.is_some() {
+    let unpacked = cs == 1 && super::decode::applies(m, n);
+    let packable = packing && (cs == 1 || rs == 1) && super::decode::applies_packed(m, n);
+    if count == 1 && lhs.cs == 1 && (unpacked || packable) {
+        let packed = packable
+            .then(|| {
+                super::decode::packed_weight(b.data_arc(), rhs.data, rhs.bases[0], [rs, cs], k, n)
+            })
+            .flatten();
+        if unpacked || packed.is_some() {
             let out = super::decode::matmul(
                 &lhs.data[lhs.bases[0]..],
                 lhs.rs as usize,
