@@ -243,18 +243,15 @@ pub fn run_answers<B: Backend>(
         if chunk.iter().all(|(it, _, _)| done.contains_key(&it.id)) {
             continue;
         }
-        let batch: Vec<&Item> = chunk.iter().map(|(it, _, _)| *it).collect();
-        let prompts: Vec<String> = chunk.iter().map(|(_, p, _)| p.clone()).collect();
-        let ids: Vec<Vec<u32>> = chunk.iter().map(|(_, _, t)| t.clone()).collect();
         // one call: each question's greedy row, then its K sample rows, all decoding from one
         // prefill of its prompt
         let k = s.samples;
-        let mut rows = ids.clone();
-        let mut seeds = vec![0; ids.len()];
-        let mut temps = vec![0.0; ids.len()];
-        for (i, it) in batch.iter().enumerate() {
+        let mut rows: Vec<Vec<u32>> = chunk.iter().map(|(_, _, t)| t.clone()).collect();
+        let mut seeds = vec![0; chunk.len()];
+        let mut temps = vec![0.0; chunk.len()];
+        for (it, _, t) in chunk {
             for j in 0..k {
-                rows.push(ids[i].clone());
+                rows.push(t.clone());
                 seeds.push(row_seed(s.seed, &it.id, j));
                 temps.push(s.temperature as f32);
             }
@@ -266,19 +263,13 @@ pub fn run_answers<B: Backend>(
             ..base.clone()
         };
         let mut gens = generate(model, tok, &rows, &cfg, device)?.into_iter();
-        let greedy: Vec<_> = gens.by_ref().take(batch.len()).collect();
-        let mut sampled: Vec<Vec<Sample>> = vec![vec![]; batch.len()];
+        let greedy: Vec<_> = gens.by_ref().take(chunk.len()).collect();
+        let mut sampled: Vec<Vec<Sample>> = vec![vec![]; chunk.len()];
         for (r, g) in gens.enumerate() {
             sampled[r / k].push(to_sample(g));
         }
         let mut out = String::new();
-        let rows = batch
-            .iter()
-            .zip(&prompts)
-            .zip(&ids)
-            .zip(greedy)
-            .zip(sampled);
-        for ((((it, p), t), g), samples) in rows {
+        for (((it, p, t), g), samples) in chunk.iter().zip(greedy).zip(sampled) {
             if done.contains_key(&it.id) {
                 continue; // written before the kill; recomputed only to keep the batch whole
             }
