@@ -230,11 +230,17 @@ impl<B: Backend> MiniLm<B> {
             .map(|t| Ok((self.ids(t)?, t)))
             .collect::<Result<_>>()?;
         rows.sort_by_key(|r| r.0.len());
-        for chunk in rows.chunks(self.batch_size.max(1)) {
-            let ids: Vec<Vec<u32>> = chunk.iter().map(|r| r.0.clone()).collect();
-            for ((_, t), e) in chunk.iter().zip(self.encode_batch(&ids)) {
-                self.cache.insert((*t).clone(), e);
-            }
+        // on a rayon worker: each layer is a few dozen parallel ops (see `on_cpu_pool`)
+        let embedded: Vec<Vec<f32>> = candor_model::device::on_cpu_pool::<B, _>(|| {
+            rows.chunks(self.batch_size.max(1))
+                .flat_map(|chunk| {
+                    let ids: Vec<Vec<u32>> = chunk.iter().map(|r| r.0.clone()).collect();
+                    self.encode_batch(&ids)
+                })
+                .collect()
+        });
+        for ((_, t), e) in rows.iter().zip(embedded) {
+            self.cache.insert((*t).clone(), e);
         }
         Ok(texts.iter().map(|t| self.cache[t].clone()).collect())
     }
@@ -279,9 +285,17 @@ impl<B: Backend> MiniLm<B> {
             x = l
                 .attn_norm
                 .forward(candor_model::fused::add(l.attn_out.forward(ctx), x));
-            let ff = l
-                .output
-                .forward(candor_model::fused::gelu(l.intermediate.forward(x.clone())));
+            let ff = match Linear::feed_forward(
+                x.clone(),
+                [&l.intermediate],
+                &l.output,
+                candor_model::fused::Activation::Gelu,
+            ) {
+                Ok(ff) => ff,
+                Err(x) => l
+                    .output
+                    .forward(candor_model::fused::gelu(l.intermediate.forward(x))),
+            };
             x = l.out_norm.forward(candor_model::fused::add(ff, x));
         }
         // mean over each text's own tokens, then L2 normalisation, on the host (as tensor ops

@@ -282,21 +282,7 @@ pub fn generate<B: Backend>(
     cfg: &GenConfig,
     device: &B::Device,
 ) -> Result<Vec<Generation>> {
-    on_cpu_pool::<B, _>(|| generate_inner(model, tok, prompts, cfg, device))
-}
-
-/// `f` run on a rayon worker thread when `B` is the CPU backend (elsewhere on this thread).
-/// A parallel op started from outside rayon's pool hands its work to the pool and puts the
-/// calling thread to sleep until it is done, two thread switches per op, and a decoding step
-/// runs a few hundred ops; started on a worker, an op works on its first part at once and a
-/// small one wakes nobody. The greedy slice of `bench-data` answered in 17.1 s on a worker
-/// against 18.7 s from the main thread (one pair of runs, 2-core AMD VM, 2026-12-05).
-fn on_cpu_pool<B: Backend, T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    if std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn::backend::Flex>() {
-        rayon::scope(|_| f())
-    } else {
-        f()
-    }
+    crate::device::on_cpu_pool::<B, _>(|| generate_inner(model, tok, prompts, cfg, device))
 }
 
 fn generate_inner<B: Backend>(

@@ -153,6 +153,38 @@ impl<B: Backend> Linear<B> {
         Self::new(w, bias.then(|| Tensor::zeros([d_out], device)))
     }
 
+    /// `down(act(ups(x)))` in one tiled pass where [`fused::feed_forward`] takes it (inference
+    /// on the CPU backend, no LoRA adapter, more rows than a decoding step); `x` back
+    /// otherwise, for the caller's op-by-op path.
+    pub fn feed_forward<const D: usize, const U: usize>(
+        x: Tensor<B, D>,
+        ups: [&Self; U],
+        down: &Self,
+        act: fused::Activation,
+    ) -> Result<Tensor<B, D>, Tensor<B, D>> {
+        let projection = |l: &Self| (l.weight.val(), l.bias.as_ref().map(|b| b.val()));
+        if ups.iter().chain([&down]).any(|l| l.lora.is_some())
+            || ups
+                .iter()
+                .chain([&down])
+                .any(|l| l.weight.val().dtype() != x.dtype())
+        {
+            return Err(x);
+        }
+        let dims = x.dims();
+        let d_in = dims[D - 1];
+        let rows = x.shape().num_elements() / d_in;
+        let ups: Vec<_> = ups.iter().map(|l| projection(l)).collect();
+        match fused::feed_forward(x.reshape([rows, d_in]), &ups, &projection(down), act) {
+            Ok(y) => {
+                let mut out = dims;
+                out[D - 1] = y.dims()[1];
+                Ok(y.reshape(out))
+            }
+            Err(x) => Err(x.reshape(dims)),
+        }
+    }
+
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dims = x.dims();
         let d_in = dims[D - 1];
@@ -223,6 +255,15 @@ pub struct Mlp<B: Backend> {
 
 impl<B: Backend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = match Linear::feed_forward(
+            x,
+            [&self.gate_proj, &self.up_proj],
+            &self.down_proj,
+            fused::Activation::SwiGlu,
+        ) {
+            Ok(y) => return y,
+            Err(x) => x,
+        };
         let gate = fused::swiglu(self.gate_proj.forward(x.clone()), self.up_proj.forward(x));
         self.down_proj.forward(gate)
     }

@@ -488,3 +488,79 @@ fn append_matches_select_and_cat() {
         );
     }
 }
+
+/// The tiled feed-forward (`fused::feed_forward`) gives the op-by-op path's values bit for
+/// bit (gemm computes a row from its own input whatever the tile), over tiles with a ragged
+/// last one, with and without biases; at a decoding step's rows and under autodiff it hands
+/// the input back.
+#[test]
+fn tiled_feed_forward_matches_the_ops_one_by_one() {
+    use candor_model::fused::Activation;
+    let (d, f, rows) = (48, 200, 3 * 256 + 37);
+    let x = rand([rows, d], 40);
+    let (w1, b1, w2, b2) = (
+        rand([d, f], 41),
+        rand([f], 42),
+        rand([f, d], 43),
+        rand([d], 44),
+    );
+    let wu = rand([d, f], 45);
+    let bits = |t: Tensor<Flex, 2>| t.into_data().to_vec::<f32>().unwrap();
+    let gelu = fused::feed_forward(
+        x.clone(),
+        &[(w1.clone(), Some(b1.clone()))],
+        &(w2.clone(), Some(b2.clone())),
+        Activation::Gelu,
+    )
+    .unwrap_or_else(|_| panic!("{rows} rows take the tiled path"));
+    let h = fused::add(fused::matmul(x.clone(), w1.clone()), b1.unsqueeze_dim(0));
+    let h = fused::gelu(h.unsqueeze_dim::<3>(0)).squeeze_dim::<2>(0);
+    let want = fused::add(fused::matmul(h, w2.clone()), b2.unsqueeze_dim(0));
+    assert_eq!(bits(gelu), bits(want), "GELU block");
+
+    let swiglu = fused::feed_forward(
+        x.clone(),
+        &[(w1.clone(), None), (wu.clone(), None)],
+        &(w2.clone(), None),
+        Activation::SwiGlu,
+    )
+    .unwrap_or_else(|_| panic!("{rows} rows take the tiled path"));
+    let g = fused::swiglu(
+        fused::matmul(x.clone(), w1.clone()).unsqueeze_dim::<3>(0),
+        fused::matmul(x.clone(), wu.clone()).unsqueeze_dim::<3>(0),
+    );
+    let want = fused::matmul(g.squeeze_dim::<2>(0), w2.clone());
+    assert_eq!(bits(swiglu.clone()), bits(want.clone()), "SwiGLU block");
+    // and against the tensor ops, to a tolerance (exp and erf are approximations)
+    let g = reference::swiglu(
+        x.clone().matmul(w1.clone()).unsqueeze_dim::<3>(0),
+        x.clone().matmul(wu.clone()).unsqueeze_dim::<3>(0),
+    );
+    close(
+        "SwiGLU block vs tensor ops",
+        swiglu,
+        g.squeeze_dim::<2>(0).matmul(w2.clone()),
+        1e-5,
+    );
+
+    let few = rand([16, d], 46);
+    assert!(fused::feed_forward(
+        few,
+        &[(w1.clone(), None)],
+        &(w2.clone(), None),
+        Activation::Gelu
+    )
+    .is_err());
+    let on_ad = Tensor::<Ad, 2>::from_inner(x);
+    let leaf = |t: &Tensor<Flex, 2>| Tensor::<Ad, 2>::from_inner(t.clone());
+    assert!(
+        fused::feed_forward(
+            on_ad,
+            &[(leaf(&w1), None)],
+            &(leaf(&w2), None),
+            Activation::Gelu
+        )
+        .is_err(),
+        "autodiff runs the ops (with their backward)"
+    );
+}

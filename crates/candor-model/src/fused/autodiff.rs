@@ -164,6 +164,48 @@ pub fn layer_norm(
     ))
 }
 
+// ---- the tiled feed-forward (inference) ----
+
+/// A projection's weight `[in, out]` and bias as the CPU backend's tensors.
+pub type CpuProjection = (Tensor<Cpu, 2>, Option<Tensor<Cpu, 1>>);
+
+/// [`super::ffn::feed_forward`] on the CPU backend's tensors: `x` `[rows, d]`; `None` when a
+/// weight or bias is not contiguous (the caller runs the ops one by one).
+pub fn feed_forward(
+    x: Tensor<Cpu, 2>,
+    ups: &[CpuProjection],
+    down: &CpuProjection,
+    act: super::ffn::Activation,
+) -> Option<Tensor<Cpu, 2>> {
+    let [rows, d] = x.dims();
+    let host = |(w, b): &CpuProjection| {
+        let w = w.clone().into_primitive().tensor();
+        let b = b.as_ref().map(|b| b.clone().into_primitive().tensor());
+        let ok = w.as_slice::<f32>().is_some()
+            && b.as_ref().is_none_or(|b| b.as_slice::<f32>().is_some());
+        ok.then_some((w, b))
+    };
+    let ups: Vec<_> = ups.iter().map(host).collect::<Option<_>>()?;
+    let down = host(down)?;
+    fn projection((w, b): &(FlexTensor, Option<FlexTensor>)) -> super::ffn::Projection<'_> {
+        super::ffn::Projection {
+            weight: slice(w),
+            bias: b.as_ref().map(slice),
+            out: w.layout().shape().dims::<2>()[1],
+        }
+    }
+    let x = plain(x);
+    let y = super::ffn::feed_forward(
+        slice(&x),
+        d,
+        &ups.iter().map(projection).collect::<Vec<_>>(),
+        &projection(&down),
+        act,
+    );
+    let n = y.len() / rows.max(1);
+    Some(from_plain(flex(y, [rows, n])))
+}
+
 // ---- SwiGLU ----
 
 pub fn swiglu(gate: Tensor<Cpu, 3>, up: Tensor<Cpu, 3>) -> Tensor<Cpu, 3> {

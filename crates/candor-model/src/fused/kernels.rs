@@ -139,6 +139,7 @@ fn sum_exp(row: &[f32], max: f32) -> f32 {
     sum_of(row, |x| exp(x - max))
 }
 
+#[inline(always)]
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
@@ -212,6 +213,28 @@ macro_rules! widest {
 
 // GELU took a seventh of MiniLM's time beside gemm's AVX-512 when compiled for SSE2 only.
 widest!(fn gelu_chunk(o: &mut [f32], x: &[f32]) -> () = gelu_loop);
+
+#[inline(always)]
+fn gelu_in_place_loop(x: &mut [f32]) {
+    for x in x.iter_mut() {
+        let v = *x;
+        *x = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
+// [`gelu`]'s formula over a tile in place, on this thread (the tiled feed-forward's).
+widest!(pub fn gelu_in_place(x: &mut [f32]) -> () = gelu_in_place_loop);
+
+#[inline(always)]
+fn swiglu_in_place_loop(g: &mut [f32], u: &[f32]) {
+    for (g, &u) in g.iter_mut().zip(u) {
+        let v = *g;
+        *g = v * sigmoid(v) * u;
+    }
+}
+
+// [`swiglu`]'s formula, `g ← silu(g) · u`, over a tile in place, on this thread.
+widest!(pub fn swiglu_in_place(g: &mut [f32], u: &[f32]) -> () = swiglu_in_place_loop);
 
 #[inline(always)]
 fn exp_shifted_loop(x: &[f32], max: f32, s: f32, out: &mut [f32]) -> f64 {

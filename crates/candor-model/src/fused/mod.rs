@@ -23,12 +23,14 @@
 
 mod autodiff;
 mod decode;
+mod ffn;
 mod gemm;
 mod kernels;
 
 use autodiff::{Cpu, CpuAd};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Int, Tensor};
+pub use ffn::Activation;
 /// The host side of a decoding step: `exp(s · (x − max))` over a row and its sum in f64.
 pub use kernels::exp_shifted;
 use std::any::Any;
@@ -105,6 +107,44 @@ pub fn gelu<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
     match cast::<_, Tensor<Cpu, 3>>(x) {
         Ok(x) => same(autodiff::gelu(x)),
         Err(x) => reference::gelu(x),
+    }
+}
+
+/// A projection for [`feed_forward`]: a weight `[in, out]` and an optional bias `[out]`.
+pub type Projection<B> = (Tensor<B, 2>, Option<Tensor<B, 1>>);
+
+/// A feed-forward block for inference, `down(act(ups(x)))` for `x` `[rows, d]` (see
+/// [`Activation`] for `ups`). On the CPU backend without autodiff, with more rows than a
+/// decoding step's, it runs in tiles of rows whose wide intermediate never leaves the cache
+/// (`ffn`); otherwise `x` comes back (`Err`) and the caller runs its ops one by one.
+pub fn feed_forward<B: Backend>(
+    x: Tensor<B, 2>,
+    ups: &[Projection<B>],
+    down: &Projection<B>,
+    act: Activation,
+) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+    // a decoding step's few rows read packed weights instead (`decode`)
+    if !fusable(&x) || x.dims()[0] <= decode::MAX_PACKED_ROWS {
+        return Err(x);
+    }
+    let on_cpu = |(w, b): &Projection<B>| -> Option<autodiff::CpuProjection> {
+        let w = cast::<_, Tensor<Cpu, 2>>(w.clone()).ok()?;
+        let b = match b {
+            Some(b) => Some(cast::<_, Tensor<Cpu, 1>>(b.clone()).ok()?),
+            None => None,
+        };
+        (w.dtype() == DType::F32).then_some((w, b))
+    };
+    let (Some(ups_cpu), Some(down_cpu)) = (
+        ups.iter().map(on_cpu).collect::<Option<Vec<_>>>(),
+        on_cpu(down),
+    ) else {
+        return Err(x);
+    };
+    let x = cast::<_, Tensor<Cpu, 2>>(x)?;
+    match autodiff::feed_forward(x.clone(), &ups_cpu, &down_cpu, act) {
+        Some(y) => Ok(same(y)),
+        None => Err(same(x)),
     }
 }
 
