@@ -218,6 +218,7 @@ fn prefill<B: Backend>(
     model: &Llama<B>,
     prompts: &[Vec<u32>],
     pad: u32,
+    reserve: usize,
     device: &B::Device,
 ) -> (KvCache<B>, Vec<Vec<bool>>, Tensor<B, 2>, Vec<usize>) {
     let d = model.config.hidden_size;
@@ -248,6 +249,7 @@ fn prefill<B: Backend>(
         _ => 0,
     };
     let mut cache = KvCache::new(model.config.num_hidden_layers);
+    cache.reserve = reserve;
     if head > 0 {
         let valid = vec![vec![true; head]];
         let pos = Positions::new(&model.config, &valid, head, device);
@@ -350,7 +352,10 @@ fn generate_inner<B: Backend>(
     // One cache row ("slot") per distinct history: prompt rows whose prompts and tokens so far
     // are the same share a slot, so a question's greedy answer and its K samples decode as one
     // row until their tokens differ, and the slot is then copied for each token drawn.
-    let (mut cache, mut valid, hidden, of_row) = prefill(model, prompts, tok.pad_id, device);
+    // the cache keeps room for the new tokens, so decoding steps write them in place
+    let (mut cache, mut valid, hidden, of_row) =
+        prefill(model, prompts, tok.pad_id, cfg.max_new_tokens, device);
+    cache.reserve = cfg.max_new_tokens;
     let mut members: Vec<Vec<usize>> = vec![vec![]; valid.len()];
     for (i, &slot) in of_row.iter().enumerate() {
         members[slot].push(i);

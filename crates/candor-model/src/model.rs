@@ -319,6 +319,10 @@ pub struct KvCache<B: Backend> {
     /// every row as it is). Applied with the new positions' keys and values in one copy
     /// ([`fused::append`]).
     pub rows: Option<Vec<usize>>,
+    /// Positions to leave room for when the cache is copied (the tokens a generation may
+    /// still add), so that the steps after fill the room in place ([`fused::append`]). 0:
+    /// exactly as long as it is.
+    pub reserve: usize,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -326,6 +330,7 @@ impl<B: Backend> KvCache<B> {
         Self {
             layers: vec![None; n_layers],
             rows: None,
+            reserve: 0,
         }
     }
     pub fn seq_len(&self) -> usize {
@@ -474,7 +479,7 @@ impl<B: Backend> Attention<B> {
         x: Tensor<B, 3>,
         pos: &Positions<B>,
         cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
-        rows: Option<&[usize]>,
+        (rows, reserve): (Option<&[usize]>, usize),
         config: &ModelConfig,
         from: usize,
     ) -> Tensor<B, 3> {
@@ -497,7 +502,10 @@ impl<B: Backend> Attention<B> {
         // the cache holds keys `[b, kv, past, d]` and values `[b, past, kv, d]`; `rows`: the
         // cached rows these continue
         let (k, v) = match cache.take() {
-            Some((pk, pv)) => (fused::append(pk, rows, k, 2), fused::append(pv, rows, v, 1)),
+            Some((pk, pv)) => (
+                fused::append(pk, rows, k, 2, reserve),
+                fused::append(pv, rows, v, 1, reserve),
+            ),
             None => (k, v),
         };
         *cache = Some((k.clone(), v.clone()));
@@ -645,7 +653,7 @@ impl<B: Backend> Llama<B> {
                 layer.input_layernorm.forward(x.clone()),
                 pos,
                 lc,
-                rows.as_deref(),
+                (rows.as_deref(), cache.reserve),
                 &self.config,
                 from,
             );

@@ -475,17 +475,72 @@ fn append_matches_select_and_cat() {
         let rows = [2, 0, 0, 3, 1];
         close(
             "rows",
-            fused::append(cache.clone(), Some(&rows), new.clone(), axis),
+            fused::append(cache.clone(), Some(&rows), new.clone(), axis, 0),
             reference::append(cache.clone(), Some(&rows), new.clone(), axis),
             0.0,
         );
         let same = new.clone().narrow(0, 0, 4);
         close(
             "every row",
-            fused::append(cache.clone(), None, same.clone(), axis),
+            fused::append(cache.clone(), None, same.clone(), axis, 0),
             Tensor::cat(vec![cache.clone(), same], axis),
             0.0,
         );
+    }
+}
+
+/// A decoding run's cache, appended step by step with room reserved: the steps that continue
+/// the same rows write into the same buffer (no copy), a step that drops or forks rows copies
+/// it, the room runs out and is renewed, and every step's view equals select-and-cat.
+#[test]
+fn append_with_room_writes_in_place_and_matches_select_and_cat() {
+    let storage = |t: &Tensor<Flex, 4>| {
+        let p = t.clone().into_primitive().tensor();
+        std::sync::Arc::as_ptr(&p.data_arc()) as usize
+    };
+    for axis in [2, 1] {
+        let shape = |b: usize, t: usize| {
+            if axis == 2 {
+                [b, 3, t, 8]
+            } else {
+                [b, t, 3, 8]
+            }
+        };
+        let mut fast = rand(shape(4, 5), 50);
+        let mut want = fast.clone();
+        // (rows the step continues, whether it must copy); reserve 3 after each copy
+        let steps: [(Option<Vec<usize>>, bool); 10] = [
+            (None, true), // a contiguous cache has no room: copied with room for 3
+            (None, false),
+            (Some(vec![0, 1, 2, 3]), false), // the same rows, spelt out
+            (Some(vec![0, 2, 3]), true),     // a row finished
+            (None, false),
+            (Some(vec![0, 0, 1, 2]), true), // a fork
+            (None, false),
+            (None, false),
+            (None, false),
+            (None, true), // the room is used up
+        ];
+        for (i, (rows, copies)) in steps.into_iter().enumerate() {
+            let b = rows.as_ref().map_or(fast.dims()[0], |r| r.len());
+            let new = rand(shape(b, 1), 60 + i as u64);
+            let before = storage(&fast);
+            fast = fused::append(fast, rows.as_deref(), new.clone(), axis, 3);
+            want = reference::append(want, rows.as_deref(), new, axis);
+            assert_eq!(fast.dims(), want.dims(), "step {i}: shape");
+            assert_eq!(
+                fast.clone().into_data().to_vec::<f32>().unwrap(),
+                want.clone().into_data().to_vec::<f32>().unwrap(),
+                "step {i}: values"
+            );
+            assert_eq!(storage(&fast) != before, copies, "step {i}: copied?");
+        }
+        // a shared cache is never written in place
+        let kept = fast.clone();
+        let snapshot = kept.clone().into_data();
+        let b = fast.dims()[0];
+        let _ = fused::append(fast, None, rand(shape(b, 1), 99), axis, 3);
+        assert_eq!(kept.into_data(), snapshot, "a clone of the cache changed");
     }
 }
 

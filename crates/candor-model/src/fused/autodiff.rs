@@ -11,7 +11,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::ops::{FloatTensor, FloatTensorOps, ModuleOps};
 use burn::tensor::{Int, Shape, Tensor, TensorData, TensorPrimitive};
-use burn_flex::FlexTensor;
+use burn_flex::{FlexTensor, Layout};
 
 /// The CPU backend, and the same with autodiff (what training on the CPU runs).
 pub type Cpu = Flex;
@@ -372,47 +372,108 @@ pub fn update_on_host<const D: usize>(
 
 /// `cat([cache[rows], new], axis)` in one copy: each output row is cache row `rows[i]` (row
 /// `i` without `rows`) followed along `axis` by row `i` of `new`, rows in parallel.
+/// The positions `t`'s axis `axis` has room for, when `t` is the first positions of a buffer
+/// laid out as a contiguous tensor with `cap` positions on that axis (offset 0, nothing else in
+/// the storage): what [`append`] leaves behind. A contiguous tensor has room for its own length.
+fn room(t: &FlexTensor, axis: usize) -> Option<usize> {
+    let layout = t.layout();
+    let dims = layout.shape().dims::<4>();
+    let inner: usize = dims[axis + 1..].iter().product();
+    let cap = match axis {
+        0 => dims[0],
+        _ => layout.strides()[axis - 1].max(0) as usize / inner.max(1),
+    };
+    let mut full = dims;
+    full[axis] = cap;
+    let whole = Layout::contiguous(Shape::new(full));
+    let fits = cap >= dims[axis]
+        && t.dtype() == burn::tensor::DType::F32
+        && layout.start_offset() == 0
+        && layout.strides() == whole.strides()
+        && t.bytes().len() == 4 * full.iter().product::<usize>();
+    fits.then_some(cap)
+}
+
+/// A KV cache extended by `new`'s positions along `axis`: `cat([cache[rows], new], axis)`.
+/// The result is a view of the first positions of a buffer with room for more: when the next
+/// step continues the same rows and the room is there, its positions are written in place (no
+/// copy of the cache); otherwise one parallel copy makes a new buffer with room for `reserve`
+/// more positions (the rest of a generation). A decoding step with every row going on thus
+/// copies nothing; one where a row finished or forked copies the cache once.
 pub fn append(
     cache: Tensor<Cpu, 4>,
     rows: Option<&[usize]>,
     new: Tensor<Cpu, 4>,
     axis: usize,
+    reserve: usize,
 ) -> Tensor<Cpu, 4> {
     use rayon::prelude::*;
     let (dc, dn) = (cache.dims(), new.dims());
-    let (cache, new) = (plain(cache), plain(new));
-    let (c, n) = (slice(&cache), slice(&new));
-    // per batch row: `outer` runs of the cache's `inner_c` values then new's `inner_n`
+    let new = plain(new);
+    let n = slice(&new);
+    let mut cache = cache.into_primitive().tensor();
+    // per batch row: `outer` runs of `len` cached then `add` new positions, `inner` values each
     let outer: usize = dc[1..axis].iter().product();
-    let inner_c: usize = dc[axis..].iter().product();
-    let inner_n: usize = dn[axis..].iter().product();
-    let row_c = outer * inner_c;
-    let row_n = outer * inner_n;
-    // every element is written below, so the buffer is not zeroed first (that was a pass over
-    // the whole cache per layer and step)
-    let len = dn[0] * (row_c + row_n);
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(row_c + row_n)
+    let inner: usize = dc[axis + 1..].iter().product();
+    let (len, add) = (dc[axis], dn[axis]);
+    let row_n = outer * add * inner;
+    let view = |cap: usize, batch: usize| {
+        let mut full = dc;
+        full[0] = batch;
+        full[axis] = cap;
+        Layout::contiguous(Shape::new(full)).narrow(axis, 0, len + add)
+    };
+    let same_rows = rows.is_none_or(|r| r.iter().copied().eq(0..dc[0]));
+    if same_rows {
+        if let Some(cap) = room(&cache, axis).filter(|&cap| len + add <= cap) {
+            let row_c = outer * cap * inner;
+            if let Some(c) = cache.try_storage_mut::<f32>() {
+                c.par_chunks_mut(row_c)
+                    .zip(n.par_chunks(row_n))
+                    .for_each(|(c, n)| {
+                        for (c, n) in c.chunks_mut(cap * inner).zip(n.chunks(add * inner)) {
+                            c[len * inner..(len + add) * inner].copy_from_slice(n);
+                        }
+                    });
+                return from_plain(cache.with_layout(view(cap, dc[0])));
+            }
+        }
+    }
+    // a new buffer: the cache as it is laid out (a view of a larger one, or contiguous)
+    let cache = if room(&cache, axis).is_some() {
+        cache
+    } else {
+        cache.to_contiguous()
+    };
+    let c_cap = room(&cache, axis).expect("contiguous has room for itself");
+    let c = cache.storage::<f32>();
+    let c_row = outer * c_cap * inner;
+    let cap = len + add + reserve;
+    let row_o = outer * cap * inner;
+    let mut out: Vec<f32> = Vec::with_capacity(dn[0] * row_o);
+    out.spare_capacity_mut()[..dn[0] * row_o]
+        .par_chunks_mut(row_o)
         .enumerate()
         .for_each(|(i, o)| {
             let src = rows.map_or(i, |r| r[i]);
-            let (c, n) = (&c[src * row_c..][..row_c], &n[i * row_n..][..row_n]);
+            let (c, n) = (&c[src * c_row..][..c_row], &n[i * row_n..][..row_n]);
             for ((o, c), n) in o
-                .chunks_mut(inner_c + inner_n)
-                .zip(c.chunks(inner_c))
-                .zip(n.chunks(inner_n))
+                .chunks_mut(cap * inner)
+                .zip(c.chunks(c_cap * inner))
+                .zip(n.chunks(add * inner))
             {
-                o[..inner_c].write_copy_of_slice(c);
-                o[inner_c..].write_copy_of_slice(n);
+                o[..len * inner].write_copy_of_slice(&c[..len * inner]);
+                o[len * inner..(len + add) * inner].write_copy_of_slice(n);
+                // the room is written too (never read before it is overwritten)
+                o[(len + add) * inner..].fill(std::mem::MaybeUninit::new(0.0));
             }
         });
-    // SAFETY: the chunks above cover all `len` elements (`dn[0]` rows of `outer` runs of
-    // `inner_c + inner_n`), each written once
-    unsafe { out.set_len(len) };
-    let mut shape = dn;
-    shape[axis] += dc[axis];
-    from_plain(flex(out, shape))
+    // SAFETY: the chunks above cover all `dn[0]·row_o` elements, each written once
+    unsafe { out.set_len(dn[0] * row_o) };
+    let mut full = dc;
+    full[0] = dn[0];
+    full[axis] = cap;
+    from_plain(flex(out, full).with_layout(view(cap, dn[0])))
 }
 
 pub fn sum_of_squares<const D: usize>(t: Tensor<Cpu, D>) -> f64 {
@@ -455,7 +516,7 @@ fn group_heads(t: FlexTensor, kv: usize) -> FlexTensor {
 }
 
 /// `P = softmax(scale · q kᵀ)` over the unmasked keys and `out = P v`, for `q` `[b, h, t, d]`
-/// (contiguous), `k` `[b, kv, T, d]` (contiguous) and `v` `[b, T, kv, d]` (any strides).
+/// (contiguous), `k` `[b, kv, T, d]` and `v` `[b, T, kv, d]` (any non-negative strides).
 /// The `h / kv` query heads of a KV head are one `[(h/kv)·t, d]` block of `q`, so each
 /// product runs per KV head without copying keys or values. Returns `out` `[b, t, h, d]` and `P`
 /// `[b, kv, (h/kv)·t, T]`.
@@ -482,7 +543,12 @@ pub fn attention(
     mask: FlexTensor,
     scale: f32,
 ) -> Tensor<Cpu, 4> {
-    let (q, k, v) = (plain(q), plain(k), v.into_primitive().tensor());
+    // `k` and `v` are read through their strides: a KV cache is a view of a longer buffer
+    let (q, k, v) = (
+        plain(q),
+        k.into_primitive().tensor(),
+        v.into_primitive().tensor(),
+    );
     let (out, _) = attention_forward(&q, &k, &v, &mask_bytes(&mask), scale);
     from_plain(out)
 }

@@ -275,13 +275,16 @@ pub fn add<B: Backend, const D: usize>(y: Tensor<B, D>, b: Tensor<B, D>) -> Tens
 
 /// A KV cache extended by new positions: `cat([cache[rows], new], axis)` (`rows`: the cached
 /// rows each new row continues, repeats allowed; `None`: row `i` continues row `i`). On the
-/// CPU backend without autodiff one parallel copy (a row selection and a concatenation were
-/// two copies of the whole cache per decoding step, on one thread); tensor ops elsewhere.
+/// CPU backend without autodiff the result is a view of a buffer with room for `reserve` more
+/// positions, which the next call fills in place when it continues the same rows, and one
+/// parallel copy otherwise (a row selection and a concatenation were two copies of the whole
+/// cache per decoding step, on one thread); tensor ops elsewhere (`reserve` unused).
 pub fn append<B: Backend>(
     cache: Tensor<B, 4>,
     rows: Option<&[usize]>,
     new: Tensor<B, 4>,
     axis: usize,
+    reserve: usize,
 ) -> Tensor<B, 4> {
     let (dc, dn) = (cache.dims(), new.dims());
     let fits = (1..4).all(|a| a == axis || dc[a] == dn[a])
@@ -290,7 +293,7 @@ pub fn append<B: Backend>(
         });
     if fits && fusable(&cache) && fusable(&new) {
         match cast::<_, (Tensor<Cpu, 4>, Tensor<Cpu, 4>)>((cache, new)) {
-            Ok((c, n)) => return same(autodiff::append(c, rows, n, axis)),
+            Ok((c, n)) => return same(autodiff::append(c, rows, n, axis, reserve)),
             Err((c, n)) => return reference::append(c, rows, n, axis),
         }
     }
