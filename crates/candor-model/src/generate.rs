@@ -213,7 +213,8 @@ fn logits_host<B: Backend>(model: &Llama<B>, hidden_last: Tensor<B, 2>) -> Vec<f
 ///   [tail]`; the mask and the position ids skip the padding, so each real token sees the same
 ///   keys at the same positions as in a plain left-padded batch).
 ///
-/// This is automatic prefix caching (vLLM's idea) within one call.
+/// This is automatic prefix caching (vLLM's idea) within one call. The cache keeps room for
+/// `reserve` more positions (the tokens to generate), which decoding then writes in place.
 fn prefill<B: Backend>(
     model: &Llama<B>,
     prompts: &[Vec<u32>],

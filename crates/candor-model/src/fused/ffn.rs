@@ -15,7 +15,8 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
-/// Rows per tile. gemm packs the weight again for every product, so a tile must be tall
+/// Rows per tile at most (a batch is cut into equal tiles, a multiple of the threads in
+/// number). gemm packs the weight again for every product, so a tile must be tall
 /// enough to pay for that: at 64 rows (the intermediate in L2) packing took what the saved
 /// memory traffic gave back (SAR's MiniLM stage 74.5 s, as op by op); at 128, 256 and 512 rows
 /// (0.75–3 MiB intermediates, in L3) 71.0–71.4 s; at 1024 a batch has too few tiles to share
@@ -64,16 +65,21 @@ pub fn feed_forward(
     );
     assert!(ups.iter().all(|p| p.out == f && p.weight.len() == d * f));
     assert_eq!(down.weight.len(), f * n);
+    // as many tiles of at most TILE_ROWS as a multiple of the threads, all of one size, so
+    // that no thread waits for another's last tile
+    let threads = rayon::current_num_threads().max(1);
+    let tiles = threads * rows.div_ceil(threads * TILE_ROWS).max(1);
+    let tile = rows.div_ceil(tiles).max(1);
     let mut out: Vec<f32> = Vec::with_capacity(rows * n);
     out.spare_capacity_mut()[..rows * n]
-        .par_chunks_mut(TILE_ROWS * n)
+        .par_chunks_mut(tile * n)
         .enumerate()
         .for_each(|(t, o)| {
             let m = o.len() / n;
-            let xt = &x[t * TILE_ROWS * d..][..m * d];
+            let xt = &x[t * tile * d..][..m * d];
             SCRATCH.with_borrow_mut(|s| {
-                s.resize(ups.len() * TILE_ROWS * f, 0.0);
-                let (h, rest) = s.split_at_mut(TILE_ROWS * f);
+                s.resize(ups.len() * tile * f, 0.0);
+                let (h, rest) = s.split_at_mut(tile * f);
                 let h = &mut h[..m * f];
                 project(h, xt, &ups[0], m, d);
                 match act {

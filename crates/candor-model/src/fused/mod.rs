@@ -11,6 +11,8 @@
 //! backends (CUDA, WGPU) run [`reference`], where the ops are fused or cheap anyway. The
 //! matmuls on the CPU backend call the `gemm` crate directly ([`gemm`] says why).
 //!
+//! For inference only, [`feed_forward`] runs a whole feed-forward block in tiles of rows.
+//!
 //! Also here: [`update_on_host`] and [`sum_of_squares`], the host passes of the fused AdamW;
 //! [`add`] (residuals, biases) and [`append`] (the KV cache), in place or in one copy where
 //! Burn's ops would copy twice on one thread; and [`exp_shifted`], the host side of a
