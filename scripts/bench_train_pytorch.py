@@ -88,12 +88,24 @@ if device.startswith("cuda"):
     q = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
                         f"--id={index}"], capture_output=True, text=True)
     gpu_mb = float(q.stdout.strip()) if q.returncode == 0 else None
+def peak_rss_mb():
+    """This process's own peak (VmHWM), not ru_maxrss, which also counts the spawning candor
+    process's resident memory (carried through exec when spawned with a shared address space)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 print(json.dumps({
     "torch": torch.__version__,
     "threads": torch.get_num_threads(),
     "s_per_step": s,
     "tokens_per_s": batch * seq / s,
-    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "peak_rss_mb": peak_rss_mb(),
     "gpu_mb": gpu_mb,
     "loss": loss,
 }))
