@@ -88,6 +88,8 @@ if device.startswith("cuda"):
     q = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
                         f"--id={index}"], capture_output=True, text=True)
     gpu_mb = float(q.stdout.strip()) if q.returncode == 0 else None
+
+
 def peak_rss_mb():
     """This process's own peak (VmHWM), not ru_maxrss, which also counts the spawning candor
     process's resident memory (carried through exec when spawned with a shared address space)."""
