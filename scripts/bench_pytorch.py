@@ -2,8 +2,9 @@
 Prints one JSON object. Run by `bench` itself; by hand:
     .venv-bench/bin/python scripts/bench_pytorch.py MODEL_DIR SEQ NEW REPEATS
 """
-import json, resource, sys, time
+import json, sys, time
 import torch
+from peak_rss import peak_rss_mb
 from transformers import AutoModelForCausalLM
 
 folder, seq, new, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -33,18 +34,5 @@ with torch.inference_mode():
         s = best(lambda: model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new,
                                         min_new_tokens=new, do_sample=False, pad_token_id=0))
         out[f"generate_b{b}"] = b * new / s
-# this process's own peak (VmHWM, what candor reports): ru_maxrss would also count the
-# spawning `bench`'s resident memory, which Linux carries into a child spawned with a shared
-# address space (posix_spawn) through its exec, so PyTorch's figure read as candor's
-def peak_rss_mb():
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 out["peak_rss_mb"] = peak_rss_mb()
 print(json.dumps(out))

@@ -10,10 +10,11 @@ The loss is the usual HF one: logits at every
 position, labels = -100 outside the response. LoRA: rank 16, alpha 32 on q/k/v/o (written here,
 as peft's LoraLayer does it: frozen base, x @ A^T @ B^T * alpha/r).
 """
-import contextlib, json, math, resource, statistics, subprocess, sys, time
+import contextlib, json, math, statistics, subprocess, sys, time
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
+from peak_rss import peak_rss_mb
 
 folder, workload = sys.argv[1], sys.argv[2]
 batch, seq, response, steps = (int(x) for x in sys.argv[3:7])
@@ -88,20 +89,6 @@ if device.startswith("cuda"):
     q = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
                         f"--id={index}"], capture_output=True, text=True)
     gpu_mb = float(q.stdout.strip()) if q.returncode == 0 else None
-
-
-def peak_rss_mb():
-    """This process's own peak (VmHWM), not ru_maxrss, which also counts the spawning candor
-    process's resident memory (carried through exec when spawned with a shared address space)."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 print(json.dumps({
     "torch": torch.__version__,
     "threads": torch.get_num_threads(),

@@ -356,7 +356,6 @@ fn generate_inner<B: Backend>(
     // the cache keeps room for the new tokens, so decoding steps write them in place
     let (mut cache, mut valid, hidden, of_row) =
         prefill(model, prompts, tok.pad_id, cfg.max_new_tokens, device);
-    cache.reserve = cfg.max_new_tokens;
     let mut members: Vec<Vec<usize>> = vec![vec![]; valid.len()];
     for (i, &slot) in of_row.iter().enumerate() {
         members[slot].push(i);

@@ -370,8 +370,6 @@ pub fn update_on_host<const D: usize>(
     from_plain(t)
 }
 
-/// `cat([cache[rows], new], axis)` in one copy: each output row is cache row `rows[i]` (row
-/// `i` without `rows`) followed along `axis` by row `i` of `new`, rows in parallel.
 /// The positions `t`'s axis `axis` has room for, when `t` is the first positions of a buffer
 /// laid out as a contiguous tensor with `cap` positions on that axis (offset 0, nothing else in
 /// the storage): what [`append`] leaves behind. A contiguous tensor has room for its own length.

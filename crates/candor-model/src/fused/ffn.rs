@@ -57,12 +57,8 @@ pub fn feed_forward(
     let rows = x.len() / d;
     let f = ups[0].out;
     let n = down.out;
-    assert_eq!(
-        ups.len(),
-        if act == Activation::Gelu { 1 } else { 2 },
-        "{act:?} takes {} up-projections",
-        if act == Activation::Gelu { 1 } else { 2 }
-    );
+    let want = if act == Activation::Gelu { 1 } else { 2 };
+    assert_eq!(ups.len(), want, "{act:?} takes {want} up-projections");
     assert!(ups.iter().all(|p| p.out == f && p.weight.len() == d * f));
     assert_eq!(down.weight.len(), f * n);
     // as many tiles of at most TILE_ROWS as a multiple of the threads, all of one size, so
