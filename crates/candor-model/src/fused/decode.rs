@@ -18,6 +18,7 @@
 //! from 82–131 to 107–180 GFLOP/s (a standalone test of both layouts, weights read cold).
 
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// From this many rows up to [`MAX_ROWS`] a product goes through [`matmul`]; the rest are
 /// gemm's (one row: gemm's own matrix-vector path reads the weight faster, 11.8 against 9.0
@@ -197,7 +198,9 @@ pub fn matmul(
 /// narrower if the tiles do not divide evenly), each panel `[k, its width]` contiguous: the
 /// layout [`matmul`]'s tasks stream.
 pub struct Packed {
-    data: Vec<f32>,
+    /// The allocation; only `start..` is written (the floats before the 2 MiB boundary are
+    /// never touched, so their pages never count in the resident memory).
+    data: Vec<MaybeUninit<f32>>,
     /// Where the panels start in `data` (a 2 MiB boundary).
     start: usize,
     k: usize,
@@ -217,9 +220,11 @@ impl Packed {
         let width = panel_width(whole / COLS, rayon::current_num_threads());
         let len = k * whole;
         let (mut data, start) = huge_capacity(len);
+        // SAFETY: `MaybeUninit` needs no initialising; the capacity is at least `start + len`.
+        unsafe { data.set_len(start + len) };
         // panels of `width` columns: `k · width` floats each (the last one narrower), written
         // once (no zeroing first)
-        data.spare_capacity_mut()[start..start + len]
+        data[start..start + len]
             .par_chunks_mut(k * width)
             .enumerate()
             .for_each(|(t, panel)| {
@@ -230,12 +235,6 @@ impl Packed {
                     }
                 }
             });
-        data.spare_capacity_mut()[..start]
-            .iter_mut()
-            .for_each(|x| _ = x.write(0.0));
-        // SAFETY: the first `start` floats were zeroed just above, the next `len` written by
-        // the panels, which cover `len` exactly (`k · whole` floats).
-        unsafe { data.set_len(start + len) };
         Packed {
             data,
             start,
@@ -250,7 +249,10 @@ impl Packed {
         let whole = self.n / COLS * COLS;
         let start = self.start + t * self.width * self.k;
         let len = self.width.min(whole - t * self.width) * self.k;
-        &self.data[start..start + len]
+        let panel = &self.data[start..start + len];
+        // SAFETY: every float from `self.start` on was written by `new` (the panels cover
+        // `k · whole` floats exactly), and `MaybeUninit<f32>` has `f32`'s layout.
+        unsafe { std::slice::from_raw_parts(panel.as_ptr().cast::<f32>(), panel.len()) }
     }
 
     fn bytes(&self) -> usize {
@@ -262,9 +264,9 @@ impl Packed {
 /// it), that range advised to the kernel as transparent huge pages: the packed weights are
 /// read once per decoding step, and with 4 KiB pages both the first touch (a page fault per 4
 /// KiB) and the TLB cost more.
-fn huge_capacity(len: usize) -> (Vec<f32>, usize) {
+fn huge_capacity(len: usize) -> (Vec<MaybeUninit<f32>>, usize) {
     const HUGE: usize = 2 << 20;
-    let data: Vec<f32> = Vec::with_capacity(len + HUGE / 4);
+    let data: Vec<MaybeUninit<f32>> = Vec::with_capacity(len + HUGE / 4);
     let addr = data.as_ptr() as usize;
     let start = (addr.next_multiple_of(HUGE) - addr) / 4;
     #[cfg(target_os = "linux")]
