@@ -523,3 +523,83 @@ enabled = false
         mean(false)
     );
 }
+
+#[test]
+fn the_models_teacher_labels_each_answer_with_the_models_mean_expected_confidence() {
+    // a trained model to read: tiny-arith after a few steps on sub-task labels
+    let d = tempfile::tempdir().unwrap();
+    let data = r#"[data]
+subtasks = ["+:1:1", "-:1:1"]
+per_subtask = 8
+style = "plain"
+"#;
+    let step = |dir: &Path, labels: &str| {
+        std::fs::create_dir_all(dir).unwrap();
+        train_tiny_arith(
+            dir,
+            &format!(
+                "{data}[labels]\n{labels}\nmax_new_tokens = 12\n[train]\nmax_steps = 3\nmicro_batch = 8\nglobal_batch = 8\n[eval]\nenabled = false\n"
+            ),
+        )
+    };
+    let (trained, _) = step(&d.path().join("a"), "teacher = \"empirical-subtask\"");
+    let trained = trained.join("final");
+    let base = tiny_arith();
+    let label = |name: &str, models: &[&Path]| {
+        let list: Vec<String> = models
+            .iter()
+            .map(|p| format!("\"{}\"", p.display()))
+            .collect();
+        let (run, stderr) = step(
+            &d.path().join(name),
+            &format!("teacher = \"models\"\nmodels = [{}]", list.join(", ")),
+        );
+        assert!(stderr.contains("models teacher:"), "{stderr}");
+        let ex = jsonl(&run.join("data/dataset.jsonl"));
+        assert_eq!(ex.len(), 16);
+        ex.iter()
+            .map(|e| {
+                let p = e["signals"]["models"].as_f64().unwrap();
+                assert!((0.0..=1.0).contains(&p), "{e}");
+                assert_eq!(e["teacher"], "models");
+                assert_eq!(e["confidence"].as_f64().unwrap(), (100.0 * p).round());
+                p
+            })
+            .collect::<Vec<f64>>()
+    };
+    let one = label("b", &[&trained]);
+    let other = label("c", &[&base]);
+    let both = label("e", &[&trained, &base]);
+    assert_ne!(one, other, "the label reads the model it names");
+    for ((a, b), m) in one.iter().zip(&other).zip(&both) {
+        assert!(
+            (m - (a + b) / 2.0).abs() < 1e-5,
+            "{m} is not the mean of {a} and {b}"
+        );
+    }
+    // a teacher without models, and models under another teacher, are recipe errors
+    for (name, labels, says) in [
+        ("f", "teacher = \"models\"", "labels.models is empty"),
+        (
+            "g",
+            "teacher = \"empirical-subtask\"\nmodels = [\"x\"]",
+            "applies to teacher \"models\" only",
+        ),
+    ] {
+        let dir = d.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let r = dir.join("recipe.toml");
+        std::fs::write(
+            &r,
+            format!(
+                "run_dir = \"{}\"\n[model]\npath = \"{}\"\n{data}[labels]\n{labels}\n",
+                dir.join("run").display(),
+                base.display()
+            ),
+        )
+        .unwrap();
+        let out = train(&r);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{err}");
+    }
+}

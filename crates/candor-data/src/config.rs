@@ -205,6 +205,11 @@ pub enum Teacher {
     /// from a probe that saw its grade. What the model knows about its answer, as the number
     /// it should learn to say. Needs no samples.
     Probe,
+    /// An output ensemble of trained models (`models`, each a `final/` export of an earlier
+    /// run): the mean over them of the expected confidence Σ q(v)·v, teacher-forced after the
+    /// starting model's greedy answer and `\nConfidence: ` (knowledge distillation from the
+    /// ensemble into one model). Needs no samples.
+    Models,
     /// No answering run, no confidence: targets are the gold answers (pre-training a model
     /// such as checkpoints/tiny-arith to answer).
     Gold,
@@ -253,6 +258,21 @@ pub enum Recalibrate {
     /// one b that makes the mean label the greedy accuracy; the spread stays the teacher's (a
     /// student that ranks less sharply than its teacher is not pushed further apart).
     Mean,
+}
+
+impl Teacher {
+    /// The name a recipe writes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::EmpiricalSubtask => "empirical-subtask",
+            Self::EmpiricalQuestion => "empirical-question",
+            Self::Sar => "sar",
+            Self::AnswerLogit => "answer-logit",
+            Self::Probe => "probe",
+            Self::Models => "models",
+            Self::Gold => "gold",
+        }
+    }
 }
 
 impl Recalibrate {
@@ -338,6 +358,9 @@ pub struct LabelsConfig {
     /// samples are drawn at a temperature, so their share right runs below the greedy
     /// answer's chance of being right).
     pub recalibrate: Recalibrate,
+    /// `models` only: the trained models whose averaged expected confidence is the label
+    /// (folders holding an HF export, such as `runs/<name>/final`).
+    pub models: Vec<PathBuf>,
 }
 
 impl Default for LabelsConfig {
@@ -367,6 +390,7 @@ impl Default for LabelsConfig {
             subtask_prior: 0.0,
             greedy_weight: 0.0,
             recalibrate: Recalibrate::None,
+            models: vec![],
         }
     }
 }
@@ -394,6 +418,13 @@ impl LabelsConfig {
             ),
             Teacher::Sar if self.map == MapKind::None => anyhow::bail!(
                 "labels.map = \"none\": SAR is a score, not a probability; teacher \"sar\" needs map = \"isotonic\" or \"bins\""
+            ),
+            Teacher::Models if self.models.is_empty() => anyhow::bail!(
+                "labels.models is empty: teacher \"models\" needs at least one trained model folder (e.g. models = [\"runs/R0/final\", \"runs/R1/final\"])"
+            ),
+            _ if !self.models.is_empty() && self.teacher != Teacher::Models => anyhow::bail!(
+                "labels.models: applies to teacher \"models\" only (teacher is \"{}\")",
+                self.teacher.name()
             ),
             Teacher::EmpiricalQuestion if self.samples < 1 => anyhow::bail!(
                 "labels.samples = 0: teacher \"empirical-question\" needs at least 1 sample"

@@ -37,6 +37,9 @@ pub struct Signals {
     /// The starting model's cross-fitted probe probability (teacher `probe`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<f64>,
+    /// The trained models' averaged expected confidence (teacher `models`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<f64>,
 }
 
 /// One labelled question. `dataset.jsonl` holds the kept ones; `labels.jsonl` all of them.
@@ -323,25 +326,29 @@ pub fn label(
     label_with(answers, data, labels, tok, sar, None, on_progress)
 }
 
-/// [`label`], with SAR's scores computed or read from a cache ([`SarSource`]).
+/// [`label`], with SAR's scores computed or read from a cache ([`SarSource`]), and `read`:
+/// one probability per answer from a teacher that reads a model (`probe`, `models`), which
+/// the pipeline computes.
 pub fn label_with(
     answers: &[Answered],
     data: &DataConfig,
     labels: &LabelsConfig,
     tok: &Tokenizer,
     mut sar: SarSource<'_>,
-    probe: Option<&[f64]>,
+    read: Option<&[f64]>,
     on_progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Vec<Example>, Summary)> {
     labels.validate()?;
-    if let Some(p) = probe {
+    if let Some(p) = read {
         anyhow::ensure!(
             p.len() == answers.len(),
-            "{} probe probabilities for {} answers",
+            "{} probabilities from teacher \"{}\" for {} answers",
             p.len(),
+            labels.teacher.name(),
             answers.len()
         );
     }
+    let read_by = |t: Teacher, i: usize| read.filter(|_| labels.teacher == t).map(|p| p[i]);
     let how = data.matcher();
     if let SarSource::Compute(sim) = &mut sar {
         // learn every text SAR will compare, so that the model embeds them in a few batches
@@ -385,7 +392,8 @@ pub fn label_with(
                 deepconf::from_top_logprobs(&tops, labels.deepconf_window)
             },
             sample_accuracy: teacher::empirical_question(&sample_ok).map(|p| p / 100.0),
-            probe: probe.map(|p| p[i]),
+            probe: read_by(Teacher::Probe, i),
+            models: read_by(Teacher::Models, i),
             ..Default::default()
         };
         match &mut sar {
@@ -488,6 +496,15 @@ pub fn label_with(
                 )?;
                 e.confidence = (100.0 * p).round();
                 e.teacher = "probe".into();
+            }
+        }
+        Teacher::Models => {
+            for e in ex.iter_mut() {
+                let p = e.signals.models.context(
+                    "labels.teacher = \"models\": no ensemble confidences were given (the pipeline reads the models; `label` alone cannot)",
+                )?;
+                e.confidence = (100.0 * p).round();
+                e.teacher = "models".into();
             }
         }
         Teacher::AnswerLogit if !labels.fits_map() => {
@@ -604,6 +621,7 @@ pub fn label_with(
     });
     signal("sample_accuracy", &|e| e.signals.sample_accuracy);
     signal("probe (cross-fitted)", &|e| e.signals.probe);
+    signal("models (ensemble)", &|e| e.signals.models);
     signal("sar (negated)", &|e| e.signals.sar.map(|x| -x));
     signal("token_sar (negated)", &|e| e.signals.token_sar.map(|x| -x));
     signal("sentence_sar (negated)", &|e| {

@@ -219,10 +219,10 @@ pub fn build_dataset<B: Backend>(
         (None, Some(s)) => dataset::SarSource::Compute(&mut **s as &mut dyn Similarity),
         (None, None) => dataset::SarSource::None,
     };
-    let probe = if r.labels.teacher == Teacher::Probe {
-        Some(cross_fitted_probe(model, tok, &answers, r, device)?)
-    } else {
-        None
+    let read = match r.labels.teacher {
+        Teacher::Probe => Some(cross_fitted_probe(model, tok, &answers, r, device)?),
+        Teacher::Models => Some(ensemble_confidence::<B>(tok, &answers, r, device)?),
+        _ => None,
     };
     let pb = bar(answers.len() as u64, "labelling");
     let (ex, s) = dataset::label_with(
@@ -231,7 +231,7 @@ pub fn build_dataset<B: Backend>(
         &r.labels,
         tok,
         sar,
-        probe.as_deref(),
+        read.as_deref(),
         &mut |d, _| {
             if d == 0 {
                 // after SAR's similarity prefetch: its time is not the labelling rate
@@ -312,6 +312,57 @@ pub fn cross_fitted_probe<B: Backend>(
         "probe teacher: the starting model's probe on {} answers above the sub-task floor, {FOLDS}-fold cross-fitted, in {:.1} s",
         kept.len(),
         t0.elapsed().as_secs_f64()
+    );
+    Ok(p)
+}
+
+/// Teacher `models`: each answer's expected confidence Σ q(v)·v/100 under each trained model
+/// of `labels.models` (the `verbalized_expected` readout, teacher-forced after the starting
+/// model's greedy answer and the confidence line's start), averaged over the models: an
+/// output ensemble as the teacher. The models must write the recipe's value set.
+pub fn ensemble_confidence<B: Backend>(
+    tok: &Tokenizer,
+    answers: &[candor_data::answering::Answered],
+    r: &Recipe,
+    device: &B::Device,
+) -> Result<Vec<f64>> {
+    let vs = r.value_set(tok)?;
+    let rows = answers
+        .iter()
+        .map(|a| {
+            let prompt = tok.encode(&a.prompt, false)?;
+            let answer = &a.greedy.tokens[..a.greedy.answer_len()];
+            Ok(crate::evaluate::answer_context(&prompt, answer, &vs))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let t0 = Instant::now();
+    let mut sum = vec![0.0; answers.len()];
+    for path in &r.labels.models {
+        let (model, _) = candor_model::load_model_and_tokenizer::<B>(path, device)
+            .with_context(|| format!("labels.models: {}", path.display()))?;
+        let pb = bar(
+            rows.len() as u64,
+            &format!("models teacher: {}", path.display()),
+        );
+        let batch = r.labels.batch_size.max(1);
+        for (chunk, out) in rows.chunks(batch).zip(sum.chunks_mut(batch)) {
+            let (_, lps) =
+                candor_model::generate::tail_states(&model, chunk, 1, tok.pad_id, device);
+            for (o, lp) in out.iter_mut().zip(&lps) {
+                *o += candor_confidence::values::expected(&vs, lp);
+            }
+            pb.inc(chunk.len() as u64);
+        }
+        pb.finish_and_clear();
+    }
+    let k = r.labels.models.len() as f64;
+    let p: Vec<f64> = sum.into_iter().map(|s| s / k).collect();
+    eprintln!(
+        "models teacher: {} answers read by {} models in {:.1} s (mean label {:.1}%)",
+        p.len(),
+        r.labels.models.len(),
+        t0.elapsed().as_secs_f64(),
+        100.0 * p.iter().sum::<f64>() / p.len().max(1) as f64
     );
     Ok(p)
 }
