@@ -266,3 +266,35 @@ fn import_then_generate_then_convert_smollm2() {
     );
     assert!(out.join("tokenizer.json").exists() && out.join("generation_config.json").exists());
 }
+
+#[test]
+fn train_seed_and_run_dir_flags_override_the_recipe() {
+    let train = env!("CARGO_BIN_EXE_train");
+    let o = run(
+        train,
+        &[
+            "recipes/quickstart.toml",
+            "--print-recipe",
+            "--seed",
+            "7",
+            "--run-dir",
+            "runs/seed-7",
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // the `[train]` table (up to the next table) says seed 7; no other seed does
+    let train_table = out
+        .split("\n[")
+        .find(|t| t.starts_with("train]\n"))
+        .unwrap();
+    assert!(train_table.contains("\nseed = 7\n"), "{out}");
+    assert_eq!(out.matches("seed = 7\n").count(), 1, "{out}");
+    assert!(out.contains("run_dir = \"runs/seed-7\""), "{out}");
+    let o = run(train, &["recipes/quickstart.toml", "--seed", "x"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("--seed"),
+        "{}",
+        stderr(&o)
+    );
+}

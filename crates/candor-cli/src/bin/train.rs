@@ -22,6 +22,10 @@ struct Args {
     /// Override the recipe's run folder.
     #[arg(long)]
     run_dir: Option<PathBuf>,
+    /// Override the recipe's `train.seed` (one recipe, several training seeds: pair it with
+    /// `--run-dir`).
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 struct Task(Recipe);
@@ -38,6 +42,9 @@ fn main() -> Result<()> {
     let mut r = Recipe::load(&args.recipe)?;
     if let Some(d) = args.run_dir {
         r.run_dir = Some(d);
+    }
+    if let Some(s) = args.seed {
+        r.train.seed = s;
     }
     if args.print_recipe {
         print!("{}", r.to_toml());
