@@ -489,22 +489,21 @@ pub fn label_with(
                 recalibration = Some(r);
             }
         }
-        Teacher::Probe => {
+        t @ (Teacher::Probe | Teacher::Models) => {
+            // the probabilities `read` holds, kept in the teacher's own signal above
             for e in ex.iter_mut() {
-                let p = e.signals.probe.context(
-                    "labels.teacher = \"probe\": no probe probabilities were given (the pipeline fits the probe; `label` alone cannot)",
-                )?;
+                let p = match t {
+                    Teacher::Probe => e.signals.probe,
+                    _ => e.signals.models,
+                }
+                .with_context(|| {
+                    format!(
+                        "labels.teacher = \"{}\": no probabilities were given (the pipeline reads the model; `label` alone cannot)",
+                        t.name()
+                    )
+                })?;
                 e.confidence = (100.0 * p).round();
-                e.teacher = "probe".into();
-            }
-        }
-        Teacher::Models => {
-            for e in ex.iter_mut() {
-                let p = e.signals.models.context(
-                    "labels.teacher = \"models\": no ensemble confidences were given (the pipeline reads the models; `label` alone cannot)",
-                )?;
-                e.confidence = (100.0 * p).round();
-                e.teacher = "models".into();
+                e.teacher = t.name().into();
             }
         }
         Teacher::AnswerLogit if !labels.fits_map() => {
