@@ -438,6 +438,43 @@ fn decode_products_with_a_packed_weight_match_tensor_ops() {
 }
 
 #[test]
+fn weights_packed_from_many_decoding_jobs_at_once_do_not_deadlock() {
+    // Decoding runs on a rayon worker (`device::on_cpu_pool`), and a worker waiting inside a
+    // parallel op (the packing) may pick up another thread's whole decoding job, which then
+    // asks for a packed weight on the same thread. With the registry locked across the packing
+    // that request waited for itself (CI hung in tests/answering.rs). Here 8 threads each start
+    // jobs that use fresh weights twice (the second product packs them); all must finish.
+    let (tx, rx) = std::sync::mpsc::channel();
+    for t in 0..8u64 {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for round in 0..6u64 {
+                let seed = 1000 + t * 100 + round * 2;
+                let (w, a) = (rand([576, 1536], seed), rand([8, 576], seed + 1));
+                let want = a.clone().matmul(w.clone());
+                let got = rayon::scope(|_| {
+                    fused::matmul(a.clone(), w.clone());
+                    fused::matmul(a.clone(), w.clone())
+                });
+                close(&format!("thread {t} round {round}"), got, want, 1e-4);
+            }
+            tx.send(t).unwrap();
+        });
+    }
+    drop(tx);
+    let wait = std::time::Duration::from_secs(120);
+    for done in 0..8 {
+        match rx.recv_timeout(wait) {
+            Ok(_) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("{done} of 8 threads finished within {wait:?}: the packing deadlocked")
+            }
+            Err(e) => panic!("a thread failed (its message is above): {e}"),
+        }
+    }
+}
+
+#[test]
 fn add_matches_tensor_ops_for_a_residual_and_a_bias() {
     let y = rand([3, 41, 700], 21);
     let r = rand([3, 41, 700], 22);

@@ -308,6 +308,13 @@ fn seen() -> &'static std::sync::Mutex<std::collections::HashMap<SeenKey, Seen>>
 /// storage only records it (activations and other one-off operands are never packed), the
 /// second packs it, later ones reuse that. Entries whose storage has been dropped or written
 /// since are dropped; at most [`MAX_PACKED_BYTES`] are kept.
+///
+/// The packing itself runs with the registry unlocked: it is a parallel op, and a rayon worker
+/// waiting in one may pick up another whole job (another question batch's decoding, started
+/// with [`crate::device::on_cpu_pool`]) that asks for a packed weight on the same thread; with
+/// the lock held across the packing that second request waited for itself forever (CI hung in
+/// `tests/answering.rs`, two tests decoding side by side). Two threads packing the same weight
+/// at once both pack it; the first to register wins and the other's copy is dropped.
 pub fn packed_weight(
     storage: std::sync::Arc<dyn std::any::Any + Send + Sync>,
     floats: &[f32],
@@ -327,44 +334,49 @@ pub fn packed_weight(
         k,
         n,
     );
-    let mut map = seen().lock().unwrap_or_else(|e| e.into_inner());
     let live = |s: &Seen| {
         s.source
             .upgrade()
             .is_some_and(|a| Arc::ptr_eq(&a, &storage))
     };
-    match map.get(&key) {
-        Some(s) if live(s) => {
-            if let Some(p) = &s.packed {
-                return Some(p.clone());
+    {
+        let mut map = seen().lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(&key) {
+            Some(s) if live(s) => {
+                if let Some(p) = &s.packed {
+                    return Some(p.clone());
+                }
+            }
+            _ => {
+                map.retain(|_, s| s.source.strong_count() > 0);
+                map.insert(
+                    key,
+                    Seen {
+                        source: Arc::downgrade(&storage),
+                        packed: None,
+                    },
+                );
+                return None;
             }
         }
-        _ => {
-            map.retain(|_, s| s.source.strong_count() > 0);
-            map.insert(
-                key,
-                Seen {
-                    source: Arc::downgrade(&storage),
-                    packed: None,
-                },
-            );
+        // the second product with this weight: pack it, within the budget
+        let held: usize = map
+            .values()
+            .filter_map(|s| s.packed.as_ref())
+            .map(|p| p.bytes())
+            .sum();
+        if held + k * n * 4 > MAX_PACKED_BYTES {
             return None;
         }
     }
-    // the second product with this weight: pack it, within the budget
-    let held: usize = map
-        .values()
-        .filter_map(|s| s.packed.as_ref())
-        .map(|p| p.bytes())
-        .sum();
-    if held + k * n * 4 > MAX_PACKED_BYTES {
-        return None;
-    }
+    // unlocked (see above)
     let packed = Arc::new(Packed::new(&floats[offset..], strides, k, n));
-    if let Some(s) = map.get_mut(&key) {
-        s.packed = Some(packed.clone());
+    let mut map = seen().lock().unwrap_or_else(|e| e.into_inner());
+    match map.get_mut(&key) {
+        Some(s) if live(s) => Some(s.packed.get_or_insert(packed).clone()),
+        // the entry went stale while packing (the weight was written): use this copy once
+        _ => Some(packed),
     }
-    Some(packed)
 }
 
 /// Columns per task for `tiles` tiles of [`COLS`] shared by `threads` threads: at most
