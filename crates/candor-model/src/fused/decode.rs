@@ -314,7 +314,8 @@ fn seen() -> &'static std::sync::Mutex<std::collections::HashMap<SeenKey, Seen>>
 /// with [`crate::device::on_cpu_pool`]) that asks for a packed weight on the same thread; with
 /// the lock held across the packing that second request waited for itself forever (CI hung in
 /// `tests/answering.rs`, two tests decoding side by side). Two threads packing the same weight
-/// at once both pack it; the first to register wins and the other's copy is dropped.
+/// at once both pack it; the first to register wins and the other's copy is dropped (so
+/// concurrent first packings may pass the budget by what they pack at that moment).
 pub fn packed_weight(
     storage: std::sync::Arc<dyn std::any::Any + Send + Sync>,
     floats: &[f32],
@@ -374,7 +375,7 @@ pub fn packed_weight(
     let mut map = seen().lock().unwrap_or_else(|e| e.into_inner());
     match map.get_mut(&key) {
         Some(s) if live(s) => Some(s.packed.get_or_insert(packed).clone()),
-        // the entry went stale while packing (the weight was written): use this copy once
+        // not expected (`storage` is held here, so its entry stays live); serve this copy
         _ => Some(packed),
     }
 }
