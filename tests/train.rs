@@ -525,6 +525,110 @@ enabled = false
 }
 
 #[test]
+fn eval_questions_can_be_kept_out_of_training_and_the_probe_read_before_the_value_at_a_layer() {
+    // the same set as questions_the_run_trained_on_are_left_out_of_its_eval_sets, where 8 of
+    // the 20 eval questions are training questions; here they leave the training data instead
+    let d = tempfile::tempdir().unwrap();
+    let (run, stderr) = train_tiny_arith(
+        d.path(),
+        r#"[data]
+subtasks = ["+:1:1", "+:2:2", "-:1:1", "-:2:2"]
+per_subtask = 15
+style = "plain"
+[labels]
+teacher = "probe"
+probe_at = "confidence"
+probe_layer = 2
+max_new_tokens = 12
+[train]
+max_steps = 1
+micro_batch = 8
+global_batch = 8
+[eval]
+exclude_from_training = true
+max_new_tokens = 24
+bootstrap = 20
+[[eval.sets]]
+name = "overlapping"
+source = "calibratedmath"
+subtasks = ["+:1:1"]
+per_subtask = 20
+style = "plain"
+"#,
+    );
+    assert!(stderr.contains("layer 2 before the value"), "{stderr}");
+    assert!(stderr.contains("eval.exclude_from_training"), "{stderr}");
+    let ex = jsonl(&run.join("data/dataset.jsonl"));
+    let gens = jsonl(&run.join("report/generations-overlapping-after.jsonl"));
+    let asked: std::collections::HashSet<&str> = gens
+        .iter()
+        .map(|g| g["question"].as_str().unwrap())
+        .collect();
+    let kept = ex
+        .iter()
+        .filter(|e| !asked.contains(e["question"].as_str().unwrap()))
+        .count();
+    assert_eq!(kept, ex.len(), "no training question is an eval question");
+    assert!(ex.len() < 60, "some of the 60 questions were left out");
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("report/report.json")).unwrap())
+            .unwrap();
+    for res in rep["results"].as_array().unwrap() {
+        assert_eq!(res["left_out_seen"], 0, "{}", res["model"]);
+        assert_eq!(res["n"], 20, "{}", res["model"]);
+    }
+    for e in &ex {
+        let p = e["signals"]["probe"].as_f64().unwrap();
+        assert_eq!(
+            e["confidence"].as_f64().unwrap(),
+            (100.0 * p).round(),
+            "{e}"
+        );
+    }
+    // a layer the model does not have names the field and the range
+    let r = d.path().join("bad-layer.toml");
+    std::fs::write(
+        &r,
+        format!(
+            "run_dir = \"{}\"\n[model]\npath = \"{}\"\n{}",
+            d.path().join("bad-layer").display(),
+            tiny_arith().display(),
+            r#"[data]
+subtasks = ["+:1:1", "-:1:1"]
+per_subtask = 10
+style = "plain"
+[labels]
+teacher = "probe"
+probe_layer = 9
+max_new_tokens = 12
+[train]
+max_steps = 1
+[eval]
+enabled = false
+"#
+        ),
+    )
+    .unwrap();
+    let out = train(&r);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("labels.probe_layer = 9") && err.contains("1 to 4"),
+        "{err}"
+    );
+    // and under another teacher the probe's place is a recipe error
+    let text = std::fs::read_to_string(&r).unwrap().replace(
+        "teacher = \"probe\"\nprobe_layer = 9",
+        "teacher = \"empirical-subtask\"\nprobe_at = \"confidence\"",
+    );
+    std::fs::write(&r, text).unwrap();
+    let out = train(&r);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("apply to teacher \"probe\" only"), "{err}");
+}
+
+#[test]
 fn the_models_teacher_labels_each_answer_with_the_models_mean_expected_confidence() {
     // a trained model to read: tiny-arith after a few steps on sub-task labels
     let d = tempfile::tempdir().unwrap();

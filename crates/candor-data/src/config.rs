@@ -200,7 +200,8 @@ pub enum Teacher {
     /// as the starting model's answer logit does.
     AnswerLogit,
     /// A linear probe of the starting model (logistic regression on its final hidden state
-    /// after its greedy answer, the `probe` readout) fitted on the greedy grades of the
+    /// after its greedy answer, the `probe` readout, or where `probe_at` and `probe_layer`
+    /// say) fitted on the greedy grades of the
     /// questions the run trains on, cross-fitted in 5 folds so that no question's label comes
     /// from a probe that saw its grade. What the model knows about its answer, as the number
     /// it should learn to say. Needs no samples.
@@ -361,6 +362,24 @@ pub struct LabelsConfig {
     /// `models` only: the trained models whose averaged expected confidence is the label
     /// (folders holding an HF export, such as `runs/<name>/final`).
     pub models: Vec<PathBuf>,
+    /// `probe` only: where the probe reads the starting model: after the greedy answer's last
+    /// token (`answer`, the `probe` readout's place) or after the confidence line's start
+    /// (`confidence`: the position whose next token is the value the model will write).
+    pub probe_at: ProbeAt,
+    /// `probe` only: the layer whose output it reads (HF's `hidden_states[probe_layer]`: the
+    /// residual stream after that many decoder layers); 0 = the final hidden state after the
+    /// last norm (the `probe` readout's).
+    pub probe_layer: usize,
+}
+
+/// Where the `probe` teacher reads the starting model's hidden state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProbeAt {
+    /// The greedy answer's last token.
+    Answer,
+    /// The end of `\nConfidence: ` after the answer: where the value token is predicted.
+    Confidence,
 }
 
 impl Default for LabelsConfig {
@@ -391,6 +410,8 @@ impl Default for LabelsConfig {
             greedy_weight: 0.0,
             recalibrate: Recalibrate::None,
             models: vec![],
+            probe_at: ProbeAt::Answer,
+            probe_layer: 0,
         }
     }
 }
@@ -426,6 +447,14 @@ impl LabelsConfig {
                 "labels.models: applies to teacher \"models\" only (teacher is \"{}\")",
                 self.teacher.name()
             ),
+            _ if (self.probe_at != ProbeAt::Answer || self.probe_layer > 0)
+                && self.teacher != Teacher::Probe =>
+            {
+                anyhow::bail!(
+                    "labels.probe_at / labels.probe_layer: apply to teacher \"probe\" only (teacher is \"{}\")",
+                    self.teacher.name()
+                )
+            }
             Teacher::EmpiricalQuestion if self.samples < 1 => anyhow::bail!(
                 "labels.samples = 0: teacher \"empirical-question\" needs at least 1 sample"
             ),

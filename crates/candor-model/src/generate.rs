@@ -545,6 +545,32 @@ pub fn tail_states<B: Backend>(
     (states, lps)
 }
 
+/// The residual stream after the first `layers` decoder layers at the last token of each
+/// row (rows left-padded into one batch), `[row][hidden]`: what a probe of an intermediate
+/// layer reads (HF's `hidden_states[layers]`).
+pub fn last_residuals<B: Backend>(
+    model: &Llama<B>,
+    rows: &[Vec<u32>],
+    layers: usize,
+    pad_id: u32,
+    device: &B::Device,
+) -> Vec<Vec<f32>> {
+    if rows.is_empty() {
+        return vec![];
+    }
+    assert!(rows.iter().all(|r| !r.is_empty()), "rows need a token");
+    let (toks, valid) = left_pad(rows, pad_id);
+    let t = valid[0].len();
+    let pos = Positions::new(&model.config, &valid, t, device);
+    let mut cache = KvCache::new(model.config.num_hidden_layers);
+    let tokens = tokens_tensor::<B>(&toks, device);
+    let x = model.residual_after(tokens, &pos, &mut cache, layers);
+    let h: Vec<f32> = x.narrow(1, t - 1, 1).into_data().iter::<f32>().collect();
+    h.chunks(model.config.hidden_size)
+        .map(<[f32]>::to_vec)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -636,6 +636,38 @@ impl<B: Backend> Llama<B> {
         cache: &mut KvCache<B>,
         from: usize,
     ) -> Tensor<B, 3> {
+        let n = self.layers.len();
+        let x = self.run_layers(tokens, pos, cache, from, n);
+        if n == 0 {
+            return self.norm.forward(positions_from(x, from));
+        }
+        self.norm.forward(x)
+    }
+
+    /// The residual stream after the first `layers` decoder layers (no final norm), `[batch,
+    /// new, hidden]`: what HF's `output_hidden_states` gives at index `layers` (below the
+    /// last layer). `layers` = 0 is the embeddings; more than the model has is all of them.
+    /// A probe of an intermediate layer reads it.
+    pub fn residual_after(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        pos: &Positions<B>,
+        cache: &mut KvCache<B>,
+        layers: usize,
+    ) -> Tensor<B, 3> {
+        self.run_layers(tokens, pos, cache, 0, layers.min(self.layers.len()))
+    }
+
+    /// The first `upto` decoder layers on the embedded `tokens`; when `upto` is every layer,
+    /// the last one computes positions `from..` only (see [`Self::forward_hidden_from`]).
+    fn run_layers(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        pos: &Positions<B>,
+        cache: &mut KvCache<B>,
+        from: usize,
+        upto: usize,
+    ) -> Tensor<B, 3> {
         let mut x = to_dtype(
             fused::embedding(self.embed_tokens.val(), tokens),
             self.compute,
@@ -643,7 +675,13 @@ impl<B: Backend> Llama<B> {
         let pos = &pos.cast(self.compute);
         let n = self.layers.len();
         let rows = cache.rows.take();
-        for (i, (layer, lc)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+        for (i, (layer, lc)) in self
+            .layers
+            .iter()
+            .zip(cache.layers.iter_mut())
+            .enumerate()
+            .take(upto)
+        {
             let from = if i + 1 == n { from } else { 0 };
             let h = layer.self_attn.forward(
                 layer.input_layernorm.forward(x.clone()),
@@ -659,10 +697,7 @@ impl<B: Backend> Llama<B> {
                 .forward(layer.post_attention_layernorm.forward(x.clone()));
             x = fused::add(h, x);
         }
-        if n == 0 {
-            x = positions_from(x, from);
-        }
-        self.norm.forward(x)
+        x
     }
 
     /// Output logits for hidden states of any leading shape: `[..., hidden]` → `[..., vocab]`,

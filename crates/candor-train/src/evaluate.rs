@@ -21,7 +21,7 @@ use candor_data::dataset::sar_sample_from;
 use candor_data::{load_items, DataConfig, Item};
 use candor_eval::report::{ParseStats, Scored};
 use candor_eval::verbalized::parse_verbalized;
-use candor_model::generate::tail_states;
+use candor_model::generate::{last_residuals, tail_states};
 use candor_model::generate::{Finish, Generation};
 use candor_model::tokenizer::Message;
 use candor_model::{generate, score, GenConfig, Llama, Tokenizer};
@@ -100,14 +100,33 @@ pub fn probe_features<B: Backend>(
     device: &B::Device,
     done: &mut dyn FnMut(usize),
 ) -> Vec<Vec<f32>> {
+    probe_features_at(model, tok, rows, None, batch, device, done)
+}
+
+/// [`probe_features`] read at `layer` (the residual stream after that many decoder layers,
+/// HF's `hidden_states[layer]`) instead of the final hidden state when `layer` is given.
+pub fn probe_features_at<B: Backend>(
+    model: &Llama<B>,
+    tok: &Tokenizer,
+    rows: &[Vec<u32>],
+    layer: Option<usize>,
+    batch: usize,
+    device: &B::Device,
+    done: &mut dyn FnMut(usize),
+) -> Vec<Vec<f32>> {
     let mut x = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(batch.max(1)) {
-        let (states, _) = tail_states(model, chunk, 1, tok.pad_id, device);
-        x.extend(
-            states
-                .into_iter()
-                .map(|st| st.into_iter().next().expect("k = 1")),
-        );
+        match layer {
+            Some(l) => x.extend(last_residuals(model, chunk, l, tok.pad_id, device)),
+            None => {
+                let (states, _) = tail_states(model, chunk, 1, tok.pad_id, device);
+                x.extend(
+                    states
+                        .into_iter()
+                        .map(|st| st.into_iter().next().expect("k = 1")),
+                );
+            }
+        }
         done(chunk.len());
     }
     x

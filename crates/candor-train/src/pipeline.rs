@@ -8,7 +8,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::DType;
 use candor_confidence::{Lexical, MiniLm, Similarity};
 use candor_data::answering::{run_answers, AnswerSettings, Progress};
-use candor_data::config::{SimilarityKind, Teacher};
+use candor_data::config::{ProbeAt, SimilarityKind, Teacher};
 use candor_data::{dataset, load_items, Example, Summary};
 use candor_model::{Llama, ModelConfig, Tokenizer};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
@@ -148,7 +148,7 @@ pub fn build_dataset<B: Backend>(
 ) -> Result<(Vec<Example>, Summary)> {
     let dir = r.run_dir().join("data");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let items = load_items(&r.data)?;
+    let items = training_items(r)?;
     if r.labels.teacher == Teacher::Gold {
         let ex = dataset::gold_examples(&items, tok, r.data.style)?;
         let mut s = Summary {
@@ -248,6 +248,29 @@ pub fn build_dataset<B: Backend>(
     Ok((ex, s))
 }
 
+/// The questions of `[data]`, less those an evaluation set asks when
+/// `eval.exclude_from_training` (matched by question text, as the evaluation matches).
+fn training_items(r: &Recipe) -> Result<Vec<candor_data::Item>> {
+    let mut items = load_items(&r.data)?;
+    if r.eval.exclude_from_training {
+        let mut asked = std::collections::HashSet::new();
+        for set in &r.eval.sets {
+            asked.extend(load_items(set)?.into_iter().map(|it| it.question));
+        }
+        let before = items.len();
+        items.retain(|it| !asked.contains(&it.question));
+        eprintln!(
+            "data: {} of {before} questions are also in the evaluation sets; left out of training (eval.exclude_from_training)",
+            before - items.len()
+        );
+        anyhow::ensure!(
+            !items.is_empty(),
+            "eval.exclude_from_training: every question of [data] is in an evaluation set; nothing is left to train on"
+        );
+    }
+    Ok(items)
+}
+
 /// Teacher `probe`: each answer's probability under a logistic-regression probe of the starting
 /// model's final hidden state after its greedy answer (the `probe` readout), fitted on the
 /// greedy grades of the other four folds ([`candor_confidence::probe::cross_fitted`]) of the questions above
@@ -279,19 +302,36 @@ pub fn cross_fitted_probe<B: Backend>(
         .collect();
     let t0 = Instant::now();
     let pb = bar(kept.len() as u64, "probe teacher: hidden states");
+    let layers = model.config.num_hidden_layers;
+    anyhow::ensure!(
+        r.labels.probe_layer <= layers,
+        "labels.probe_layer = {}: the model has {layers} layers (allowed: 0 for the final hidden state, or 1 to {layers})",
+        r.labels.probe_layer
+    );
+    let prefix = match r.labels.probe_at {
+        ProbeAt::Answer => vec![],
+        ProbeAt::Confidence => r.value_set(tok)?.prefix,
+    };
     let rows = kept
         .iter()
         .map(|&i| {
             let a = &answers[i];
             let mut ids = tok.encode(&a.prompt, false)?;
             ids.extend(&a.greedy.tokens[..a.greedy.answer_len()]);
+            ids.extend(&prefix);
             Ok(ids)
         })
         .collect::<Result<Vec<_>>>()?;
-    let xs =
-        crate::evaluate::probe_features(model, tok, &rows, r.labels.batch_size, device, &mut |n| {
-            pb.inc(n as u64)
-        });
+    let layer = (r.labels.probe_layer > 0).then_some(r.labels.probe_layer);
+    let xs = crate::evaluate::probe_features_at(
+        model,
+        tok,
+        &rows,
+        layer,
+        r.labels.batch_size,
+        device,
+        &mut |n| pb.inc(n as u64),
+    );
     pb.finish_and_clear();
     let ys: Vec<bool> = kept.iter().map(|&i| correct[i]).collect();
     let out = candor_confidence::probe::cross_fitted(&xs, &ys, FOLDS, crate::evaluate::PROBE_L2)
@@ -308,8 +348,14 @@ pub fn cross_fitted_probe<B: Backend>(
     for (&i, q) in kept.iter().zip(out) {
         p[i] = q;
     }
+    let place = match (r.labels.probe_at, layer) {
+        (ProbeAt::Answer, None) => "final hidden state after the answer".to_string(),
+        (ProbeAt::Confidence, None) => "final hidden state before the value".to_string(),
+        (ProbeAt::Answer, Some(l)) => format!("layer {l} after the answer"),
+        (ProbeAt::Confidence, Some(l)) => format!("layer {l} before the value"),
+    };
     eprintln!(
-        "probe teacher: the starting model's probe on {} answers above the sub-task floor, {FOLDS}-fold cross-fitted, in {:.1} s",
+        "probe teacher: the starting model's probe ({place}) on {} answers above the sub-task floor, {FOLDS}-fold cross-fitted, in {:.1} s",
         kept.len(),
         t0.elapsed().as_secs_f64()
     );

@@ -486,6 +486,10 @@ pub struct EvalSection {
     /// Sampling temperature of those answers.
     #[serde(deserialize_with = "bounded::positive")]
     pub temperature: f64,
+    /// Leave the evaluation sets' questions out of the training data (by question text), so
+    /// that every evaluation question counts. Off: a training question that an evaluation set
+    /// also asks is left out of that set's metrics instead.
+    pub exclude_from_training: bool,
 }
 
 impl Default for EvalSection {
@@ -500,6 +504,7 @@ impl Default for EvalSection {
             seed: 0,
             samples: 0,
             temperature: 0.5,
+            exclude_from_training: false,
         }
     }
 }
