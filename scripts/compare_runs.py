@@ -18,16 +18,12 @@ import sys
 from collections import defaultdict
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from value_grid_cost import auroc, grid  # noqa: E402
+from value_grid_cost import auroc, grid, take_set  # noqa: E402
 
 
 def main():
     args = sys.argv[1:]
-    slug = "add-subtract--answered-sub-tasks--held-out-"
-    if "--set" in args:
-        i = args.index("--set")
-        slug = args[i + 1]
-        del args[i : i + 2]
+    slug = take_set(args)
     if not args:
         sys.exit(__doc__)
     seen = set()

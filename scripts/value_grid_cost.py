@@ -22,6 +22,20 @@ def auroc(scores, right):
     return sum((p > q) + 0.5 * (p == q) for p in pos for q in neg) / (len(pos) * len(neg))
 
 
+HELD_OUT = "add-subtract--answered-sub-tasks--held-out-"
+
+
+def take_set(args):
+    """`--set SLUG` out of the command line `args` (changed in place); the SmolLM2 recipes'
+    held-out set when absent."""
+    if "--set" not in args:
+        return HELD_OUT
+    i = args.index("--set")
+    slug = args[i + 1]
+    del args[i : i + 2]
+    return slug
+
+
 def grid(x):
     return min(0.9, round(x * 10) / 10)
 
