@@ -585,7 +585,7 @@ style = "plain"
             "{e}"
         );
     }
-    // a layer the model does not have names the field and the range
+    // a layer the model does not have names the field and the range, before any work
     let r = d.path().join("bad-layer.toml");
     std::fs::write(
         &r,
@@ -615,6 +615,10 @@ enabled = false
     assert!(
         err.contains("labels.probe_layer = 9") && err.contains("1 to 4"),
         "{err}"
+    );
+    assert!(
+        !d.path().join("bad-layer").exists(),
+        "refused before the run folder, so before any answering"
     );
     // and under another teacher the probe's place is a recipe error
     let text = std::fs::read_to_string(&r).unwrap().replace(

@@ -271,6 +271,16 @@ fn training_items(r: &Recipe) -> Result<Vec<candor_data::Item>> {
     Ok(items)
 }
 
+/// `labels.probe_layer` against the model's `layers` (checked before any answering by `train`).
+pub fn check_probe_layer(r: &Recipe, layers: usize) -> Result<()> {
+    anyhow::ensure!(
+        r.labels.probe_layer <= layers,
+        "labels.probe_layer = {}: the model has {layers} layers (allowed: 0 for the final hidden state, or 1 to {layers})",
+        r.labels.probe_layer
+    );
+    Ok(())
+}
+
 /// Teacher `probe`: each answer's probability under a logistic-regression probe of the starting
 /// model's final hidden state after its greedy answer (the `probe` readout), fitted on the
 /// greedy grades of the other four folds ([`candor_confidence::probe::cross_fitted`]) of the questions above
@@ -302,12 +312,7 @@ pub fn cross_fitted_probe<B: Backend>(
         .collect();
     let t0 = Instant::now();
     let pb = bar(kept.len() as u64, "probe teacher: hidden states");
-    let layers = model.config.num_hidden_layers;
-    anyhow::ensure!(
-        r.labels.probe_layer <= layers,
-        "labels.probe_layer = {}: the model has {layers} layers (allowed: 0 for the final hidden state, or 1 to {layers})",
-        r.labels.probe_layer
-    );
+    check_probe_layer(r, model.config.num_hidden_layers)?;
     let prefix = match r.labels.probe_at {
         ProbeAt::Answer => vec![],
         ProbeAt::Confidence => r.value_set(tok)?.prefix,

@@ -37,6 +37,7 @@ pub fn run_recipe<B: Backend>(r: &Recipe, device: B::Device) -> Result<()> {
             n - 1
         );
     }
+    crate::pipeline::check_probe_layer(r, n)?;
     let run = r.run_dir();
     // one writer per run folder, held until the run ends
     let _lock = crate::lock::RunLock::acquire(&run)?;
