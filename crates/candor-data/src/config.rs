@@ -367,8 +367,8 @@ pub struct LabelsConfig {
     /// (`confidence`: the position whose next token is the value the model will write).
     pub probe_at: ProbeAt,
     /// `probe` only: the layer whose output it reads (HF's `hidden_states[probe_layer]`: the
-    /// residual stream after that many decoder layers); 0 = the final hidden state after the
-    /// last norm (the `probe` readout's).
+    /// residual stream after that many decoder layers; at the layer count, before the final
+    /// norm); 0 = the final hidden state after the last norm (the `probe` readout's).
     pub probe_layer: usize,
 }
 

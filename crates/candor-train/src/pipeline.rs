@@ -282,7 +282,8 @@ pub fn check_probe_layer(r: &Recipe, layers: usize) -> Result<()> {
 }
 
 /// Teacher `probe`: each answer's probability under a logistic-regression probe of the starting
-/// model's final hidden state after its greedy answer (the `probe` readout), fitted on the
+/// model's final hidden state after its greedy answer (the `probe` readout), or where
+/// `labels.probe_at` and `labels.probe_layer` say, fitted on the
 /// greedy grades of the other four folds ([`candor_confidence::probe::cross_fitted`]) of the questions above
 /// the sub-task accuracy floor; a question never gets its label from a probe that saw its
 /// grade. Questions below the floor are not trained on and not probed: their label is their
