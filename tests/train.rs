@@ -526,8 +526,9 @@ enabled = false
 
 #[test]
 fn eval_questions_can_be_kept_out_of_training_and_the_probe_read_before_the_value_at_a_layer() {
-    // the same set as questions_the_run_trained_on_are_left_out_of_its_eval_sets, where 8 of
-    // the 20 eval questions are training questions; here they leave the training data instead
+    // the eval set of questions_the_run_trained_on_are_left_out_of_its_eval_sets: its first
+    // "+:1:1" questions are also this [data]'s (same seed, same stream); here they leave the
+    // training data instead of the metrics
     let d = tempfile::tempdir().unwrap();
     let (run, stderr) = train_tiny_arith(
         d.path(),

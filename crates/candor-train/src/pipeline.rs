@@ -146,6 +146,8 @@ pub fn build_dataset<B: Backend>(
     tok: &Tokenizer,
     device: &B::Device,
 ) -> Result<(Vec<Example>, Summary)> {
+    // before any answering (`train` checks it before the run folder too)
+    check_probe_layer(r, model.config.num_hidden_layers)?;
     let dir = r.run_dir().join("data");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let items = training_items(r)?;
@@ -271,7 +273,7 @@ fn training_items(r: &Recipe) -> Result<Vec<candor_data::Item>> {
     Ok(items)
 }
 
-/// `labels.probe_layer` against the model's `layers` (checked before any answering by `train`).
+/// `labels.probe_layer` against the model's `layers`.
 pub fn check_probe_layer(r: &Recipe, layers: usize) -> Result<()> {
     anyhow::ensure!(
         r.labels.probe_layer <= layers,
@@ -313,7 +315,6 @@ pub fn cross_fitted_probe<B: Backend>(
         .collect();
     let t0 = Instant::now();
     let pb = bar(kept.len() as u64, "probe teacher: hidden states");
-    check_probe_layer(r, model.config.num_hidden_layers)?;
     let prefix = match r.labels.probe_at {
         ProbeAt::Answer => vec![],
         ProbeAt::Confidence => r.value_set(tok)?.prefix,
