@@ -153,6 +153,13 @@ pub struct TrainSection {
     /// label, which is what a written confidence should be.
     #[serde(deserialize_with = "bounded::fraction")]
     pub value_ce_decay: f64,
+    /// Under `brier`: weight of the log loss of the expected value ē = Σ_v q(v)·v against the
+    /// label, added to the Brier score at the deciding token. A student that starts with its
+    /// mass on 0% fits its high labels slowly under the Brier score and writes below them; the
+    /// log loss's gradient grows as 1/(ē(1 − ē)), so it pulls hardest where ē sits near 0
+    /// under a high label. Both are lowest when ē is the label. 0 = off.
+    #[serde(deserialize_with = "bounded::non_negative")]
+    pub value_log: f64,
     /// The percent values the confidence line is trained to write (each label goes to the
     /// nearest), also the set the evaluation's expected readout reads. Empty = the deciles,
     /// where two share their first token keeping the one farther from 50% (digit tokenizers
@@ -267,6 +274,7 @@ impl Default for TrainSection {
             value_weight: 1.0,
             value_ce: 0.0,
             value_ce_decay: 0.0,
+            value_log: 0.0,
             values: vec![],
             value_digits: 1,
             answer_target: AnswerTarget::Distribution,
@@ -581,6 +589,9 @@ impl Recipe {
         }
         if self.train.value_ce > 0.0 && self.train.confidence_loss == ConfidenceLoss::Ce {
             bail!("train.value_ce adds a cross-entropy to the brier or log score; under confidence_loss = \"ce\" the deciding token already has one (scale it with train.value_weight)");
+        }
+        if self.train.value_log > 0.0 && self.train.confidence_loss != ConfidenceLoss::Brier {
+            bail!("train.value_log = {} adds the log loss of the expected value beside the brier score; confidence_loss is \"{}\" (allowed with value_log > 0: \"brier\"; under \"log\" it is the loss already)", self.train.value_log, self.train.confidence_loss.name());
         }
         if self.train.value_ce_decay > 0.0 && self.train.value_ce == 0.0 {
             bail!("train.value_ce_decay = {} schedules train.value_ce, which is 0: set value_ce > 0 or drop value_ce_decay", self.train.value_ce_decay);

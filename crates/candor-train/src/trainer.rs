@@ -97,6 +97,9 @@ pub struct Objective {
     pub value_ce: f64,
     /// Share of the steps over which `value_ce` falls to 0 (`train.value_ce_decay`; 0 = held).
     pub value_ce_decay: f64,
+    /// Weight of the log loss of the expected value beside the Brier score there
+    /// (`train.value_log`).
+    pub value_log: f64,
     /// Stop the confidence loss's gradient at the context's keys and values
     /// (`train.detach_context`).
     pub detach_context: bool,
@@ -130,6 +133,7 @@ impl Objective {
             value_weight: 1.0,
             value_ce: 0.0,
             value_ce_decay: 0.0,
+            value_log: 0.0,
             detach_context: false,
             values: None,
             value_digits: 1,
@@ -165,6 +169,7 @@ impl Objective {
             value_weight: t.value_weight,
             value_ce: t.value_ce,
             value_ce_decay: t.value_ce_decay,
+            value_log: t.value_log,
             detach_context: confidence && t.detach_context,
             values,
             value_digits: t.value_digits,
@@ -338,6 +343,7 @@ pub fn batch_loss<B: Backend>(
     let vw = obj.value_weight as f32;
     let scores = obj.scores_value();
     let vce = obj.value_ce as f32;
+    let vlog = obj.value_log as f32;
     for (i, s) in seqs.iter().enumerate() {
         for (j, soft) in s.soft.iter().enumerate() {
             for &(tk, p) in soft {
@@ -353,7 +359,7 @@ pub fn batch_loss<B: Backend>(
                         ce.push((i, p - 1, s.ids[p], s.weight * vw));
                         continue;
                     }
-                    val.push((i, p - 1, y, s.weight * vw));
+                    val.push((i, p - 1, y, s.weight * vw, s.weight * vlog));
                     if vce > 0.0 {
                         ce.push((i, p - 1, s.ids[p], s.weight * vce));
                     }
@@ -384,8 +390,10 @@ pub fn batch_loss<B: Backend>(
         let at: Vec<(usize, usize)> = val.iter().map(|c| (c.0, c.1)).collect();
         let y: Vec<f32> = val.iter().map(|c| c.2).collect();
         let w: Vec<f32> = val.iter().map(|c| c.3).collect();
+        let w_log: Vec<f32> = val.iter().map(|c| c.4).collect();
         let logits = model.logits(hidden.rows(&at, device));
-        loss = loss + value_loss(logits, vs, obj.confidence_loss, &y, &w, device);
+        let w_log = if vlog > 0.0 { Some(&w_log[..]) } else { None };
+        loss = loss + value_loss(logits, vs, obj.confidence_loss, &y, &w, w_log, device);
     }
     (loss, n_tokens)
 }
@@ -564,13 +572,15 @@ impl<B: Backend> Hidden<B> {
 /// probability on any value token,
 /// `brier`: Σ_v q(v)·(v − y)² − m, `log`: −[y·ln ē + (1 − y)·ln(1 − ē)] − m with ē = Σ_v q(v)·v.
 /// The −m term keeps the value token where the value belongs (it is the cross-entropy of
-/// "some value"). Weighted by `weights`.
+/// "some value"). Weighted by `weights`; `log_weights` (`train.value_log`, under `brier`) adds
+/// the `log` score of ē with those weights.
 pub fn value_loss<B: Backend>(
     logits: Tensor<B, 2>,
     vs: &ValueSet,
     kind: ConfidenceLoss,
     targets: &[f32],
     weights: &[f32],
+    log_weights: Option<&[f32]>,
     device: &B::Device,
 ) -> Tensor<B, 1> {
     let n = targets.len();
@@ -592,12 +602,18 @@ pub fn value_loss<B: Backend>(
     let vals: Vec<f32> = vs.values.iter().map(|&v| v as f32 / 100.0).collect();
     let vals = Tensor::<B, 2>::from_data(TensorData::new(vals, [1, k]), device);
     let y = Tensor::<B, 2>::from_data(TensorData::new(targets.to_vec(), [n, 1]), device);
+    // −[y ln ē + (1 − y) ln(1 − ē)], ē = Σ_v q(v)·v
+    let log_score = |q: Tensor<B, 2>| {
+        let e = (q * vals.clone()).sum_dim(1).clamp(1e-4, 1.0 - 1e-4);
+        (y.clone() * e.clone().log() + (y.clone().neg() + 1.0) * (e.neg() + 1.0).log()).neg()
+    };
+    let extra = log_weights.map(|lw| {
+        let lw = Tensor::<B, 2>::from_data(TensorData::new(lw.to_vec(), [n, 1]), device);
+        (log_score(q.clone()) * lw).sum().reshape([1])
+    });
     let score = match kind {
-        ConfidenceLoss::Brier => (q * (vals - y).powi_scalar(2)).sum_dim(1),
-        ConfidenceLoss::Log => {
-            let e = (q * vals).sum_dim(1).clamp(1e-4, 1.0 - 1e-4);
-            (y.clone() * e.clone().log() + (y.neg() + 1.0) * (e.neg() + 1.0).log()).neg()
-        }
+        ConfidenceLoss::Brier => (q * (vals.clone() - y.clone()).powi_scalar(2)).sum_dim(1),
+        ConfidenceLoss::Log => log_score(q),
         ConfidenceLoss::TwoHot => {
             let t: Vec<f32> = targets
                 .iter()
@@ -610,7 +626,11 @@ pub fn value_loss<B: Backend>(
         ConfidenceLoss::Ce => unreachable!("ce trains the value token with cross-entropy"),
     };
     let w = Tensor::<B, 2>::from_data(TensorData::new(weights.to_vec(), [n, 1]), device);
-    ((score + mass_nll) * w).sum().reshape([1])
+    let loss = ((score + mass_nll) * w).sum().reshape([1]);
+    match extra {
+        Some(x) => loss + x,
+        None => loss,
+    }
 }
 
 /// Gradients of one optimizer step over `batch`, in micro-batches of `micro`: each micro-batch
@@ -728,6 +748,10 @@ pub fn train<B: AutodiffBackend>(
                 )
             } else if obj.value_ce > 0.0 {
                 format!(" + cross-entropy × {}", obj.value_ce)
+            } else {
+                String::new()
+            } + &if obj.value_log > 0.0 {
+                format!(" + log loss of the expected value × {}", obj.value_log)
             } else {
                 String::new()
             },

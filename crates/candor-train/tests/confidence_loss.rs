@@ -67,6 +67,7 @@ fn objective(tok: &Tokenizer, loss: ConfidenceLoss, kl: f64) -> Objective {
         value_weight: 1.0,
         value_ce: 0.0,
         value_ce_decay: 0.0,
+        value_log: 0.0,
         detach_context: false,
         values: Some(ValueSet::new(tok).unwrap()),
         value_digits: 1,
@@ -128,7 +129,8 @@ fn confidence_only_sequences_keep_the_own_answer_as_context() {
 /// the value tokens' logits and m = log Σ_v p(v): Σ_v q(v)(v − y)² − m (brier),
 /// −[y ln ē + (1 − y) ln(1 − ē)] − m with ē = Σ q(v)·v (log), or its cross-entropy (ce);
 /// the value token's term × `value_weight`, plus `value_ce` × its cross-entropy beside a
-/// scoring rule; `answer_kl` × the soft cross-entropy at each answer token; `with_answer_ce`
+/// scoring rule, plus `value_log` × the log score of ē beside it; `answer_kl` × the soft
+/// cross-entropy at each answer token; `with_answer_ce`
 /// adds (wrongly) the cross-entropy of the answer tokens, to show that the test can tell.
 fn direct_loss(
     model: &Llama<A>,
@@ -138,7 +140,7 @@ fn direct_loss(
 ) -> Tensor<A, 1> {
     let vs = obj.values.as_ref().unwrap();
     let (kind, kl) = (obj.confidence_loss, obj.answer_kl);
-    let (vw, vce) = (obj.value_weight, obj.value_ce);
+    let (vw, vce, vlog) = (obj.value_weight, obj.value_ce, obj.value_log);
     let dev = Default::default();
     let mut total = Tensor::<A, 1>::zeros([1], &dev);
     for s in seqs {
@@ -173,6 +175,13 @@ fn direct_loss(
                     let q: Vec<Tensor<A, 1>> =
                         lps.iter().map(|l| l.clone().exp() / mass.clone()).collect();
                     let y = y as f64;
+                    let e = q
+                        .iter()
+                        .zip(&vs.values)
+                        .map(|(q, &val)| q.clone() * (val as f64 / 100.0))
+                        .reduce(|a, b| a + b)
+                        .unwrap();
+                    let log_e = (e.clone().log() * y + (e.neg() + 1.0).log() * (1.0 - y)).neg();
                     let score = match kind {
                         ConfidenceLoss::Brier => q
                             .iter()
@@ -180,15 +189,7 @@ fn direct_loss(
                             .map(|(q, &val)| q.clone() * (val as f64 / 100.0 - y).powi(2))
                             .reduce(|a, b| a + b)
                             .unwrap(),
-                        ConfidenceLoss::Log => {
-                            let e = q
-                                .iter()
-                                .zip(&vs.values)
-                                .map(|(q, &val)| q.clone() * (val as f64 / 100.0))
-                                .reduce(|a, b| a + b)
-                                .unwrap();
-                            (e.clone().log() * y + (e.neg() + 1.0).log() * (1.0 - y)).neg()
-                        }
+                        ConfidenceLoss::Log => log_e.clone(),
                         ConfidenceLoss::TwoHot => q
                             .iter()
                             .zip(vs.two_hot(y * 100.0))
@@ -197,7 +198,8 @@ fn direct_loss(
                             .unwrap(),
                         ConfidenceLoss::Ce => unreachable!(),
                     };
-                    total = total + (score - mass.log()) * (w * vw) - at(p, s.ids[p]) * (w * vce);
+                    total = total + (score - mass.log()) * (w * vw) - at(p, s.ids[p]) * (w * vce)
+                        + log_e * (w * vlog);
                 }
                 Some(_) => total = total - at(p, s.ids[p]) * (w * vw),
                 _ => total = total - at(p, s.ids[p]) * w,
@@ -210,7 +212,7 @@ fn direct_loss(
 /// batch_loss against direct_loss: value and every parameter's gradient; and the direct loss
 /// with the answers' cross-entropy added must differ (the answers carry no loss).
 fn check_against_direct(kind: ConfidenceLoss, kl: f64, vw: f64, vce: f64) {
-    check_against_direct_digits(kind, kl, vw, vce, 1)
+    check_against_direct_digits(kind, kl, vw, vce, 0.0, 1)
 }
 
 /// The deciles 0–90, the value set two-digit lines need.
@@ -218,7 +220,14 @@ fn deciles(tok: &Tokenizer) -> ValueSet {
     ValueSet::exact(tok, &[0, 10, 20, 30, 40, 50, 60, 70, 80, 90]).unwrap()
 }
 
-fn check_against_direct_digits(kind: ConfidenceLoss, kl: f64, vw: f64, vce: f64, digits: u8) {
+fn check_against_direct_digits(
+    kind: ConfidenceLoss,
+    kl: f64,
+    vw: f64,
+    vce: f64,
+    vlog: f64,
+    digits: u8,
+) {
     let (tok, _d) = tokenizer();
     let ex = labelled(&tok);
     let w: Vec<f64> = (0..ex.len()).map(|i| 0.5 + (i % 4) as f64 * 0.5).collect();
@@ -226,6 +235,7 @@ fn check_against_direct_digits(kind: ConfidenceLoss, kl: f64, vw: f64, vce: f64,
     let obj = Objective {
         value_weight: vw,
         value_ce: vce,
+        value_log: vlog,
         value_digits: digits,
         values: if digits == 2 {
             Some(deciles(&tok))
@@ -304,6 +314,38 @@ fn value_ce_adds_the_written_labels_cross_entropy_beside_the_scoring_rule() {
 }
 
 #[test]
+fn value_log_adds_the_expected_values_log_score_beside_brier() {
+    check_against_direct_digits(ConfidenceLoss::Brier, 0.5, 7.0, 0.3, 0.4, 1);
+    check_against_direct_digits(ConfidenceLoss::Brier, 0.0, 2.0, 0.0, 1.5, 2);
+    // the term changes the loss: without it the two computations must differ
+    let (tok, _d) = tokenizer();
+    let ex = labelled(&tok);
+    let w = vec![1.0; ex.len()];
+    let obj = Objective {
+        value_log: 0.4,
+        ..objective(&tok, ConfidenceLoss::Brier, 0.0)
+    };
+    let (seqs, _, _) = encode(&tok, &ex, &w, Style::Plain, 256, &obj).unwrap();
+    let model = Llama::<A>::init(
+        &ModelConfig::preset("tiny", 259).unwrap(),
+        5,
+        &Default::default(),
+    );
+    let batch: Vec<&Seq> = seqs.iter().collect();
+    let with = batch_loss(&model, &batch, &obj, &Default::default())
+        .0
+        .into_scalar();
+    let off = Objective {
+        value_log: 0.0,
+        ..obj
+    };
+    let without = batch_loss(&model, &batch, &off, &Default::default())
+        .0
+        .into_scalar();
+    assert!(with - without > 1e-3, "{with} vs {without}");
+}
+
+#[test]
 fn two_digit_values_write_the_rounded_label_and_score_its_units_digit() {
     let (tok, _d) = tokenizer();
     let ex = labelled(&tok);
@@ -357,6 +399,7 @@ fn two_digit_values_write_the_rounded_label_and_score_its_units_digit() {
             0.5,
             7.0,
             if kind == ConfidenceLoss::Ce { 0.0 } else { 0.3 },
+            0.0,
             2,
         );
     }

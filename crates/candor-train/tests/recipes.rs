@@ -65,6 +65,13 @@ fn malformed_recipes_name_key_line_and_allowed_values() {
         e.contains("train.value_ce") && e.contains("value_weight"),
         "{e}"
     );
+    let e = err(&format!(
+        "{MODEL}[train]\nconfidence_loss = \"log\"\nvalue_log = 2\n"
+    ));
+    assert!(
+        e.contains("train.value_log") && e.contains("allowed with value_log > 0: \"brier\""),
+        "{e}"
+    );
     let e = err(&format!("{MODEL}[train]\nvalue_ce_decay = 0.5\n"));
     assert!(
         e.contains("train.value_ce_decay") && e.contains("value_ce, which is 0"),
