@@ -390,10 +390,10 @@ pub fn batch_loss<B: Backend>(
         let at: Vec<(usize, usize)> = val.iter().map(|c| (c.0, c.1)).collect();
         let y: Vec<f32> = val.iter().map(|c| c.2).collect();
         let w: Vec<f32> = val.iter().map(|c| c.3).collect();
-        let w_log: Vec<f32> = val.iter().map(|c| c.4).collect();
+        let w_log: Option<Vec<f32>> = (vlog > 0.0).then(|| val.iter().map(|c| c.4).collect());
         let logits = model.logits(hidden.rows(&at, device));
-        let w_log = if vlog > 0.0 { Some(&w_log[..]) } else { None };
-        loss = loss + value_loss(logits, vs, obj.confidence_loss, &y, &w, w_log, device);
+        let (kind, w_log) = (obj.confidence_loss, w_log.as_deref());
+        loss = loss + value_loss(logits, vs, kind, &y, &w, w_log, device);
     }
     (loss, n_tokens)
 }
