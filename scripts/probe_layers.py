@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Where in the starting model a linear probe reads correctness best: for every layer, a
 logistic-regression probe (L2 = 1 on standardised features, as candor's `probe` readout) fitted
-on a run's training answers and their greedy grades, scored by AUROC on a held-out set's
-before-model answers (questions also in the training data left out). Two places per layer: the
+on a run's training answers and their greedy grades, scored by AUROC and ECE-10 (the report's
+bins: equal width, (lo, hi], 0 in the first) on a held-out set's before-model answers (questions also in the training data left out). Two places per layer: the
 answer's last token (the `probe` readout's place) and the end of `\\nConfidence: ` after it
 (where the value token is predicted; `labels.probe_at = "confidence"`). Layer L is HF's
 `hidden_states[L]` (`labels.probe_layer`); the last row is after the final norm.
@@ -43,6 +43,16 @@ def fit(x, y, l2=1.0):
     return lambda z: (torch.tensor((z - mu) / sd, dtype=torch.float64) @ w + b).detach().numpy()
 
 
+def ece10(p, right):
+    """ECE over 10 equal-width bins (lo, hi], 0 in the first, as candor's report."""
+    bins = np.clip(np.ceil(p * 10) - 1, 0, 9)
+    return sum(
+        (bins == b).mean() * abs(p[bins == b].mean() - right[bins == b].mean())
+        for b in range(10)
+        if (bins == b).any()
+    )
+
+
 def main():
     args = sys.argv[1:]
     slug = take_set(args)
@@ -74,11 +84,14 @@ def main():
     y_ho = np.array([g["grade"] == "correct" for g in held])
     print(f"fitted on {len(train)} training answers ({int(y_tr.sum())} right), "
           f"scored on {len(held)} held-out ({int(y_ho.sum())} right)")
-    print("layer  AUROC after the answer  AUROC before the value")
+    print("layer  after the answer: AUROC  ECE-10  mean  before the value: AUROC  ECE-10  mean")
+    print(f"(held-out accuracy {y_ho.mean():.3f})")
     for layer in range(1, a_tr.shape[1]):
-        ra = auroc(fit(a_tr[:, layer], y_tr)(a_ho[:, layer]), y_ho)
-        rv = auroc(fit(v_tr[:, layer], y_tr)(v_ho[:, layer]), y_ho)
-        print(f"{layer:5d}  {ra:22.3f}  {rv:22.3f}", flush=True)
+        cols = []
+        for tr, ho in ((a_tr, a_ho), (v_tr, v_ho)):
+            p = 1.0 / (1.0 + np.exp(-fit(tr[:, layer], y_tr)(ho[:, layer])))
+            cols.append(f"{auroc(p, y_ho):5.3f}  {ece10(p, y_ho.astype(float)):6.3f}  {p.mean():4.3f}")
+        print(f"{layer:5d}  {cols[0]:>30}  {cols[1]:>30}", flush=True)
 
 
 if __name__ == "__main__":
