@@ -2,9 +2,10 @@
 """Where in the starting model a linear probe reads correctness best: for every layer, a
 logistic-regression probe (L2 = 1 on standardised features, as candor's `probe` readout) fitted
 on a run's training answers and their greedy grades, scored by AUROC and ECE-10 (the report's
-bins: equal width, (lo, hi], 0 in the first) on a held-out set's before-model answers (questions also in the training data left out). Two places per layer: the
-answer's last token (the `probe` readout's place) and the end of `\\nConfidence: ` after it
-(where the value token is predicted; `labels.probe_at = "confidence"`). Layer L is HF's
+bins: equal width, (lo, hi], 0 in the first) on a held-out set's before-model answers
+(questions also in the training data left out). Two places per layer: the answer's last token
+(the `probe` readout's place) and the end of `\\nConfidence: ` after it (where the value token
+is predicted; `labels.probe_at = "confidence"`). Layer L is HF's
 `hidden_states[L]` (`labels.probe_layer`); the last row is after the final norm.
 
     .venv-bench/bin/python scripts/probe_layers.py MODEL_DIR RUN_DIR [--set SLUG]
@@ -90,7 +91,8 @@ def main():
         cols = []
         for tr, ho in ((a_tr, a_ho), (v_tr, v_ho)):
             p = 1.0 / (1.0 + np.exp(-fit(tr[:, layer], y_tr)(ho[:, layer])))
-            cols.append(f"{auroc(p, y_ho):5.3f}  {ece10(p, y_ho.astype(float)):6.3f}  {p.mean():4.3f}")
+            e = ece10(p, y_ho.astype(float))
+            cols.append(f"{auroc(p, y_ho):5.3f}  {e:6.3f}  {p.mean():4.3f}")
         print(f"{layer:5d}  {cols[0]:>30}  {cols[1]:>30}", flush=True)
 
 
