@@ -2,7 +2,7 @@
 //! fixed slices of the SmolLM2 recipes, for this build's `dataset` and, side by side, a
 //! baseline `dataset` binary built from another commit (`scripts/build-baseline.sh REV`):
 //! - `greedy`: CalibratedMath Add-subtract, `--per-subtask` questions per sub-task, greedy
-//!   answers only, chat prompts (the settings recipes/smollm2-calibratedmath.toml had until
+//!   answers only, chat prompts (the settings recipes/smollm2-calibratedmath-sampled.toml had until
 //!   2026-12-03; it answers in the plain style now);
 //! - `sar`: the first `--trivia` TriviaQA questions, K = 5 samples at T 0.5 and the SAR teacher
 //!   with MiniLM (the settings of the former recipes/smollm2-uait-triviaqa.toml, removed on
