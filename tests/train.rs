@@ -3,7 +3,7 @@
 //! included); a diverging run stops on a non-finite loss and keeps its last good checkpoint;
 //! a model folder whose tokenizer does not fit its embeddings is refused by name; the whole
 //! pipeline on tiny-arith runs on WGPU (lavapipe) as on the CPU; questions the run trained on
-//! are left out of its eval sets.
+//! are left out of its eval sets; `train.layers` trains only those layers and resumes exactly.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -127,6 +127,83 @@ fn killed_and_resumed_run_matches_uninterrupted_run_bit_for_bit() {
     let out = train(&rc);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("other [model]/[train]"));
+}
+
+/// The recipe of `recipe` with `[lora]` replaced by full fine-tuning of `train.layers`.
+fn recipe_train_layers(dir: &Path, layers: &str, extra: &str) -> PathBuf {
+    let p = recipe(dir, extra);
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("[lora]\nrank = 4\nalpha = 8\ndropout = 0.1\n", "")
+        .replace("seed = 5\n", &format!("seed = 5\nlayers = {layers}\n"));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn train_layers_trains_only_those_layers_and_resumes_bit_for_bit() {
+    use candor_model::checkpoint::read_safetensors_file;
+    let weights = |d: &Path| read_safetensors_file(&d.join("run/final/model.safetensors")).unwrap();
+    let a = tempfile::tempdir().unwrap();
+    let out = train(&recipe_train_layers(a.path(), "[2, 3]", ""));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("full fine-tuning of layers [2, 3]"), "{err}");
+    // another learning rate: the listed layers end elsewhere, every other weight where it began
+    let c = tempfile::tempdir().unwrap();
+    let out = train(&recipe_train_layers(
+        c.path(),
+        "[2, 3]",
+        "[optim]\nlr = 3e-3\n",
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (wa, wc) = (weights(a.path()), weights(c.path()));
+    for (name, t) in &wa {
+        let trained = name.contains("layers.2.") || name.contains("layers.3.");
+        assert_eq!(
+            t.data != wc[name].data,
+            trained,
+            "{name}: trained {trained}, yet {} between learning rates",
+            if trained { "the same" } else { "different" }
+        );
+    }
+    // resumed from the checkpoint of step 20 (the last one removed): the same weights
+    let b = tempfile::tempdir().unwrap();
+    let rb = recipe_train_layers(b.path(), "[2, 3]", "");
+    let status = Command::new("cp")
+        .args(["-r", &a.path().join("run").display().to_string()])
+        .arg(b.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::remove_dir_all(b.path().join("run/final")).unwrap();
+    std::fs::remove_dir_all(b.path().join("run/step-000024")).unwrap();
+    let out = train(&rb);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("resumed from") && err.contains("step 20"),
+        "{err}"
+    );
+    let file = |d: &Path| std::fs::read(d.join("run/final/model.safetensors")).unwrap();
+    assert!(
+        file(a.path()) == file(b.path()),
+        "resumed weights differ from the uninterrupted run"
+    );
+    // not with [lora]
+    let bad = std::fs::read_to_string(&rb).unwrap() + "[lora]\nrank = 4\n";
+    std::fs::write(&rb, bad).unwrap();
+    let out = train(&rb);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("train.layers") && err.contains("[lora]"),
+        "{err}"
+    );
 }
 
 #[test]

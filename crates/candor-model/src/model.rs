@@ -548,6 +548,33 @@ impl<B: Backend> Llama<B> {
         m
     }
 
+    /// Freeze every weight except those of the listed layers (0-based): the embeddings (and a
+    /// tied head), the final norm, an untied head and the other layers stop taking gradients.
+    /// Indices past the last layer are the caller's to reject.
+    pub fn train_only_layers(self, layers: &[usize]) -> Self {
+        let Llama {
+            embed_tokens,
+            layers: blocks,
+            norm,
+            lm_head,
+            config,
+            compute,
+        } = self;
+        let blocks = blocks
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| if layers.contains(&i) { b } else { b.no_grad() })
+            .collect();
+        Llama {
+            embed_tokens: embed_tokens.set_require_grad(false),
+            layers: blocks,
+            norm: norm.no_grad(),
+            lm_head: lm_head.map(Module::no_grad),
+            config,
+            compute,
+        }
+    }
+
     /// Fold every LoRA adapter into its weight (for export).
     pub fn merge_lora(&mut self) {
         for (_, lin) in self.linears_mut() {

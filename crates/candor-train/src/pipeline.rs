@@ -3,7 +3,7 @@
 //! (`crate::trainer`), export and the report.
 
 use crate::recipe::{Dtype, Recipe};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use burn::tensor::DType;
 use candor_confidence::{Lexical, MiniLm, Similarity};
@@ -147,7 +147,7 @@ pub fn build_dataset<B: Backend>(
     device: &B::Device,
 ) -> Result<(Vec<Example>, Summary)> {
     // before any answering (`train` checks it before the run folder too)
-    check_probe_layer(r, model.config.num_hidden_layers)?;
+    check_layers(r, model.config.num_hidden_layers)?;
     let dir = r.run_dir().join("data");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let items = training_items(r)?;
@@ -273,13 +273,29 @@ fn training_items(r: &Recipe) -> Result<Vec<candor_data::Item>> {
     Ok(items)
 }
 
-/// `labels.probe_layer` against the model's `layers`.
-pub fn check_probe_layer(r: &Recipe, layers: usize) -> Result<()> {
+/// Every layer index of the recipe (`labels.probe_layer`, `lora.layers`, `train.layers`)
+/// against the model's `layers`.
+pub fn check_layers(r: &Recipe, layers: usize) -> Result<()> {
     anyhow::ensure!(
         r.labels.probe_layer <= layers,
         "labels.probe_layer = {}: the model has {layers} layers (allowed: 0 for the final hidden state, or 1 to {layers})",
         r.labels.probe_layer
     );
+    let lists = [
+        (
+            "lora.layers",
+            r.lora.as_ref().map(|l| &l.layers[..]).unwrap_or(&[]),
+        ),
+        ("train.layers", &r.train.layers[..]),
+    ];
+    for (name, list) in lists {
+        if let Some(&bad) = list.iter().find(|&&i| i >= layers) {
+            bail!(
+                "{name}: {bad} is out of range (the model has {layers} layers, allowed: 0–{})",
+                layers.saturating_sub(1)
+            );
+        }
+    }
     Ok(())
 }
 
@@ -559,4 +575,25 @@ pub fn load_similarity<B: Backend>(r: &Recipe, device: &B::Device) -> Result<Box
 /// Write `text` to `path` atomically.
 pub fn write_text(path: &Path, text: &str) -> Result<()> {
     candor_model::checkpoint::write_atomic(path, text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_indices_past_the_last_layer_are_named() {
+        let base = "[model]\npath = \"x\"\n";
+        let r = Recipe::parse(&format!("{base}[train]\nlayers = [2, 30]\n")).unwrap();
+        let e = check_layers(&r, 30).unwrap_err().to_string();
+        assert!(e.contains("train.layers: 30") && e.contains("0–29"), "{e}");
+        let r = Recipe::parse(&format!("{base}[lora]\nlayers = [31]\n")).unwrap();
+        let e = check_layers(&r, 30).unwrap_err().to_string();
+        assert!(
+            e.contains("lora.layers: 31") && e.contains("30 layers"),
+            "{e}"
+        );
+        let r = Recipe::parse(&format!("{base}[train]\nlayers = [22, 29]\n")).unwrap();
+        check_layers(&r, 30).unwrap();
+    }
 }

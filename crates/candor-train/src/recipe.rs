@@ -187,6 +187,12 @@ pub struct TrainSection {
     /// `label-bin`: weight each example by 1 / (examples in its 10-point teacher-label bin),
     /// normalised to mean 1, so every label bin weighs the same; `none`: no balancing.
     pub balance: Balance,
+    /// Full fine-tuning of these decoder layers only (0-based): their projections and norms
+    /// train, every other weight (embeddings and the tied head, the final norm, the other
+    /// layers) stays as loaded. Empty = every weight trains. Not with `[lora]`, whose own
+    /// `layers` says where the adapters go.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -281,6 +287,7 @@ impl Default for TrainSection {
             detach_context: true,
             rehearsal: vec![],
             balance: Balance::None,
+            layers: vec![],
         }
     }
 }
@@ -639,6 +646,9 @@ impl Recipe {
             if !(0.0..1.0).contains(b) {
                 bail!("optim.betas[{i}] = {b} is out of range (allowed: 0 ≤ beta < 1)");
             }
+        }
+        if self.lora.is_some() && !self.train.layers.is_empty() {
+            bail!("train.layers trains the listed layers' weights in full, and [lora] is set (it freezes every weight and trains adapters on lora.layers): keep one of the two");
         }
         if let Some(l) = &self.lora {
             if l.targets.is_empty() {

@@ -5,7 +5,7 @@ use crate::evaluate::evaluate_and_report;
 use crate::pipeline::{build_dataset, load_model, write_text};
 use crate::recipe::Recipe;
 use crate::trainer::{merged, train};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
@@ -30,14 +30,7 @@ pub fn run_recipe<B: Backend>(r: &Recipe, device: B::Device) -> Result<()> {
     let (model, tok) = load_model::<A<B>>(r, &device)?;
     // a value set the tokenizer cannot write stops the run before the data stage
     let vs = r.value_set(&tok)?;
-    let n = model.config.num_hidden_layers;
-    if let Some(&bad) = r.lora.iter().flat_map(|l| &l.layers).find(|&&i| i >= n) {
-        bail!(
-            "lora.layers: {bad} is out of range (the model has {n} layers, allowed: 0–{})",
-            n - 1
-        );
-    }
-    crate::pipeline::check_probe_layer(r, n)?;
+    crate::pipeline::check_layers(r, model.config.num_hidden_layers)?;
     let run = r.run_dir();
     // one writer per run folder, held until the run ends
     let _lock = crate::lock::RunLock::acquire(&run)?;
@@ -61,6 +54,8 @@ pub fn run_recipe<B: Backend>(r: &Recipe, device: B::Device) -> Result<()> {
         model = model.with_lora(
             &l.targets, &l.layers, l.rank, l.alpha, l.dropout, seed, &device,
         );
+    } else if !r.train.layers.is_empty() {
+        model = model.train_only_layers(&r.train.layers);
     }
     let rehearsal = crate::pipeline::rehearsal_seqs(r, &base, &tok, &device)?;
     let trained = train(r, model, &tok, &train_ex, &rehearsal, &device)?;

@@ -830,7 +830,10 @@ pub fn train<B: AutodiffBackend>(
                     ls => format!(" of layers {ls:?}"),
                 }
             ),
-            None => "full fine-tuning".into(),
+            None => match r.train.layers.as_slice() {
+                [] => "full fine-tuning".into(),
+                ls => format!("full fine-tuning of layers {ls:?} (the rest frozen)"),
+            },
         },
         match r.model.dtype {
             crate::recipe::Dtype::F32 => "f32",

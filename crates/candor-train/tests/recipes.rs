@@ -105,6 +105,8 @@ fn malformed_recipes_name_key_line_and_allowed_values() {
     assert!(e.contains("fewer than two values"), "{e}");
     let e = err(&format!("{MODEL}[lora]\ntargets = [\"qkv\"]\n"));
     assert!(e.contains("lora.targets") && e.contains("q_proj"), "{e}");
+    let e = err(&format!("{MODEL}[train]\nlayers = [3]\n[lora]\nrank = 4\n"));
+    assert!(e.contains("train.layers") && e.contains("[lora]"), "{e}");
     let e = err(&format!(
         "{MODEL}[labels]\nteacher = \"sar\"\nsamples = 1\n"
     ));

@@ -209,6 +209,46 @@ fn lora_layers_puts_adapters_on_the_listed_layers_only() {
     );
 }
 
+#[test]
+fn train_layers_gives_gradients_to_the_listed_layers_only() {
+    let (model, _tok, seqs, _d) = setup();
+    let dev = Default::default();
+    let batch: Vec<&Seq> = seqs.iter().take(4).collect();
+    let last = model.layers.len() - 1;
+    let (g_all, _) = accumulate(&model, &batch, &Objective::response(), 4, 0, 0, &dev);
+    let frozen = model.clone().train_only_layers(&[last]);
+    let (g, _) = accumulate(&frozen, &batch, &Objective::response(), 4, 0, 0, &dev);
+    // the last layer's weights (projections and both norms), and nothing else
+    let mut ids = common::Ids(vec![]);
+    frozen.layers[last].visit(&mut ids);
+    assert!(
+        ids.0.len() >= 9,
+        "7 projections and 2 norms: {}",
+        ids.0.len()
+    );
+    let got = grads_of(&frozen, &g);
+    assert_eq!(got.len(), ids.0.len(), "gradients only for layer {last}");
+    // the same gradients there as when every weight trains
+    for id in ids.0 {
+        let (a, b) = match (
+            g.get::<burn::backend::Flex, 2>(id),
+            g_all.get::<burn::backend::Flex, 2>(id),
+        ) {
+            (Some(a), Some(b)) => (a.into_data(), b.into_data()),
+            _ => (
+                g.get::<burn::backend::Flex, 1>(id)
+                    .expect("frozen run")
+                    .into_data(),
+                g_all
+                    .get::<burn::backend::Flex, 1>(id)
+                    .expect("full run")
+                    .into_data(),
+            ),
+        };
+        a.assert_approx_eq::<f32>(&b, burn::tensor::Tolerance::rel_abs(1e-4, 1e-7));
+    }
+}
+
 /// Every parameter of the model, flattened, in visiting order.
 fn params_of(model: &Llama<A>) -> Vec<Vec<f32>> {
     struct Values(Vec<Vec<f32>>);

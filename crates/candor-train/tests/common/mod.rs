@@ -9,7 +9,7 @@ use candor_model::Llama;
 
 pub type A = Autodiff<Flex>;
 
-struct Ids(Vec<ParamId>);
+pub struct Ids(pub Vec<ParamId>);
 impl<B: Backend> ModuleVisitor<B> for Ids {
     fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
         self.0.push(p.id);
