@@ -171,33 +171,27 @@ fn train_layers_trains_only_those_layers_and_resumes_bit_for_bit() {
             if trained { "the same" } else { "different" }
         );
     }
-    // resumed from the checkpoint of step 20 (the last one removed): the same weights
-    let b = tempfile::tempdir().unwrap();
-    let rb = recipe_train_layers(b.path(), "[2, 3]", "");
-    let status = Command::new("cp")
-        .args(["-r", &a.path().join("run").display().to_string()])
-        .arg(b.path())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    std::fs::remove_dir_all(b.path().join("run/final")).unwrap();
-    std::fs::remove_dir_all(b.path().join("run/step-000024")).unwrap();
-    let out = train(&rb);
+    // resumed in place from the checkpoint of step 20 (the last one removed): the same weights
+    let file = |d: &Path| std::fs::read(d.join("run/final/model.safetensors")).unwrap();
+    let uninterrupted = file(a.path());
+    std::fs::remove_dir_all(a.path().join("run/final")).unwrap();
+    std::fs::remove_dir_all(a.path().join("run/step-000024")).unwrap();
+    let ra = a.path().join("recipe.toml");
+    let out = train(&ra);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
         err.contains("resumed from") && err.contains("step 20"),
         "{err}"
     );
-    let file = |d: &Path| std::fs::read(d.join("run/final/model.safetensors")).unwrap();
     assert!(
-        file(a.path()) == file(b.path()),
+        file(a.path()) == uninterrupted,
         "resumed weights differ from the uninterrupted run"
     );
     // not with [lora]
-    let bad = std::fs::read_to_string(&rb).unwrap() + "[lora]\nrank = 4\n";
-    std::fs::write(&rb, bad).unwrap();
-    let out = train(&rb);
+    let bad = std::fs::read_to_string(&ra).unwrap() + "[lora]\nrank = 4\n";
+    std::fs::write(&ra, bad).unwrap();
+    let out = train(&ra);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

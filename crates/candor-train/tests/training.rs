@@ -230,21 +230,8 @@ fn train_layers_gives_gradients_to_the_listed_layers_only() {
     assert_eq!(got.len(), ids.0.len(), "gradients only for layer {last}");
     // the same gradients there as when every weight trains
     for id in ids.0 {
-        let (a, b) = match (
-            g.get::<burn::backend::Flex, 2>(id),
-            g_all.get::<burn::backend::Flex, 2>(id),
-        ) {
-            (Some(a), Some(b)) => (a.into_data(), b.into_data()),
-            _ => (
-                g.get::<burn::backend::Flex, 1>(id)
-                    .expect("frozen run")
-                    .into_data(),
-                g_all
-                    .get::<burn::backend::Flex, 1>(id)
-                    .expect("full run")
-                    .into_data(),
-            ),
-        };
+        let (a, b) = (common::grad(&g, id), common::grad(&g_all, id));
+        let (a, b) = (a.expect("frozen run"), b.expect("full run"));
         a.assert_approx_eq::<f32>(&b, burn::tensor::Tolerance::rel_abs(1e-4, 1e-7));
     }
 }

@@ -4,7 +4,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 use candor_model::Llama;
 
 pub type A = Autodiff<Flex>;
@@ -21,16 +21,19 @@ impl<B: Backend> ModuleVisitor<B> for Ids {
 pub fn grads_of(model: &Llama<A>, g: &GradientsParams) -> Vec<Vec<f32>> {
     let mut ids = Ids(vec![]);
     model.visit(&mut ids);
-    let mut out = vec![];
-    for id in ids.0 {
-        // every parameter of these models is 1-D or 2-D
-        if let Some(t) = g.get::<Flex, 2>(id) {
-            out.push(t.into_data().into_vec::<f32>().unwrap());
-        } else if let Some(t) = g.get::<Flex, 1>(id) {
-            out.push(t.into_data().into_vec::<f32>().unwrap());
-        }
-    }
-    out
+    ids.0
+        .into_iter()
+        .filter_map(|id| grad(g, id))
+        .map(|d| d.into_vec::<f32>().unwrap())
+        .collect()
+}
+
+/// The gradient of parameter `id` in `g`, if it has one (every parameter of these models is
+/// 1-D or 2-D).
+pub fn grad(g: &GradientsParams, id: ParamId) -> Option<TensorData> {
+    g.get::<Flex, 2>(id)
+        .map(|t| t.into_data())
+        .or_else(|| g.get::<Flex, 1>(id).map(|t| t.into_data()))
 }
 
 /// Backpropagate two losses of `model` and assert that every parameter's gradient agrees
