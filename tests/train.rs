@@ -550,6 +550,7 @@ per_subtask = 15
 style = "plain"
 [labels]
 teacher = "probe"
+probe_logprob = true
 max_new_tokens = 12
 [train]
 max_steps = 1
@@ -560,6 +561,10 @@ enabled = false
 "#,
     );
     assert!(stderr.contains("5-fold cross-fitted"), "{stderr}");
+    assert!(
+        stderr.contains("after the answer, and the answer's log-probability"),
+        "{stderr}"
+    );
     let ex = jsonl(&run.join("data/dataset.jsonl"));
     assert_eq!(ex.len(), 60);
     let right = ex.iter().filter(|e| e["correct"] == true).count();

@@ -81,6 +81,15 @@ impl Sample {
             Finish::StopToken | Finish::StopString => self.tokens.len().saturating_sub(1),
         }
     }
+
+    /// The answer's log-probability under the model that wrote it: the sum over its
+    /// [`answer_len`](Self::answer_len) tokens (the `answer_logit` readout's log).
+    pub fn answer_logprob(&self) -> f64 {
+        self.logprobs[..self.answer_len()]
+            .iter()
+            .map(|&l| l as f64)
+            .sum()
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -370,6 +370,11 @@ pub struct LabelsConfig {
     /// residual stream after that many decoder layers; at the layer count, before the final
     /// norm); 0 = the final hidden state after the last norm (the `probe` readout's).
     pub probe_layer: usize,
+    /// `probe` only: also give the probe the greedy answer's log-probability, summed over its
+    /// tokens and per token (two features beside the hidden state), the signal the
+    /// `answer_logit` readout ranks by.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub probe_logprob: bool,
 }
 
 /// Where the `probe` teacher reads the starting model's hidden state.
@@ -412,6 +417,7 @@ impl Default for LabelsConfig {
             models: vec![],
             probe_at: ProbeAt::Answer,
             probe_layer: 0,
+            probe_logprob: false,
         }
     }
 }
@@ -447,11 +453,11 @@ impl LabelsConfig {
                 "labels.models: applies to teacher \"models\" only (teacher is \"{}\")",
                 self.teacher.name()
             ),
-            _ if (self.probe_at != ProbeAt::Answer || self.probe_layer > 0)
+            _ if (self.probe_at != ProbeAt::Answer || self.probe_layer > 0 || self.probe_logprob)
                 && self.teacher != Teacher::Probe =>
             {
                 anyhow::bail!(
-                    "labels.probe_at / labels.probe_layer: apply to teacher \"probe\" only (teacher is \"{}\")",
+                    "labels.probe_at / labels.probe_layer / labels.probe_logprob: apply to teacher \"probe\" only (teacher is \"{}\")",
                     self.teacher.name()
                 )
             }

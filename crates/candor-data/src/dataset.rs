@@ -375,7 +375,7 @@ pub fn label_with(
     for (i, a) in answers.iter().enumerate() {
         let grade = a.item.grade(&a.greedy.text, how);
         let n = a.greedy.answer_len();
-        let lp: f64 = a.greedy.logprobs[..n].iter().map(|&l| l as f64).sum();
+        let lp = a.greedy.answer_logprob();
         let sample_ok: Vec<bool> = a
             .samples
             .iter()

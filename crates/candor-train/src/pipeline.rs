@@ -301,7 +301,8 @@ pub fn check_layers(r: &Recipe, layers: usize) -> Result<()> {
 
 /// Teacher `probe`: each answer's probability under a logistic-regression probe of the starting
 /// model's final hidden state after its greedy answer (the `probe` readout), or where
-/// `labels.probe_at` and `labels.probe_layer` say, fitted on the
+/// `labels.probe_at` and `labels.probe_layer` say (with `labels.probe_logprob`, beside the
+/// answer's log-probability: [`logprob_features`]), fitted on the
 /// greedy grades of the other four folds ([`candor_confidence::probe::cross_fitted`]) of the questions above
 /// the sub-task accuracy floor; a question never gets its label from a probe that saw its
 /// grade. Questions below the floor are not trained on and not probed: their label is their
@@ -346,7 +347,7 @@ pub fn cross_fitted_probe<B: Backend>(
         })
         .collect::<Result<Vec<_>>>()?;
     let layer = (r.labels.probe_layer > 0).then_some(r.labels.probe_layer);
-    let xs = crate::evaluate::probe_features_at(
+    let mut xs = crate::evaluate::probe_features_at(
         model,
         tok,
         &rows,
@@ -356,6 +357,11 @@ pub fn cross_fitted_probe<B: Backend>(
         &mut |n| pb.inc(n as u64),
     );
     pb.finish_and_clear();
+    if r.labels.probe_logprob {
+        for (x, &i) in xs.iter_mut().zip(&kept) {
+            x.extend(logprob_features(&answers[i].greedy));
+        }
+    }
     let ys: Vec<bool> = kept.iter().map(|&i| correct[i]).collect();
     let out = candor_confidence::probe::cross_fitted(&xs, &ys, FOLDS, crate::evaluate::PROBE_L2)
         .map_err(|f| {
@@ -377,12 +383,25 @@ pub fn cross_fitted_probe<B: Backend>(
         (ProbeAt::Answer, Some(l)) => format!("layer {l} after the answer"),
         (ProbeAt::Confidence, Some(l)) => format!("layer {l} before the value"),
     };
+    let place = if r.labels.probe_logprob {
+        format!("{place}, and the answer's log-probability")
+    } else {
+        place
+    };
     eprintln!(
         "probe teacher: the starting model's probe ({place}) on {} answers above the sub-task floor, {FOLDS}-fold cross-fitted, in {:.1} s",
         kept.len(),
         t0.elapsed().as_secs_f64()
     );
     Ok(p)
+}
+
+/// `labels.probe_logprob`'s two features of a greedy answer: its log-probability summed over
+/// its tokens and per token (0 for an empty answer).
+pub fn logprob_features(greedy: &candor_data::answering::Sample) -> [f32; 2] {
+    let n = greedy.answer_len();
+    let lp = greedy.answer_logprob();
+    [lp as f32, if n > 0 { (lp / n as f64) as f32 } else { 0.0 }]
 }
 
 /// Teacher `models`: each answer's expected confidence Σ q(v)·v/100 under each trained model
@@ -595,5 +614,37 @@ mod tests {
         );
         let r = Recipe::parse(&format!("{base}[train]\nlayers = [22, 29]\n")).unwrap();
         check_layers(&r, 30).unwrap();
+    }
+
+    #[test]
+    fn the_probe_reads_the_answer_tokens_log_probabilities_not_the_stop_token() {
+        use candor_data::answering::Sample;
+        use candor_model::generate::Finish;
+        let s = |finish| Sample {
+            text: "12".into(),
+            tokens: vec![5, 6, 2],
+            logprobs: vec![-0.5, -1.5, -7.0],
+            top: vec![vec![]; 3],
+            finish,
+        };
+        // the last token ended the line: two answer tokens
+        assert_eq!(logprob_features(&s(Finish::StopToken)), [-2.0, -1.0]);
+        // cut at the length limit: all three are the answer
+        assert_eq!(logprob_features(&s(Finish::Length)), [-9.0, -3.0]);
+        let empty = Sample {
+            tokens: vec![2],
+            logprobs: vec![-0.1],
+            top: vec![vec![]],
+            ..s(Finish::StopToken)
+        };
+        assert_eq!(logprob_features(&empty), [0.0, 0.0]);
+        // a recipe error under another teacher
+        let e =
+            Recipe::parse("[model]\npath = \"x\"\n[labels]\nprobe_logprob = true\n").unwrap_err();
+        assert!(
+            format!("{e:#}")
+                .contains("labels.probe_at / labels.probe_layer / labels.probe_logprob"),
+            "{e:#}"
+        );
     }
 }
