@@ -90,6 +90,14 @@ impl Sample {
             .map(|&l| l as f64)
             .sum()
     }
+
+    /// [`answer_logprob`](Self::answer_logprob) per answer token (0 for an empty answer).
+    pub fn answer_logprob_mean(&self) -> f64 {
+        match self.answer_len() {
+            0 => 0.0,
+            n => self.answer_logprob() / n as f64,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -375,15 +375,14 @@ pub fn label_with(
     for (i, a) in answers.iter().enumerate() {
         let grade = a.item.grade(&a.greedy.text, how);
         let n = a.greedy.answer_len();
-        let lp = a.greedy.answer_logprob();
         let sample_ok: Vec<bool> = a
             .samples
             .iter()
             .map(|s| a.item.grade(&s.text, how) == Grade::Correct)
             .collect();
         let mut signals = Signals {
-            answer_logprob: lp,
-            answer_logprob_mean: if n > 0 { lp / n as f64 } else { 0.0 },
+            answer_logprob: a.greedy.answer_logprob(),
+            answer_logprob_mean: a.greedy.answer_logprob_mean(),
             deepconf: {
                 let tops: Vec<Vec<f32>> = a.greedy.top[..n]
                     .iter()

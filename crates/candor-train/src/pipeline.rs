@@ -383,13 +383,13 @@ pub fn cross_fitted_probe<B: Backend>(
         (ProbeAt::Answer, Some(l)) => format!("layer {l} after the answer"),
         (ProbeAt::Confidence, Some(l)) => format!("layer {l} before the value"),
     };
-    let place = if r.labels.probe_logprob {
-        format!("{place}, and the answer's log-probability")
+    let with = if r.labels.probe_logprob {
+        ", and the answer's log-probability"
     } else {
-        place
+        ""
     };
     eprintln!(
-        "probe teacher: the starting model's probe ({place}) on {} answers above the sub-task floor, {FOLDS}-fold cross-fitted, in {:.1} s",
+        "probe teacher: the starting model's probe ({place}{with}) on {} answers above the sub-task floor, {FOLDS}-fold cross-fitted, in {:.1} s",
         kept.len(),
         t0.elapsed().as_secs_f64()
     );
@@ -399,9 +399,10 @@ pub fn cross_fitted_probe<B: Backend>(
 /// `labels.probe_logprob`'s two features of a greedy answer: its log-probability summed over
 /// its tokens and per token (0 for an empty answer).
 pub fn logprob_features(greedy: &candor_data::answering::Sample) -> [f32; 2] {
-    let n = greedy.answer_len();
-    let lp = greedy.answer_logprob();
-    [lp as f32, if n > 0 { (lp / n as f64) as f32 } else { 0.0 }]
+    [
+        greedy.answer_logprob() as f32,
+        greedy.answer_logprob_mean() as f32,
+    ]
 }
 
 /// Teacher `models`: each answer's expected confidence Σ q(v)·v/100 under each trained model
