@@ -87,6 +87,11 @@ impl Default for ModelSection {
     }
 }
 
+/// Leave a weight out of the serialised recipe (and so out of its hash) while it is off.
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
 /// `[train]`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -153,6 +158,15 @@ pub struct TrainSection {
     /// label, which is what a written confidence should be.
     #[serde(deserialize_with = "bounded::fraction")]
     pub value_ce_decay: f64,
+    /// With `value_ce_decay`: the weight `value_ce` falls to and then holds (0 = falls to 0).
+    /// The Brier score moves a value's logit in proportion to the probability the model gives
+    /// that value, so a value it stopped writing (60% once the mass sits on 30% and 90%) is
+    /// never written again; a cross-entropy that stays on keeps every label's value in reach.
+    #[serde(
+        deserialize_with = "bounded::non_negative",
+        skip_serializing_if = "is_zero"
+    )]
+    pub value_ce_floor: f64,
     /// Under `brier`: weight of the log loss of the expected value ē = Σ_v q(v)·v against the
     /// label, added to the Brier score at the deciding token. A student that starts with its
     /// mass on 0% fits its high labels slowly under the Brier score and writes below them; the
@@ -280,6 +294,7 @@ impl Default for TrainSection {
             value_weight: 1.0,
             value_ce: 0.0,
             value_ce_decay: 0.0,
+            value_ce_floor: 0.0,
             value_log: 0.0,
             values: vec![],
             value_digits: 1,
@@ -602,6 +617,12 @@ impl Recipe {
         }
         if self.train.value_ce_decay > 0.0 && self.train.value_ce == 0.0 {
             bail!("train.value_ce_decay = {} schedules train.value_ce, which is 0: set value_ce > 0 or drop value_ce_decay", self.train.value_ce_decay);
+        }
+        if self.train.value_ce_floor > 0.0 && self.train.value_ce_decay == 0.0 {
+            bail!("train.value_ce_floor = {} is where train.value_ce_decay takes value_ce, which is 0 (value_ce holds): set value_ce_decay > 0 or drop value_ce_floor", self.train.value_ce_floor);
+        }
+        if self.train.value_ce_floor > self.train.value_ce {
+            bail!("train.value_ce_floor = {} is above train.value_ce = {} (allowed: 0 to value_ce; value_ce falls to the floor)", self.train.value_ce_floor, self.train.value_ce);
         }
         if !self.train.values.is_empty() {
             let mut v = self.train.values.clone();

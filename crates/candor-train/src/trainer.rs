@@ -97,6 +97,8 @@ pub struct Objective {
     pub value_ce: f64,
     /// Share of the steps over which `value_ce` falls to 0 (`train.value_ce_decay`; 0 = held).
     pub value_ce_decay: f64,
+    /// Where `value_ce` falls to and holds after its decay (`train.value_ce_floor`).
+    pub value_ce_floor: f64,
     /// Weight of the log loss of the expected value beside the Brier score there
     /// (`train.value_log`).
     pub value_log: f64,
@@ -111,12 +113,14 @@ pub struct Objective {
 }
 
 impl Objective {
-    /// The objective at `step` of `total`: `value_ce` on its schedule (`value_ce_decay`).
+    /// The objective at `step` of `total`: `value_ce` on its schedule (`value_ce_decay`, down to
+    /// `value_ce_floor`).
     pub fn at_step(&self, step: usize, total: usize) -> Objective {
         let mut o = self.clone();
         if self.value_ce_decay > 0.0 {
             let end = self.value_ce_decay * total as f64;
-            o.value_ce = self.value_ce * (1.0 - step as f64 / end).max(0.0);
+            let left = (1.0 - step as f64 / end).max(0.0);
+            o.value_ce = self.value_ce_floor + (self.value_ce - self.value_ce_floor) * left;
         }
         o
     }
@@ -133,6 +137,7 @@ impl Objective {
             value_weight: 1.0,
             value_ce: 0.0,
             value_ce_decay: 0.0,
+            value_ce_floor: 0.0,
             value_log: 0.0,
             detach_context: false,
             values: None,
@@ -169,6 +174,7 @@ impl Objective {
             value_weight: t.value_weight,
             value_ce: t.value_ce,
             value_ce_decay: t.value_ce_decay,
+            value_ce_floor: t.value_ce_floor,
             value_log: t.value_log,
             detach_context: confidence && t.detach_context,
             values,
@@ -742,8 +748,9 @@ pub fn train<B: AutodiffBackend>(
             obj.value_weight,
             if obj.value_ce > 0.0 && obj.value_ce_decay > 0.0 {
                 format!(
-                    " + cross-entropy × {} falling to 0 over the first {:.0}% of the steps",
+                    " + cross-entropy × {} falling to {} over the first {:.0}% of the steps",
                     obj.value_ce,
+                    obj.value_ce_floor,
                     100.0 * obj.value_ce_decay
                 )
             } else if obj.value_ce > 0.0 {

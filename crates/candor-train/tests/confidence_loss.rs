@@ -67,6 +67,7 @@ fn objective(tok: &Tokenizer, loss: ConfidenceLoss, kl: f64) -> Objective {
         value_weight: 1.0,
         value_ce: 0.0,
         value_ce_decay: 0.0,
+        value_ce_floor: 0.0,
         value_log: 0.0,
         detach_context: false,
         values: Some(ValueSet::new(tok).unwrap()),
@@ -773,4 +774,11 @@ fn value_ce_falls_linearly_to_zero_over_its_share_of_the_steps() {
     let later = o.at_step(30, 40);
     assert_eq!(later.value_weight, o.value_weight);
     assert_eq!(later.confidence_loss, o.confidence_loss);
+    // with a floor it falls to the floor and holds there
+    o.value_ce_floor = 0.5;
+    let at = |s| o.at_step(s, 40).value_ce;
+    assert_eq!(at(0), 2.0);
+    assert!((at(10) - 1.25).abs() < 1e-12, "{}", at(10));
+    assert_eq!(at(20), 0.5);
+    assert_eq!(at(39), 0.5);
 }

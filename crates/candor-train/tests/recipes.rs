@@ -81,6 +81,20 @@ fn malformed_recipes_name_key_line_and_allowed_values() {
         "{MODEL}[train]\nvalue_ce = 1\nvalue_ce_decay = 2\n"
     ));
     assert!(e.contains("value_ce_decay") && e.contains("0 to 1"), "{e}");
+    let e = err(&format!(
+        "{MODEL}[train]\nvalue_ce = 1\nvalue_ce_floor = 0.2\n"
+    ));
+    assert!(
+        e.contains("train.value_ce_floor") && e.contains("set value_ce_decay > 0"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MODEL}[train]\nvalue_ce = 1\nvalue_ce_decay = 0.5\nvalue_ce_floor = 2\n"
+    ));
+    assert!(
+        e.contains("train.value_ce_floor") && e.contains("allowed: 0 to value_ce"),
+        "{e}"
+    );
     // bad enum value lists the allowed ones
     let e = err(&format!("{MODEL}[labels]\nteacher = \"oracle\"\n"));
     assert!(
