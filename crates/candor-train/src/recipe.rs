@@ -152,10 +152,10 @@ pub struct TrainSection {
     #[serde(deserialize_with = "bounded::non_negative")]
     pub value_ce: f64,
     /// 0 = `value_ce` holds for the whole run; f in (0, 1]: it falls linearly from its value at
-    /// the first step to 0 at the share f of the steps, and the scoring rule alone trains the
-    /// value token after. Cross-entropy fits the labels' distribution, so greedy decoding
-    /// writes its mode; the Brier score is lowest with all mass on the value nearest the mean
-    /// label, which is what a written confidence should be.
+    /// the first step to `value_ce_floor` (0 by default) at the share f of the steps, and at 0
+    /// the scoring rule alone trains the value token after. Cross-entropy fits the labels'
+    /// distribution, so greedy decoding writes its mode; the Brier score is lowest with all
+    /// mass on the value nearest the mean label, which is what a written confidence should be.
     #[serde(deserialize_with = "bounded::fraction")]
     pub value_ce_decay: f64,
     /// With `value_ce_decay`: the weight `value_ce` falls to and then holds (0 = falls to 0).
@@ -619,7 +619,7 @@ impl Recipe {
             bail!("train.value_ce_decay = {} schedules train.value_ce, which is 0: set value_ce > 0 or drop value_ce_decay", self.train.value_ce_decay);
         }
         if self.train.value_ce_floor > 0.0 && self.train.value_ce_decay == 0.0 {
-            bail!("train.value_ce_floor = {} is where train.value_ce_decay takes value_ce, which is 0 (value_ce holds): set value_ce_decay > 0 or drop value_ce_floor", self.train.value_ce_floor);
+            bail!("train.value_ce_floor = {} is where train.value_ce_decay takes value_ce, and value_ce_decay is 0 (value_ce holds for the whole run): set value_ce_decay > 0 or drop value_ce_floor", self.train.value_ce_floor);
         }
         if self.train.value_ce_floor > self.train.value_ce {
             bail!("train.value_ce_floor = {} is above train.value_ce = {} (allowed: 0 to value_ce; value_ce falls to the floor)", self.train.value_ce_floor, self.train.value_ce);

@@ -95,7 +95,8 @@ pub struct Objective {
     /// Weight of a cross-entropy on the written label added to the scoring rule there
     /// (`train.value_ce`), at the first step.
     pub value_ce: f64,
-    /// Share of the steps over which `value_ce` falls to 0 (`train.value_ce_decay`; 0 = held).
+    /// Share of the steps over which `value_ce` falls to `value_ce_floor` (`train.value_ce_decay`;
+    /// 0 = held).
     pub value_ce_decay: f64,
     /// Where `value_ce` falls to and holds after its decay (`train.value_ce_floor`).
     pub value_ce_floor: f64,
