@@ -167,6 +167,14 @@ pub struct TrainSection {
         skip_serializing_if = "is_zero"
     )]
     pub value_ce_floor: f64,
+    /// What `value_ce`'s cross-entropy aims at: `written`, the token of the value nearest the
+    /// label (its optimum is the distribution of the rounded labels, whose mean sits under the
+    /// labels' where most labels lie just above a value: 4% → 0%); `two-hot`, the label spread
+    /// over the two values around it so that the spread's mean is the label (24% → 60% on
+    /// 20%, 40% on 30%), whose optimum keeps the labels' mean and gives both neighbours a pull
+    /// at full strength.
+    #[serde(skip_serializing_if = "ValueCeTarget::is_written")]
+    pub value_ce_target: ValueCeTarget,
     /// Under `brier`: weight of the log loss of the expected value ē = Σ_v q(v)·v against the
     /// label, added to the Brier score at the deciding token. A student that starts with its
     /// mass on 0% fits its high labels slowly under the Brier score and writes below them; the
@@ -174,6 +182,19 @@ pub struct TrainSection {
     /// under a high label. Both are lowest when ē is the label. 0 = off.
     #[serde(deserialize_with = "bounded::non_negative")]
     pub value_log: f64,
+    /// Under `brier` and `log`: weight of the squared gap between the expected value ē and
+    /// the label, averaged over each micro-batch before squaring: λ·(Σ w·(ē − y))² / Σ w. Per
+    /// answer the scoring rules are lowest at the label, but a student that starts at the
+    /// labels' mode (0%) and cannot fit every answer stays under them on average (SmolLM2's
+    /// right answers: ē 0.44 against labels of 0.64); this term pulls the batch's mean to the
+    /// labels' wherever that is cheapest for the scoring rule and leaves each answer's own
+    /// target alone. On SmolLM2 the cheapest answers were the wrong ones at 0% (to 10%), so
+    /// the level rose and the ranking fell (README § SmolLM2, 2026-12-07 midday). 0 = off.
+    #[serde(
+        deserialize_with = "bounded::non_negative",
+        skip_serializing_if = "is_zero"
+    )]
+    pub value_level: f64,
     /// The percent values the confidence line is trained to write (each label goes to the
     /// nearest), also the set the evaluation's expected readout reads. Empty = the deciles,
     /// where two share their first token keeping the one farther from 50% (digit tokenizers
@@ -221,6 +242,19 @@ pub enum LossOn {
 pub enum AnswerTarget {
     Distribution,
     Greedy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ValueCeTarget {
+    Written,
+    TwoHot,
+}
+
+impl ValueCeTarget {
+    fn is_written(&self) -> bool {
+        *self == ValueCeTarget::Written
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -295,7 +329,9 @@ impl Default for TrainSection {
             value_ce: 0.0,
             value_ce_decay: 0.0,
             value_ce_floor: 0.0,
+            value_ce_target: ValueCeTarget::Written,
             value_log: 0.0,
+            value_level: 0.0,
             values: vec![],
             value_digits: 1,
             answer_target: AnswerTarget::Distribution,
@@ -612,6 +648,14 @@ impl Recipe {
         if self.train.value_ce > 0.0 && self.train.confidence_loss == ConfidenceLoss::Ce {
             bail!("train.value_ce adds a cross-entropy to the brier or log score; under confidence_loss = \"ce\" the deciding token already has one (scale it with train.value_weight)");
         }
+        if self.train.value_level > 0.0
+            && !matches!(
+                self.train.confidence_loss,
+                ConfidenceLoss::Brier | ConfidenceLoss::Log
+            )
+        {
+            bail!("train.value_level = {} matches the batch's mean expected value to its mean label; confidence_loss is \"{}\" (allowed with value_level > 0: \"brier\", \"log\")", self.train.value_level, self.train.confidence_loss.name());
+        }
         if self.train.value_log > 0.0 && self.train.confidence_loss != ConfidenceLoss::Brier {
             bail!("train.value_log = {} adds the log loss of the expected value beside the brier score; confidence_loss is \"{}\" (allowed with value_log > 0: \"brier\"; under \"log\" it is the loss already)", self.train.value_log, self.train.confidence_loss.name());
         }
@@ -620,6 +664,9 @@ impl Recipe {
         }
         if self.train.value_ce_floor > 0.0 && self.train.value_ce_decay == 0.0 {
             bail!("train.value_ce_floor = {} is where train.value_ce_decay takes value_ce, and value_ce_decay is 0 (value_ce holds for the whole run): set value_ce_decay > 0 or drop value_ce_floor", self.train.value_ce_floor);
+        }
+        if self.train.value_ce_target == ValueCeTarget::TwoHot && self.train.value_ce == 0.0 {
+            bail!("train.value_ce_target = \"two-hot\" says what train.value_ce's cross-entropy aims at, and value_ce is 0: set value_ce > 0 or drop value_ce_target");
         }
         if self.train.value_ce_floor > self.train.value_ce {
             bail!("train.value_ce_floor = {} is above train.value_ce = {} (allowed: 0 to value_ce; value_ce falls to the floor)", self.train.value_ce_floor, self.train.value_ce);

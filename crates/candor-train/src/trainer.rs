@@ -12,7 +12,9 @@
 use crate::checkpoint;
 use crate::curriculum;
 use crate::optim::AdamW;
-use crate::recipe::{AnswerSource, AnswerTarget, ConfidenceLoss, ConfidenceTarget, LossOn, Recipe};
+use crate::recipe::{
+    AnswerSource, AnswerTarget, ConfidenceLoss, ConfidenceTarget, LossOn, Recipe, ValueCeTarget,
+};
 use crate::schedule::lr_at;
 use crate::weighting;
 use anyhow::{bail, Context, Result};
@@ -100,9 +102,14 @@ pub struct Objective {
     pub value_ce_decay: f64,
     /// Where `value_ce` falls to and holds after its decay (`train.value_ce_floor`).
     pub value_ce_floor: f64,
+    /// What that cross-entropy aims at (`train.value_ce_target`).
+    pub value_ce_target: ValueCeTarget,
     /// Weight of the log loss of the expected value beside the Brier score there
     /// (`train.value_log`).
     pub value_log: f64,
+    /// Weight of the squared gap between the micro-batch's mean expected value and its mean
+    /// label (`train.value_level`).
+    pub value_level: f64,
     /// Stop the confidence loss's gradient at the context's keys and values
     /// (`train.detach_context`).
     pub detach_context: bool,
@@ -139,7 +146,9 @@ impl Objective {
             value_ce: 0.0,
             value_ce_decay: 0.0,
             value_ce_floor: 0.0,
+            value_ce_target: ValueCeTarget::Written,
             value_log: 0.0,
+            value_level: 0.0,
             detach_context: false,
             values: None,
             value_digits: 1,
@@ -176,7 +185,9 @@ impl Objective {
             value_ce: t.value_ce,
             value_ce_decay: t.value_ce_decay,
             value_ce_floor: t.value_ce_floor,
+            value_ce_target: t.value_ce_target,
             value_log: t.value_log,
+            value_level: t.value_level,
             detach_context: confidence && t.detach_context,
             values,
             value_digits: t.value_digits,
@@ -351,6 +362,7 @@ pub fn batch_loss<B: Backend>(
     let scores = obj.scores_value();
     let vce = obj.value_ce as f32;
     let vlog = obj.value_log as f32;
+    let vlevel = obj.value_level as f32;
     for (i, s) in seqs.iter().enumerate() {
         for (j, soft) in s.soft.iter().enumerate() {
             for &(tk, p) in soft {
@@ -366,9 +378,17 @@ pub fn batch_loss<B: Backend>(
                         ce.push((i, p - 1, s.ids[p], s.weight * vw));
                         continue;
                     }
-                    val.push((i, p - 1, y, s.weight * vw, s.weight * vlog));
+                    // the level term reads the first digit's ē only, never a units digit
+                    let level = if s.value.is_some_and(|v| v.0 == p) {
+                        s.weight * vlevel
+                    } else {
+                        0.0
+                    };
+                    val.push((i, p - 1, y, s.weight * vw, s.weight * vlog, level));
                     if vce > 0.0 {
-                        ce.push((i, p - 1, s.ids[p], s.weight * vce));
+                        value_ce_targets(obj, s.ids[p], y, |tk, w| {
+                            ce.push((i, p - 1, tk, s.weight * vce * w))
+                        });
                     }
                 }
                 _ => ce.push((i, p - 1, s.ids[p], s.weight)),
@@ -399,10 +419,31 @@ pub fn batch_loss<B: Backend>(
         let w: Vec<f32> = val.iter().map(|c| c.3).collect();
         let w_log: Option<Vec<f32>> = (vlog > 0.0).then(|| val.iter().map(|c| c.4).collect());
         let logits = model.logits(hidden.rows(&at, device));
+        let w_level: Option<Vec<f32>> = (vlevel > 0.0).then(|| val.iter().map(|c| c.5).collect());
         let (kind, w_log) = (obj.confidence_loss, w_log.as_deref());
-        loss = loss + value_loss(logits, vs, kind, &y, &w, w_log, device);
+        let extra = ExtraTerms {
+            log: w_log,
+            level: w_level.as_deref(),
+        };
+        loss = loss + value_loss(logits, vs, kind, &y, &w, extra, device);
     }
     (loss, n_tokens)
+}
+
+/// The cross-entropy targets of `train.value_ce` at a scored token that wrote `written` for
+/// the target `y` (a share): the written token, or under `two-hot` the two values around `y`
+/// weighted so that their mean is `y` ([`ValueSet::two_hot`]).
+fn value_ce_targets(obj: &Objective, written: u32, y: f32, mut push: impl FnMut(u32, f32)) {
+    match (obj.value_ce_target, obj.values.as_ref()) {
+        (ValueCeTarget::TwoHot, Some(vs)) => {
+            for (k, w) in vs.two_hot(y as f64 * 100.0).into_iter().enumerate() {
+                if w > 0.0 {
+                    push(vs.tokens[k], w as f32);
+                }
+            }
+        }
+        _ => push(written, 1.0),
+    }
 }
 
 /// Final hidden states of a batch, `[n, d]`, readable at any `(row, position)` that carries a
@@ -579,15 +620,14 @@ impl<B: Backend> Hidden<B> {
 /// probability on any value token,
 /// `brier`: Σ_v q(v)·(v − y)² − m, `log`: −[y·ln ē + (1 − y)·ln(1 − ē)] − m with ē = Σ_v q(v)·v.
 /// The −m term keeps the value token where the value belongs (it is the cross-entropy of
-/// "some value"). Weighted by `weights`; `log_weights` (`train.value_log`, under `brier`) adds
-/// the `log` score of ē with those weights.
+/// "some value"). Weighted by `weights`; `extra` adds the terms beside it.
 pub fn value_loss<B: Backend>(
     logits: Tensor<B, 2>,
     vs: &ValueSet,
     kind: ConfidenceLoss,
     targets: &[f32],
     weights: &[f32],
-    log_weights: Option<&[f32]>,
+    extra: ExtraTerms,
     device: &B::Device,
 ) -> Tensor<B, 1> {
     let n = targets.len();
@@ -614,9 +654,19 @@ pub fn value_loss<B: Backend>(
         let e = (q * vals.clone()).sum_dim(1).clamp(1e-4, 1.0 - 1e-4);
         (y.clone() * e.clone().log() + (y.clone().neg() + 1.0) * (e.neg() + 1.0).log()).neg()
     };
-    let extra = log_weights.map(|lw| {
+    let log_term = extra.log.map(|lw| {
         let lw = Tensor::<B, 2>::from_data(TensorData::new(lw.to_vec(), [n, 1]), device);
         (log_score(q.clone()) * lw).sum().reshape([1])
+    });
+    // λ·(Σ u·(ē − y))² / Σ u, u = λ × the row's weight (0 on a units digit)
+    let level_term = extra.level.and_then(|u| {
+        let total: f32 = u.iter().sum();
+        (total > 0.0).then(|| {
+            let u = Tensor::<B, 2>::from_data(TensorData::new(u.to_vec(), [n, 1]), device);
+            let e = (q.clone() * vals.clone()).sum_dim(1);
+            let gap = ((e - y.clone()) * u).sum();
+            (gap.powi_scalar(2) / total).reshape([1])
+        })
     });
     let score = match kind {
         ConfidenceLoss::Brier => (q * (vals.clone() - y.clone()).powi_scalar(2)).sum_dim(1),
@@ -634,10 +684,20 @@ pub fn value_loss<B: Backend>(
     };
     let w = Tensor::<B, 2>::from_data(TensorData::new(weights.to_vec(), [n, 1]), device);
     let loss = ((score + mass_nll) * w).sum().reshape([1]);
-    match extra {
-        Some(x) => loss + x,
-        None => loss,
-    }
+    [log_term, level_term]
+        .into_iter()
+        .flatten()
+        .fold(loss, |l, x| l + x)
+}
+
+/// The terms [`value_loss`] adds beside the scoring rule, each with one weight per row:
+/// `log` (`train.value_log`, under `brier`) the `log` score of ē; `level`
+/// (`train.value_level`, λ × the row's weight, 0 on rows it skips) the squared gap between
+/// the rows' mean ē and their mean label, λ·(Σ w·(ē − y))² / Σ w.
+#[derive(Clone, Copy, Default)]
+pub struct ExtraTerms<'a> {
+    pub log: Option<&'a [f32]>,
+    pub level: Option<&'a [f32]>,
 }
 
 /// Gradients of one optimizer step over `batch`, in micro-batches of `micro`: each micro-batch
@@ -730,6 +790,10 @@ pub fn train<B: AutodiffBackend>(
             r.train.global_batch
         ));
     }
+    let two_hot = match obj.value_ce_target {
+        ValueCeTarget::TwoHot => " (two-hot)",
+        ValueCeTarget::Written => "",
+    };
     say(match (&obj.values, obj.loss_on) {
         (Some(vs), LossOn::Confidence) => format!(
             "loss on the confidence line only (answer: {}, answer_kl {}), value token loss {} × {}{}, values {}",
@@ -749,17 +813,25 @@ pub fn train<B: AutodiffBackend>(
             obj.value_weight,
             if obj.value_ce > 0.0 && obj.value_ce_decay > 0.0 {
                 format!(
-                    " + cross-entropy × {} falling to {} over the first {:.0}% of the steps",
+                    " + cross-entropy{} × {} falling to {} over the first {:.0}% of the steps",
+                    two_hot,
                     obj.value_ce,
                     obj.value_ce_floor,
                     100.0 * obj.value_ce_decay
                 )
             } else if obj.value_ce > 0.0 {
-                format!(" + cross-entropy × {}", obj.value_ce)
+                format!(" + cross-entropy{} × {}", two_hot, obj.value_ce)
             } else {
                 String::new()
             } + &if obj.value_log > 0.0 {
                 format!(" + log loss of the expected value × {}", obj.value_log)
+            } else {
+                String::new()
+            } + &if obj.value_level > 0.0 {
+                format!(
+                    " + squared gap of the batch's mean expected value to its mean label × {}",
+                    obj.value_level
+                )
             } else {
                 String::new()
             },

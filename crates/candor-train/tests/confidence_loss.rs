@@ -11,7 +11,7 @@ use candor_confidence::{values, ValueSet};
 use candor_data::config::Style;
 use candor_data::{dataset, load_items, DataConfig, Example};
 use candor_model::{Llama, ModelConfig, Tokenizer};
-use candor_train::recipe::{AnswerSource, ConfidenceLoss, ConfidenceTarget, LossOn};
+use candor_train::recipe::{AnswerSource, ConfidenceLoss, ConfidenceTarget, LossOn, ValueCeTarget};
 use candor_train::trainer::{batch_loss, encode, Objective, Seq};
 use candor_train::weighting::balance_by_label_bin;
 
@@ -68,7 +68,9 @@ fn objective(tok: &Tokenizer, loss: ConfidenceLoss, kl: f64) -> Objective {
         value_ce: 0.0,
         value_ce_decay: 0.0,
         value_ce_floor: 0.0,
+        value_ce_target: ValueCeTarget::Written,
         value_log: 0.0,
+        value_level: 0.0,
         detach_context: false,
         values: Some(ValueSet::new(tok).unwrap()),
         value_digits: 1,
@@ -144,6 +146,8 @@ fn direct_loss(
     let (vw, vce, vlog) = (obj.value_weight, obj.value_ce, obj.value_log);
     let dev = Default::default();
     let mut total = Tensor::<A, 1>::zeros([1], &dev);
+    // value_level: Σ w·(ē − y) and Σ w over the first digits of the batch
+    let (mut gap, mut wsum) = (Tensor::<A, 1>::zeros([1], &dev), 0.0);
     for s in seqs {
         let logits = model.forward_logits(std::slice::from_ref(&s.ids), &dev);
         let [_, t, v] = logits.dims();
@@ -182,7 +186,8 @@ fn direct_loss(
                         .map(|(q, &val)| q.clone() * (val as f64 / 100.0))
                         .reduce(|a, b| a + b)
                         .unwrap();
-                    let log_e = (e.clone().log() * y + (e.neg() + 1.0).log() * (1.0 - y)).neg();
+                    let log_e =
+                        (e.clone().log() * y + (e.clone().neg() + 1.0).log() * (1.0 - y)).neg();
                     let score = match kind {
                         ConfidenceLoss::Brier => q
                             .iter()
@@ -199,13 +204,33 @@ fn direct_loss(
                             .unwrap(),
                         ConfidenceLoss::Ce => unreachable!(),
                     };
-                    total = total + (score - mass.log()) * (w * vw) - at(p, s.ids[p]) * (w * vce)
+                    // value_ce: the written token, or the two values around the label
+                    let ce = match obj.value_ce_target {
+                        ValueCeTarget::Written => at(p, s.ids[p]).neg(),
+                        ValueCeTarget::TwoHot => vs
+                            .tokens
+                            .iter()
+                            .zip(vs.two_hot(y * 100.0))
+                            .map(|(&t, h)| at(p, t) * -h)
+                            .reduce(|a, b| a + b)
+                            .unwrap(),
+                    };
+                    if s.value.is_some_and(|v| v.0 == p) {
+                        gap = gap + (e.clone() - y) * w;
+                        wsum += w;
+                    }
+                    total = total
+                        + (score - mass.log()) * (w * vw)
+                        + ce * (w * vce)
                         + log_e * (w * vlog);
                 }
                 Some(_) => total = total - at(p, s.ids[p]) * (w * vw),
                 _ => total = total - at(p, s.ids[p]) * w,
             }
         }
+    }
+    if obj.value_level > 0.0 && wsum > 0.0 {
+        total = total + gap.powi_scalar(2) * (obj.value_level / wsum);
     }
     total
 }
@@ -229,11 +254,25 @@ fn check_against_direct_digits(
     vlog: f64,
     digits: u8,
 ) {
+    check_against_direct_with(kind, kl, vw, vce, vlog, digits, |_| {});
+}
+
+/// [`check_against_direct_digits`] with the objective's other settings changed by `tweak`
+/// (`value_ce_target`, `value_level`); returns the loss.
+fn check_against_direct_with(
+    kind: ConfidenceLoss,
+    kl: f64,
+    vw: f64,
+    vce: f64,
+    vlog: f64,
+    digits: u8,
+    tweak: impl FnOnce(&mut Objective),
+) -> f64 {
     let (tok, _d) = tokenizer();
     let ex = labelled(&tok);
     let w: Vec<f64> = (0..ex.len()).map(|i| 0.5 + (i % 4) as f64 * 0.5).collect();
     let base = objective(&tok, kind, kl);
-    let obj = Objective {
+    let mut obj = Objective {
         value_weight: vw,
         value_ce: vce,
         value_log: vlog,
@@ -245,6 +284,7 @@ fn check_against_direct_digits(
         },
         ..base
     };
+    tweak(&mut obj);
     let (seqs, _, _) = encode(&tok, &ex, &w, Style::Plain, 256, &obj).unwrap();
     let cfg = ModelConfig::preset("tiny", 259).unwrap();
     let model = Llama::<A>::init(&cfg, 5, &Default::default());
@@ -271,6 +311,7 @@ fn check_against_direct_digits(
         "{kind:?}: answer CE must change the loss: {f} vs {x}"
     );
     assert_same_gradients(&model, fast, slow, 2e-4, &format!("{kind:?}"));
+    f
 }
 
 #[test]
@@ -311,6 +352,40 @@ fn value_ce_adds_the_written_labels_cross_entropy_beside_the_scoring_rule() {
         ConfidenceLoss::TwoHot,
     ] {
         check_against_direct(kind, 0.5, 7.0, 0.3);
+    }
+}
+
+#[test]
+fn value_ce_aimed_two_hot_spreads_the_label_over_the_two_values_around_it() {
+    for digits in [1, 2] {
+        let check = |target| {
+            check_against_direct_with(ConfidenceLoss::Brier, 0.5, 7.0, 20.0, 0.4, digits, |o| {
+                o.value_ce_target = target
+            })
+        };
+        let (two_hot, written) = (check(ValueCeTarget::TwoHot), check(ValueCeTarget::Written));
+        assert!(
+            (two_hot - written).abs() > 1e-3 * written.abs(),
+            "{digits} digits: the two-hot target must change the loss: {two_hot} vs {written}"
+        );
+    }
+}
+
+#[test]
+fn value_level_adds_the_squared_gap_of_the_batchs_mean_expected_value() {
+    for kind in [ConfidenceLoss::Brier, ConfidenceLoss::Log] {
+        for digits in [1, 2] {
+            let check = |level| {
+                check_against_direct_with(kind, 0.5, 7.0, 0.3, 0.0, digits, |o| {
+                    o.value_level = level
+                })
+            };
+            let (with, without) = (check(2000.0), check(0.0));
+            assert!(
+                with > without + 1e-3 * without.abs(),
+                "{kind:?}, {digits} digits: the level term must add to the loss: {with} vs {without}"
+            );
+        }
     }
 }
 

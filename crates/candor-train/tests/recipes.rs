@@ -95,6 +95,25 @@ fn malformed_recipes_name_key_line_and_allowed_values() {
         e.contains("train.value_ce_floor") && e.contains("allowed: 0 to value_ce"),
         "{e}"
     );
+    let e = err(&format!("{MODEL}[train]\nvalue_ce_target = \"two-hot\"\n"));
+    assert!(
+        e.contains("train.value_ce_target") && e.contains("set value_ce > 0"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MODEL}[train]\nvalue_ce = 1\nvalue_ce_target = \"mode\"\n"
+    ));
+    assert!(
+        e.contains("value_ce_target") && e.contains("written") && e.contains("two-hot"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MODEL}[train]\nconfidence_loss = \"two-hot\"\nvalue_level = 10\n"
+    ));
+    assert!(
+        e.contains("train.value_level") && e.contains("allowed with value_level > 0"),
+        "{e}"
+    );
     // bad enum value lists the allowed ones
     let e = err(&format!("{MODEL}[labels]\nteacher = \"oracle\"\n"));
     assert!(
