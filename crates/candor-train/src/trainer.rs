@@ -649,28 +649,28 @@ pub fn value_loss<B: Backend>(
     let vals: Vec<f32> = vs.values.iter().map(|&v| v as f32 / 100.0).collect();
     let vals = Tensor::<B, 2>::from_data(TensorData::new(vals, [1, k]), device);
     let y = Tensor::<B, 2>::from_data(TensorData::new(targets.to_vec(), [n, 1]), device);
-    // −[y ln ē + (1 − y) ln(1 − ē)], ē = Σ_v q(v)·v
-    let log_score = |q: Tensor<B, 2>| {
-        let e = (q * vals.clone()).sum_dim(1).clamp(1e-4, 1.0 - 1e-4);
+    let e = (q.clone() * vals.clone()).sum_dim(1); // ē = Σ_v q(v)·v, [n, 1]
+                                                   // −[y ln ē + (1 − y) ln(1 − ē)]
+    let log_score = || {
+        let e = e.clone().clamp(1e-4, 1.0 - 1e-4);
         (y.clone() * e.clone().log() + (y.clone().neg() + 1.0) * (e.neg() + 1.0).log()).neg()
     };
     let log_term = extra.log.map(|lw| {
         let lw = Tensor::<B, 2>::from_data(TensorData::new(lw.to_vec(), [n, 1]), device);
-        (log_score(q.clone()) * lw).sum().reshape([1])
+        (log_score() * lw).sum().reshape([1])
     });
     // λ·(Σ u·(ē − y))² / Σ u, u = λ × the row's weight (0 on a units digit)
     let level_term = extra.level.and_then(|u| {
         let total: f32 = u.iter().sum();
         (total > 0.0).then(|| {
             let u = Tensor::<B, 2>::from_data(TensorData::new(u.to_vec(), [n, 1]), device);
-            let e = (q.clone() * vals.clone()).sum_dim(1);
-            let gap = ((e - y.clone()) * u).sum();
+            let gap = ((e.clone() - y.clone()) * u).sum();
             (gap.powi_scalar(2) / total).reshape([1])
         })
     });
     let score = match kind {
         ConfidenceLoss::Brier => (q * (vals.clone() - y.clone()).powi_scalar(2)).sum_dim(1),
-        ConfidenceLoss::Log => log_score(q),
+        ConfidenceLoss::Log => log_score(),
         ConfidenceLoss::TwoHot => {
             let t: Vec<f32> = targets
                 .iter()

@@ -238,7 +238,7 @@ fn direct_loss(
 /// batch_loss against direct_loss: value and every parameter's gradient; and the direct loss
 /// with the answers' cross-entropy added must differ (the answers carry no loss).
 fn check_against_direct(kind: ConfidenceLoss, kl: f64, vw: f64, vce: f64) {
-    check_against_direct_digits(kind, kl, vw, vce, 0.0, 1)
+    check_against_direct_with(kind, kl, vw, vce, 0.0, 1, |_| {});
 }
 
 /// The deciles 0–90, the value set two-digit lines need.
@@ -246,19 +246,8 @@ fn deciles(tok: &Tokenizer) -> ValueSet {
     ValueSet::exact(tok, &[0, 10, 20, 30, 40, 50, 60, 70, 80, 90]).unwrap()
 }
 
-fn check_against_direct_digits(
-    kind: ConfidenceLoss,
-    kl: f64,
-    vw: f64,
-    vce: f64,
-    vlog: f64,
-    digits: u8,
-) {
-    check_against_direct_with(kind, kl, vw, vce, vlog, digits, |_| {});
-}
-
-/// [`check_against_direct_digits`] with the objective's other settings changed by `tweak`
-/// (`value_ce_target`, `value_level`); returns the loss.
+/// [`check_against_direct`] with `value_log`, one- or two-digit values and the objective's
+/// other settings changed by `tweak` (`value_ce_target`, `value_level`); returns the loss.
 fn check_against_direct_with(
     kind: ConfidenceLoss,
     kl: f64,
@@ -391,8 +380,8 @@ fn value_level_adds_the_squared_gap_of_the_batchs_mean_expected_value() {
 
 #[test]
 fn value_log_adds_the_expected_values_log_score_beside_brier() {
-    check_against_direct_digits(ConfidenceLoss::Brier, 0.5, 7.0, 0.3, 0.4, 1);
-    check_against_direct_digits(ConfidenceLoss::Brier, 0.0, 2.0, 0.0, 1.5, 2);
+    check_against_direct_with(ConfidenceLoss::Brier, 0.5, 7.0, 0.3, 0.4, 1, |_| {});
+    check_against_direct_with(ConfidenceLoss::Brier, 0.0, 2.0, 0.0, 1.5, 2, |_| {});
     // the term changes the loss: without it the two computations must differ
     let (tok, _d) = tokenizer();
     let ex = labelled(&tok);
@@ -470,13 +459,14 @@ fn two_digit_values_write_the_rounded_label_and_score_its_units_digit() {
         ConfidenceLoss::TwoHot,
         ConfidenceLoss::Ce,
     ] {
-        check_against_direct_digits(
+        check_against_direct_with(
             kind,
             0.5,
             7.0,
             if kind == ConfidenceLoss::Ce { 0.0 } else { 0.3 },
             0.0,
             2,
+            |_| {},
         );
     }
     // a label under 10 goes to the nearer of 0% and 10%
