@@ -92,6 +92,11 @@ fn is_zero(x: &f64) -> bool {
     *x == 0.0
 }
 
+/// Leave a setting out of the serialised recipe while it has its default of 1.
+fn is_one(x: &f64) -> bool {
+    *x == 1.0
+}
+
 /// `[train]`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -222,6 +227,12 @@ pub struct TrainSection {
     /// `label-bin`: weight each example by 1 / (examples in its 10-point teacher-label bin),
     /// normalised to mean 1, so every label bin weighs the same; `none`: no balancing.
     pub balance: Balance,
+    /// Under `balance = "label-bin"`: how far to balance, each example weighing
+    /// 1 / (examples in its bin)^balance_power (normalised to mean 1). 1 = every occupied bin
+    /// weighs the same; 0.5 = a bin's total weight grows as the square root of its count
+    /// (a bin with 16 times the examples weighs 4 times as much); 0 = no balancing.
+    #[serde(deserialize_with = "bounded::fraction", skip_serializing_if = "is_one")]
+    pub balance_power: f64,
     /// Full fine-tuning of these decoder layers only (0-based): their projections and norms
     /// train, every other weight (embeddings and the tied head, the final norm, the other
     /// layers) stays as loaded. Empty = every weight trains. Not with `[lora]`, whose own
@@ -338,6 +349,7 @@ impl Default for TrainSection {
             detach_context: true,
             rehearsal: vec![],
             balance: Balance::None,
+            balance_power: 1.0,
             layers: vec![],
         }
     }
@@ -664,6 +676,9 @@ impl Recipe {
         }
         if self.train.value_ce_floor > 0.0 && self.train.value_ce_decay == 0.0 {
             bail!("train.value_ce_floor = {} is where train.value_ce_decay takes value_ce, and value_ce_decay is 0 (value_ce holds for the whole run): set value_ce_decay > 0 or drop value_ce_floor", self.train.value_ce_floor);
+        }
+        if self.train.balance_power != 1.0 && self.train.balance == Balance::None {
+            bail!("train.balance_power = {} says how far train.balance = \"label-bin\" balances, and balance is \"none\": set balance = \"label-bin\" or drop balance_power", self.train.balance_power);
         }
         if self.train.value_ce_target == ValueCeTarget::TwoHot && self.train.value_ce == 0.0 {
             bail!("train.value_ce_target = \"two-hot\" says what train.value_ce's cross-entropy aims at, and value_ce is 0: set value_ce > 0 or drop value_ce_target");

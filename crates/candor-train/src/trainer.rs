@@ -768,12 +768,13 @@ pub fn train<B: AutodiffBackend>(
     }
     if r.train.balance == crate::recipe::Balance::LabelBin {
         let labels: Vec<f64> = conf.iter().map(|c| c.0).collect();
-        let b = weighting::balance_by_label_bin(&labels);
+        let b = weighting::balance_by_label_bin(&labels, r.train.balance_power);
         for (w, b) in weights.iter_mut().zip(&b) {
             *w *= b;
         }
         say(format!(
-            "label balancing (train.balance = \"label-bin\"): {}",
+            "label balancing (train.balance = \"label-bin\", balance_power {}): {}",
+            r.train.balance_power,
             weighting::bin_summary(&labels, &weights)
         ));
     }

@@ -34,16 +34,17 @@ fn label_bin(percent: f64) -> usize {
 }
 
 /// Label balancing (Self-Calibration balances its training set by label bin): each example
-/// weighs 1 / (examples in its 10-point label bin), normalised to mean 1, so that every
-/// occupied bin carries the same total weight.
-pub fn balance_by_label_bin(labels: &[f64]) -> Vec<f64> {
+/// weighs 1 / (examples in its 10-point label bin)^power, normalised to mean 1. At power 1
+/// every occupied bin carries the same total weight; below it a bin's total grows as
+/// count^(1 − power), part way back to the unbalanced counts (power 0).
+pub fn balance_by_label_bin(labels: &[f64], power: f64) -> Vec<f64> {
     let mut count = [0usize; 10];
     for &l in labels {
         count[label_bin(l)] += 1;
     }
     let raw: Vec<f64> = labels
         .iter()
-        .map(|&l| 1.0 / count[label_bin(l)] as f64)
+        .map(|&l| (count[label_bin(l)] as f64).powf(-power))
         .collect();
     let mean = raw.iter().sum::<f64>() / raw.len().max(1) as f64;
     raw.iter().map(|r| r / mean).collect()

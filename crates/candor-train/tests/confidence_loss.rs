@@ -490,7 +490,7 @@ fn label_balancing_gives_every_bin_the_same_weight() {
     let labels = [
         0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 5.0, 9.0, 33.0, 35.0, 100.0, 95.0,
     ];
-    let w = balance_by_label_bin(&labels);
+    let w = balance_by_label_bin(&labels, 1.0);
     let mean = w.iter().sum::<f64>() / w.len() as f64;
     assert!((mean - 1.0).abs() < 1e-12);
     let mut per_bin = std::collections::BTreeMap::new();
@@ -504,6 +504,44 @@ fn label_balancing_gives_every_bin_the_same_weight() {
     for x in &v {
         assert!((x - v[0]).abs() < 1e-12, "{per_bin:?}");
     }
+}
+
+#[test]
+fn partial_label_balancing_grows_a_bins_weight_as_a_power_of_its_count() {
+    // 16 answers at 0-9%, 4 at 30-39%, 1 at 90-100%.
+    let mut labels = vec![2.0; 16];
+    labels.extend([31.0, 33.0, 35.0, 38.0, 95.0]);
+    let per_bin = |w: &[f64]| {
+        let mut t = [0.0; 3];
+        for (l, w) in labels.iter().zip(w) {
+            t[if *l < 10.0 {
+                0
+            } else if *l < 90.0 {
+                1
+            } else {
+                2
+            }] += w;
+        }
+        t
+    };
+    for power in [0.0, 0.5, 0.75, 1.0] {
+        let w = balance_by_label_bin(&labels, power);
+        let mean = w.iter().sum::<f64>() / w.len() as f64;
+        assert!((mean - 1.0).abs() < 1e-12, "{power}: mean {mean}");
+        let t = per_bin(&w);
+        // A bin's total is count^(1 - power), up to the common scale.
+        for (i, n) in [16.0f64, 4.0, 1.0].iter().enumerate() {
+            let want = n.powf(1.0 - power);
+            assert!(
+                (t[i] / t[2] - want).abs() < 1e-9,
+                "power {power}, bin {i}: {} against {want}",
+                t[i] / t[2]
+            );
+        }
+    }
+    assert!(balance_by_label_bin(&labels, 0.0)
+        .iter()
+        .all(|w| (w - 1.0).abs() < 1e-12));
 }
 
 #[test]

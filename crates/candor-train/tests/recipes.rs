@@ -114,6 +114,18 @@ fn malformed_recipes_name_key_line_and_allowed_values() {
         e.contains("train.value_level") && e.contains("allowed with value_level > 0"),
         "{e}"
     );
+    let e = err(&format!("{MODEL}[train]\nbalance_power = 0.5\n"));
+    assert!(
+        e.contains("train.balance_power") && e.contains("set balance = \"label-bin\""),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MODEL}[train]\nbalance = \"label-bin\"\nbalance_power = 1.5\n"
+    ));
+    assert!(
+        e.contains("balance_power") && e.contains("allowed: 0 to 1"),
+        "{e}"
+    );
     // bad enum value lists the allowed ones
     let e = err(&format!("{MODEL}[labels]\nteacher = \"oracle\"\n"));
     assert!(
