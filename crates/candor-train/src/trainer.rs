@@ -649,8 +649,9 @@ pub fn value_loss<B: Backend>(
     let vals: Vec<f32> = vs.values.iter().map(|&v| v as f32 / 100.0).collect();
     let vals = Tensor::<B, 2>::from_data(TensorData::new(vals, [1, k]), device);
     let y = Tensor::<B, 2>::from_data(TensorData::new(targets.to_vec(), [n, 1]), device);
-    let e = (q.clone() * vals.clone()).sum_dim(1); // ē = Σ_v q(v)·v, [n, 1]
-                                                   // −[y ln ē + (1 − y) ln(1 − ē)]
+    // ē = Σ_v q(v)·v, [n, 1]
+    let e = (q.clone() * vals.clone()).sum_dim(1);
+    // −[y ln ē + (1 − y) ln(1 − ē)]
     let log_score = || {
         let e = e.clone().clamp(1e-4, 1.0 - 1e-4);
         (y.clone() * e.clone().log() + (y.clone().neg() + 1.0) * (e.neg() + 1.0).log()).neg()

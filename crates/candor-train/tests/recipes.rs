@@ -29,152 +29,153 @@ fn err(text: &str) -> String {
     Recipe::parse(text).unwrap_err().to_string()
 }
 
+/// `text` is rejected with an error that contains every one of `needles`.
+fn rejects(text: &str, needles: &[&str]) {
+    let e = err(text);
+    for n in needles {
+        assert!(e.contains(n), "missing {n:?} in: {e}");
+    }
+}
+
 const MODEL: &str = "[model]\npath = \"checkpoints/x\"\n";
 
 #[test]
 fn malformed_recipes_name_key_line_and_allowed_values() {
     // unknown key: named, with its line and the allowed keys
-    let e = err(&format!("{MODEL}[train]\nepochs = 1\nepoch = 3\n"));
-    assert!(
-        e.contains("line 5") && e.contains("unknown field `epoch`") && e.contains("`epochs`"),
-        "{e}"
+    rejects(
+        &format!("{MODEL}[train]\nepochs = 1\nepoch = 3\n"),
+        &["line 5", "unknown field `epoch`", "`epochs`"],
     );
     // unknown section
-    let e = err(&format!("{MODEL}[trainer]\nepochs = 1\n"));
-    assert!(
-        e.contains("unknown field `trainer`") && e.contains("line 3"),
-        "{e}"
+    rejects(
+        &format!("{MODEL}[trainer]\nepochs = 1\n"),
+        &["unknown field `trainer`", "line 3"],
     );
     // wrong type
-    let e = err(&format!("{MODEL}[optim]\nlr = \"fast\"\n"));
-    assert!(e.contains("line 4") && e.contains("lr"), "{e}");
+    rejects(
+        &format!("{MODEL}[optim]\nlr = \"fast\"\n"),
+        &["line 4", "lr"],
+    );
     // out of range
-    let e = err(&format!("{MODEL}[labels]\ntau_hi = 150\n"));
-    assert!(
-        e.contains("line 4") && e.contains("tau_hi") && e.contains("allowed: 0 to 100"),
-        "{e}"
+    rejects(
+        &format!("{MODEL}[labels]\ntau_hi = 150\n"),
+        &["line 4", "tau_hi", "allowed: 0 to 100"],
     );
-    let e = err(&format!("{MODEL}[train]\nmicro_batch = 0\n"));
-    assert!(e.contains("micro_batch") && e.contains("1 or more"), "{e}");
-    let e = err(&format!("{MODEL}[train]\nvalue_weight = 0\n"));
-    assert!(e.contains("value_weight") && e.contains("> 0"), "{e}");
-    let e = err(&format!(
-        "{MODEL}[train]\nconfidence_loss = \"ce\"\nvalue_ce = 1\n"
-    ));
-    assert!(
-        e.contains("train.value_ce") && e.contains("value_weight"),
-        "{e}"
+    rejects(
+        &format!("{MODEL}[train]\nmicro_batch = 0\n"),
+        &["micro_batch", "1 or more"],
     );
-    let e = err(&format!(
-        "{MODEL}[train]\nconfidence_loss = \"log\"\nvalue_log = 2\n"
-    ));
-    assert!(
-        e.contains("train.value_log") && e.contains("allowed with value_log > 0: \"brier\""),
-        "{e}"
+    rejects(
+        &format!("{MODEL}[train]\nvalue_weight = 0\n"),
+        &["value_weight", "> 0"],
     );
-    let e = err(&format!("{MODEL}[train]\nvalue_ce_decay = 0.5\n"));
-    assert!(
-        e.contains("train.value_ce_decay") && e.contains("value_ce, which is 0"),
-        "{e}"
+    rejects(
+        &format!("{MODEL}[train]\nconfidence_loss = \"ce\"\nvalue_ce = 1\n"),
+        &["train.value_ce", "value_weight"],
     );
-    let e = err(&format!(
-        "{MODEL}[train]\nvalue_ce = 1\nvalue_ce_decay = 2\n"
-    ));
-    assert!(e.contains("value_ce_decay") && e.contains("0 to 1"), "{e}");
-    let e = err(&format!(
-        "{MODEL}[train]\nvalue_ce = 1\nvalue_ce_floor = 0.2\n"
-    ));
-    assert!(
-        e.contains("train.value_ce_floor") && e.contains("set value_ce_decay > 0"),
-        "{e}"
+    rejects(
+        &format!("{MODEL}[train]\nconfidence_loss = \"log\"\nvalue_log = 2\n"),
+        &["train.value_log", "allowed with value_log > 0: \"brier\""],
     );
-    let e = err(&format!(
-        "{MODEL}[train]\nvalue_ce = 1\nvalue_ce_decay = 0.5\nvalue_ce_floor = 2\n"
-    ));
-    assert!(
-        e.contains("train.value_ce_floor") && e.contains("allowed: 0 to value_ce"),
-        "{e}"
+    rejects(
+        &format!("{MODEL}[train]\nvalue_ce_decay = 0.5\n"),
+        &["train.value_ce_decay", "value_ce, which is 0"],
     );
-    let e = err(&format!("{MODEL}[train]\nvalue_ce_target = \"two-hot\"\n"));
-    assert!(
-        e.contains("train.value_ce_target") && e.contains("set value_ce > 0"),
-        "{e}"
+    rejects(
+        &format!("{MODEL}[train]\nvalue_ce = 1\nvalue_ce_decay = 2\n"),
+        &["value_ce_decay", "0 to 1"],
     );
-    let e = err(&format!(
-        "{MODEL}[train]\nvalue_ce = 1\nvalue_ce_target = \"mode\"\n"
-    ));
-    assert!(
-        e.contains("value_ce_target") && e.contains("written") && e.contains("two-hot"),
-        "{e}"
+    rejects(
+        &format!("{MODEL}[train]\nvalue_ce = 1\nvalue_ce_floor = 0.2\n"),
+        &["train.value_ce_floor", "set value_ce_decay > 0"],
     );
-    let e = err(&format!(
-        "{MODEL}[train]\nconfidence_loss = \"two-hot\"\nvalue_level = 10\n"
-    ));
-    assert!(
-        e.contains("train.value_level") && e.contains("allowed with value_level > 0"),
-        "{e}"
+    rejects(
+        &format!("{MODEL}[train]\nvalue_ce = 1\nvalue_ce_decay = 0.5\nvalue_ce_floor = 2\n"),
+        &["train.value_ce_floor", "allowed: 0 to value_ce"],
     );
-    let e = err(&format!("{MODEL}[train]\nbalance_power = 0.5\n"));
-    assert!(
-        e.contains("train.balance_power") && e.contains("set balance = \"label-bin\""),
-        "{e}"
+    rejects(
+        &format!("{MODEL}[train]\nvalue_ce_target = \"two-hot\"\n"),
+        &["train.value_ce_target", "set value_ce > 0"],
     );
-    let e = err(&format!(
-        "{MODEL}[train]\nbalance = \"label-bin\"\nbalance_power = 1.5\n"
-    ));
-    assert!(
-        e.contains("balance_power") && e.contains("allowed: 0 to 1"),
-        "{e}"
+    rejects(
+        &format!("{MODEL}[train]\nvalue_ce = 1\nvalue_ce_target = \"mode\"\n"),
+        &["value_ce_target", "written", "two-hot"],
+    );
+    rejects(
+        &format!("{MODEL}[train]\nconfidence_loss = \"two-hot\"\nvalue_level = 10\n"),
+        &["train.value_level", "allowed with value_level > 0"],
+    );
+    rejects(
+        &format!("{MODEL}[train]\nbalance_power = 0.5\n"),
+        &["train.balance_power", "set balance = \"label-bin\""],
+    );
+    rejects(
+        &format!("{MODEL}[train]\nbalance = \"label-bin\"\nbalance_power = 1.5\n"),
+        &["balance_power", "allowed: 0 to 1"],
     );
     // bad enum value lists the allowed ones
-    let e = err(&format!("{MODEL}[labels]\nteacher = \"oracle\"\n"));
-    assert!(
-        e.contains("oracle") && e.contains("empirical-subtask") && e.contains("sar"),
-        "{e}"
+    rejects(
+        &format!("{MODEL}[labels]\nteacher = \"oracle\"\n"),
+        &["oracle", "empirical-subtask", "sar"],
     );
-    let e = err(&format!("{MODEL}[data]\ngroups = [\"Add\"]\n"));
-    assert!(e.contains("Add-subtract") && e.contains("line 4"), "{e}");
+    rejects(
+        &format!("{MODEL}[data]\ngroups = [\"Add\"]\n"),
+        &["Add-subtract", "line 4"],
+    );
     // cross-field rules
-    let e = err(&format!(
-        "{MODEL}[train]\nmicro_batch = 8\nglobal_batch = 20\n"
-    ));
-    assert!(
-        e.contains("global_batch = 20") && e.contains("multiple"),
-        "{e}"
+    rejects(
+        &format!("{MODEL}[train]\nmicro_batch = 8\nglobal_batch = 20\n"),
+        &["global_batch = 20", "multiple"],
     );
-    let e = err(&format!("{MODEL}[train]\nvalues = [0, 50, 150]\n"));
-    assert!(e.contains("train.values: 150 is out of range"), "{e}");
-    let e = err(&format!("{MODEL}[train]\nvalues = [0, 50, 50]\n"));
-    assert!(e.contains("train.values: 50 is listed twice"), "{e}");
-    let e = err(&format!("{MODEL}[train]\nvalues = [50]\n"));
-    assert!(e.contains("fewer than two values"), "{e}");
-    let e = err(&format!("{MODEL}[lora]\ntargets = [\"qkv\"]\n"));
-    assert!(e.contains("lora.targets") && e.contains("q_proj"), "{e}");
-    let e = err(&format!("{MODEL}[train]\nlayers = [3]\n[lora]\nrank = 4\n"));
-    assert!(e.contains("train.layers") && e.contains("[lora]"), "{e}");
-    let e = err(&format!(
-        "{MODEL}[labels]\nteacher = \"sar\"\nsamples = 1\n"
-    ));
-    assert!(e.contains("labels.samples"), "{e}");
-    let e = err(&format!("{MODEL}[labels]\nsubtask_prior = 5\n"));
-    assert!(
-        e.contains("labels.subtask_prior") && e.contains("empirical-question"),
-        "{e}"
+    rejects(
+        &format!("{MODEL}[train]\nvalues = [0, 50, 150]\n"),
+        &["train.values: 150 is out of range"],
     );
-    let e = err(&format!(
-        "{MODEL}[labels]\nteacher = \"sar\"\nsamples = 5\nmap = \"none\"\n"
-    ));
-    assert!(e.contains("labels.map") && e.contains("isotonic"), "{e}");
-    let e = err(&format!("{MODEL}[labels]\nmap = \"linear\"\n"));
-    assert!(e.contains("linear") && e.contains("none"), "{e}");
-    let e = err(&format!("{MODEL}[labels]\nsubtask_prior = -1\n"));
-    assert!(e.contains("subtask_prior") && e.contains(">= 0"), "{e}");
-    let e = err("[model]\ndevice = \"tpu\"\npath = \"x\"\n");
-    assert!(e.contains("model.device") && e.contains("cuda"), "{e}");
-    let e = err("[data]\nper_subtask = 3\n");
-    assert!(e.contains("model"), "{e}");
-    let e = err("[model]\npreset = \"huge\"\ntokenizer = \"byte\"\n");
-    assert!(e.contains("huge") && e.contains("tiny"), "{e}");
+    rejects(
+        &format!("{MODEL}[train]\nvalues = [0, 50, 50]\n"),
+        &["train.values: 50 is listed twice"],
+    );
+    rejects(
+        &format!("{MODEL}[train]\nvalues = [50]\n"),
+        &["fewer than two values"],
+    );
+    rejects(
+        &format!("{MODEL}[lora]\ntargets = [\"qkv\"]\n"),
+        &["lora.targets", "q_proj"],
+    );
+    rejects(
+        &format!("{MODEL}[train]\nlayers = [3]\n[lora]\nrank = 4\n"),
+        &["train.layers", "[lora]"],
+    );
+    rejects(
+        &format!("{MODEL}[labels]\nteacher = \"sar\"\nsamples = 1\n"),
+        &["labels.samples"],
+    );
+    rejects(
+        &format!("{MODEL}[labels]\nsubtask_prior = 5\n"),
+        &["labels.subtask_prior", "empirical-question"],
+    );
+    rejects(
+        &format!("{MODEL}[labels]\nteacher = \"sar\"\nsamples = 5\nmap = \"none\"\n"),
+        &["labels.map", "isotonic"],
+    );
+    rejects(
+        &format!("{MODEL}[labels]\nmap = \"linear\"\n"),
+        &["linear", "none"],
+    );
+    rejects(
+        &format!("{MODEL}[labels]\nsubtask_prior = -1\n"),
+        &["subtask_prior", ">= 0"],
+    );
+    rejects(
+        "[model]\ndevice = \"tpu\"\npath = \"x\"\n",
+        &["model.device", "cuda"],
+    );
+    rejects("[data]\nper_subtask = 3\n", &["model"]);
+    rejects(
+        "[model]\npreset = \"huge\"\ntokenizer = \"byte\"\n",
+        &["huge", "tiny"],
+    );
 }
 
 #[test]
