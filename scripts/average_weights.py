@@ -7,7 +7,7 @@ Each MODEL_DIR is a run's `final/` export (HF layout, one model.safetensors). Wr
 OUT_DIR/model.safetensors with every tensor the mean over the folders (same names and shapes
 required) and copies the first folder's config and tokenizer files beside it, so that
 `target/release/eval RECIPE --after OUT_DIR` evaluates the average. Needs numpy and
-safetensors (`.venv-bench`, scripts/setup-bench-venv.sh). README § SmolLM2, "Session of
+safetensors (`.venv-bench`, scripts/setup-bench-venv.sh). docs/smollm2.md, "Session of
 2026-12-05", measures it on three LoRA seeds: the average ranks below each of them."""
 import os
 import shutil

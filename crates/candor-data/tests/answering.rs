@@ -38,7 +38,7 @@ fn labels() -> LabelsConfig {
 #[test]
 fn progress_counts_only_this_runs_questions_when_the_answers_file_holds_others() {
     // answers copied from a run over other sub-tasks and fewer questions per sub-task (as
-    // README § SmolLM2 does to reuse answers): progress counts this run's questions only
+    // docs/smollm2.md does to reuse answers): progress counts this run's questions only
     let (model, tok, dir) = setup();
     let dev = Default::default();
     let path = dir.path().join("answers.jsonl");

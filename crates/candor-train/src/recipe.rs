@@ -194,7 +194,7 @@ pub struct TrainSection {
     /// right answers: ē 0.44 against labels of 0.64); this term pulls the batch's mean to the
     /// labels' wherever that is cheapest for the scoring rule and leaves each answer's own
     /// target alone. On SmolLM2 the cheapest answers were the wrong ones at 0% (to 10%), so
-    /// the level rose and the ranking fell (README § SmolLM2, 2026-12-07 midday). 0 = off.
+    /// the level rose and the ranking fell (docs/smollm2.md, 2026-12-07 midday). 0 = off.
     #[serde(
         deserialize_with = "bounded::non_negative",
         skip_serializing_if = "is_zero"
