@@ -135,9 +135,11 @@ pub fn probe_features_at<B: Backend>(
 /// How the trained model's confidence fits its own training answers, as one line for the log:
 /// the expected value Σ q(v)·v (teacher-forced after each answer and `\nConfidence: `) of right
 /// against wrong answers beside the teacher's labels, its AUROC, its mean distance to the
-/// labels, and how many answers each value is the most likely for (what greedy decoding
-/// writes). One forward pass per example: it says within a minute whether the value token
-/// learned the labels, before the evaluation's generations.
+/// labels, how many answers each value is the most likely for (what greedy decoding writes)
+/// beside how many labels each value is nearest, and a warning for each value that at least
+/// 5% of the labels are nearest and no answer writes. One forward pass per example: it says
+/// within a minute whether the value token learned the labels, before the evaluation's
+/// generations.
 pub fn training_fit<B: Backend>(
     model: &Llama<B>,
     tok: &Tokenizer,
@@ -193,16 +195,35 @@ pub fn training_fit<B: Backend>(
         .map(|(e, t)| (e - t).abs())
         .sum::<f64>()
         / expected.len().max(1) as f64;
-    let written = vs
-        .values
-        .iter()
-        .zip(&modes)
-        .filter(|(_, &n)| n > 0)
-        .map(|(v, n)| format!("{v}%: {n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut nearest = vec![0usize; vs.values.len()];
+    for t in &teacher {
+        nearest[vs.nearest(100.0 * t)] += 1;
+    }
+    let counts = |c: &[usize]| {
+        vs.values
+            .iter()
+            .zip(c)
+            .filter(|(_, &n)| n > 0)
+            .map(|(v, n)| format!("{v}%: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (written, labelled) = (counts(&modes), counts(&nearest));
+    // A value that many labels round to and no answer writes has lost its mass, and the Brier
+    // score, whose pull on a value is proportional to its probability, cannot bring it back
+    // (SmolLM2 seed 1 lost 0% and wrote 10% for every wrong answer: docs/smollm2.md,
+    // 2026-12-07 night).
+    let lost: String = (0..vs.values.len())
+        .filter(|&i| modes[i] == 0 && nearest[i] * 20 >= examples.len().max(1))
+        .map(|i| {
+            format!(
+                "; no answer writes {}%, which {} labels are nearest (a value the Brier score cannot bring back: train.value_ce_floor keeps it)",
+                vs.values[i], nearest[i]
+            )
+        })
+        .collect();
     Ok(format!(
-        "training-set fit ({} answers): expected confidence right {} / wrong {} (teacher {} / {}); AUROC {} (teacher {}); mean |expected − teacher| {gap:.3}; most likely value {written}",
+        "training-set fit ({} answers): expected confidence right {} / wrong {} (teacher {} / {}); AUROC {} (teacher {}); mean |expected − teacher| {gap:.3}; most likely value {written}; labels nearest {labelled}{lost}",
         examples.len(),
         mean_of(&expected, true),
         mean_of(&expected, false),

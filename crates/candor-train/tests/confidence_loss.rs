@@ -859,6 +859,34 @@ fn the_training_fit_line_reports_the_expected_value_of_right_and_wrong_answers()
         )),
         "{line}"
     );
+    // labels' nearest values, and a warning for each value many labels need and none gets
+    let mut nearest = vec![0usize; vs.values.len()];
+    for e in &ex {
+        nearest[vs.nearest(e.confidence)] += 1;
+    }
+    let first = nearest.iter().position(|&n| n > 0).unwrap();
+    assert!(
+        line.contains(&format!(
+            "labels nearest {}%: {}",
+            vs.values[first], nearest[first]
+        )),
+        "{line}"
+    );
+    for i in 0..vs.values.len() {
+        let lost = modes[i] == 0 && nearest[i] * 20 >= ex.len();
+        assert_eq!(
+            line.contains(&format!("no answer writes {}%,", vs.values[i])),
+            lost,
+            "{}% most likely for {}, nearest for {}: {line}",
+            vs.values[i],
+            modes[i],
+            nearest[i]
+        );
+    }
+    assert!(
+        line.contains("no answer writes"),
+        "an untrained model writes one value for every answer and the labels need others: {line}"
+    );
 }
 
 #[test]
