@@ -196,8 +196,8 @@ pub fn training_fit<B: Backend>(
         .sum::<f64>()
         / expected.len().max(1) as f64;
     let mut nearest = vec![0usize; vs.values.len()];
-    for t in &teacher {
-        nearest[vs.nearest(100.0 * t)] += 1;
+    for e in examples {
+        nearest[vs.nearest(e.confidence)] += 1;
     }
     let counts = |c: &[usize]| {
         vs.values

@@ -851,27 +851,19 @@ fn the_training_fit_line_reports_the_expected_value_of_right_and_wrong_answers()
     let correct: Vec<bool> = ex.iter().map(|e| e.correct).collect();
     let a = candor_eval::metrics::auroc(&teacher, &correct).unwrap();
     assert!(line.contains(&format!("(teacher {a:.3})")), "{line}");
-    let top = modes.iter().position(|&n| n > 0).unwrap();
-    assert!(
-        line.contains(&format!(
-            "most likely value {}%: {}",
-            vs.values[top], modes[top]
-        )),
-        "{line}"
-    );
+    // each count list opens with its first value that has a count
+    let opens_with = |name: &str, counts: &[usize]| {
+        let i = counts.iter().position(|&n| n > 0).unwrap();
+        let want = format!("{name} {}%: {}", vs.values[i], counts[i]);
+        assert!(line.contains(&want), "{want}: {line}");
+    };
+    opens_with("most likely value", &modes);
     // labels' nearest values, and a warning for each value many labels need and none gets
     let mut nearest = vec![0usize; vs.values.len()];
     for e in &ex {
         nearest[vs.nearest(e.confidence)] += 1;
     }
-    let first = nearest.iter().position(|&n| n > 0).unwrap();
-    assert!(
-        line.contains(&format!(
-            "labels nearest {}%: {}",
-            vs.values[first], nearest[first]
-        )),
-        "{line}"
-    );
+    opens_with("labels nearest", &nearest);
     for i in 0..vs.values.len() {
         let lost = modes[i] == 0 && nearest[i] * 20 >= ex.len();
         assert_eq!(
