@@ -148,18 +148,36 @@ impl Probe {
 }
 
 /// Out-of-fold probabilities: row i's comes from a probe fitted on the rows of the other
-/// folds (row i is in fold i mod `folds`, `folds` ≥ 2), so no row's probability has seen its
-/// own label (the `probe` teacher). `Err(f)` when the rows outside fold f hold one class only.
-pub fn cross_fitted(x: &[Vec<f32>], y: &[bool], folds: usize, l2: f64) -> Result<Vec<f64>, usize> {
+/// folds, so no row's probability has seen its own label (the `probe` teacher). Rows with
+/// equal `keys` (the same question asked twice: the same greedy answer and hidden state) share
+/// a fold, or a copy in another fold would hand the probe the label; the k-th distinct key, in
+/// order of first appearance, is in fold k mod `folds` (`folds` ≥ 2), so with distinct keys row
+/// i is in fold i mod `folds`. `Err(f)` when the rows outside fold f hold one class only.
+pub fn cross_fitted<K: std::hash::Hash + Eq>(
+    x: &[Vec<f32>],
+    y: &[bool],
+    keys: &[K],
+    folds: usize,
+    l2: f64,
+) -> Result<Vec<f64>, usize> {
     assert!(folds >= 2, "cross-fitting needs at least 2 folds");
+    assert_eq!(keys.len(), x.len(), "one key per row");
+    let mut first = std::collections::HashMap::new();
+    let fold: Vec<usize> = keys
+        .iter()
+        .map(|k| {
+            let n = first.len();
+            *first.entry(k).or_insert(n) % folds
+        })
+        .collect();
     let mut p = vec![0.0; x.len()];
     for f in 0..folds {
         let (xs, ys): (Vec<Vec<f32>>, Vec<bool>) = (0..x.len())
-            .filter(|i| i % folds != f)
+            .filter(|&i| fold[i] != f)
             .map(|i| (x[i].clone(), y[i]))
             .unzip();
         let probe = Probe::fit(&xs, &ys, l2).ok_or(f)?;
-        for i in (f..x.len()).step_by(folds) {
+        for i in (0..x.len()).filter(|&i| fold[i] == f) {
             p[i] = probe.predict(&x[i]);
         }
     }
@@ -181,13 +199,14 @@ mod tests {
         };
         let x: Vec<Vec<f32>> = (0..100).map(|_| vec![r(), r()]).collect();
         let mut y: Vec<bool> = x.iter().map(|v| v[0] > 0.0).collect();
-        let before = cross_fitted(&x, &y, 5, 1.0).unwrap();
+        let keys: Vec<usize> = (0..100).collect();
+        let before = cross_fitted(&x, &y, &keys, 5, 1.0).unwrap();
         // it still ranks: the other folds teach the rule
         let right = (0..100).filter(|&i| (before[i] > 0.5) == y[i]).count();
         assert!(right >= 90, "{right} of 100");
         // flip row 7's label: its own probability is unchanged, its fold-mates' are not
         y[7] = !y[7];
-        let after = cross_fitted(&x, &y, 5, 1.0).unwrap();
+        let after = cross_fitted(&x, &y, &keys, 5, 1.0).unwrap();
         assert_eq!(before[7], after[7]);
         assert_eq!(
             before[12], after[12],
@@ -200,7 +219,38 @@ mod tests {
         // a fold whose complement has one class is named
         let one = vec![true, true, true, true, true, false];
         let x6: Vec<Vec<f32>> = (0..6).map(|i| vec![i as f32]).collect();
-        assert_eq!(cross_fitted(&x6, &one, 6, 1.0), Err(5));
+        assert_eq!(cross_fitted(&x6, &one, &[0, 1, 2, 3, 4, 5], 6, 1.0), Err(5));
+    }
+
+    #[test]
+    fn a_question_asked_twice_never_lends_its_label_to_its_copy() {
+        let mut s = 5u64;
+        let mut r = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) as f64 / (1u64 << 31) as f64) as f32 * 2.0 - 1.0
+        };
+        let mut x: Vec<Vec<f32>> = (0..100).map(|_| vec![r(), r(), r()]).collect();
+        x[51] = x[7].clone(); // row 51 asks row 7's question again
+        let mut y: Vec<bool> = x.iter().map(|v| v[0] > 0.0).collect();
+        let by_question: Vec<usize> = (0..100).map(|i| if i == 51 { 7 } else { i }).collect();
+        let by_row: Vec<usize> = (0..100).collect();
+        let before = cross_fitted(&x, &y, &by_question, 5, 1e-3).unwrap();
+        let before_by_row = cross_fitted(&x, &y, &by_row, 5, 1e-3).unwrap();
+        // the question's grade flips (both copies): keyed by question, neither copy's
+        // probability moves; keyed by row, the copy in another fold lends it the new label
+        y[7] = !y[7];
+        y[51] = !y[51];
+        let after = cross_fitted(&x, &y, &by_question, 5, 1e-3).unwrap();
+        let after_by_row = cross_fitted(&x, &y, &by_row, 5, 1e-3).unwrap();
+        assert_eq!((before[7], before[51]), (after[7], after[51]));
+        assert_eq!(
+            before[7], before[51],
+            "same fold, same probe, same features"
+        );
+        let moved = (after_by_row[7] - before_by_row[7]).abs();
+        assert!(moved > 1e-3, "keyed by row the copy leaks: moved {moved}");
     }
 
     #[test]

@@ -201,10 +201,10 @@ pub enum Teacher {
     AnswerLogit,
     /// A linear probe of the starting model (logistic regression on its final hidden state
     /// after its greedy answer, the `probe` readout, or where `probe_at` and `probe_layer`
-    /// say) fitted on the greedy grades of the
-    /// questions the run trains on, cross-fitted in 5 folds so that no question's label comes
-    /// from a probe that saw its grade. What the model knows about its answer, as the number
-    /// it should learn to say. Needs no samples.
+    /// say) fitted on the greedy grades of the questions the run trains on, cross-fitted in 5
+    /// folds so that no question's label comes from a probe that saw its grade (a question
+    /// drawn twice has both copies in one fold). What the model knows about its answer, as the
+    /// number it should learn to say. Needs no samples.
     Probe,
     /// An output ensemble of trained models (`models`, each a `final/` export of an earlier
     /// run): the mean over them of the expected confidence Σ q(v)·v, teacher-forced after the

@@ -305,8 +305,8 @@ pub fn check_layers(r: &Recipe, layers: usize) -> Result<()> {
 /// answer's log-probability: [`logprob_features`]), fitted on the
 /// greedy grades of the other four folds ([`candor_confidence::probe::cross_fitted`]) of the questions above
 /// the sub-task accuracy floor; a question never gets its label from a probe that saw its
-/// grade. Questions below the floor are not trained on and not probed: their label is their
-/// sub-task's accuracy.
+/// grade (a question drawn twice has both copies in one fold). Questions below the floor are
+/// not trained on and not probed: their label is their sub-task's accuracy.
 pub fn cross_fitted_probe<B: Backend>(
     model: &Llama<B>,
     tok: &Tokenizer,
@@ -363,13 +363,17 @@ pub fn cross_fitted_probe<B: Backend>(
         }
     }
     let ys: Vec<bool> = kept.iter().map(|&i| correct[i]).collect();
-    let out = candor_confidence::probe::cross_fitted(&xs, &ys, FOLDS, crate::evaluate::PROBE_L2)
-        .map_err(|f| {
-            anyhow::anyhow!(
-                "labels.teacher = \"probe\": outside fold {f}, the {} questions above the sub-task accuracy floor have only right or only wrong greedy answers; add questions",
-                kept.len()
-            )
-        })?;
+    // a question drawn twice (small sub-tasks repeat) keeps both copies in one fold
+    let keys: Vec<&str> = kept.iter().map(|&i| answers[i].prompt.as_str()).collect();
+    let l2 = crate::evaluate::PROBE_L2;
+    let one_class = |f: usize| {
+        anyhow::anyhow!(
+            "labels.teacher = \"probe\": outside fold {f}, the {} questions above the sub-task accuracy floor have only right or only wrong greedy answers; add questions",
+            kept.len()
+        )
+    };
+    let out =
+        candor_confidence::probe::cross_fitted(&xs, &ys, &keys, FOLDS, l2).map_err(one_class)?;
     let mut p: Vec<f64> = answers
         .iter()
         .map(|a| acc[&a.item.subtask] / 100.0)
@@ -388,8 +392,14 @@ pub fn cross_fitted_probe<B: Backend>(
     } else {
         ""
     };
+    let mut asked = std::collections::HashMap::<&str, usize>::new();
+    for k in &keys {
+        *asked.entry(k).or_default() += 1;
+    }
+    let repeats = asked.values().filter(|&&n| n > 1);
+    let (questions, copies) = repeats.fold((0, 0), |(q, c), &n| (q + 1, c + n));
     eprintln!(
-        "probe teacher: the starting model's probe ({place}{with}) on {} answers above the sub-task floor, {FOLDS}-fold cross-fitted, in {:.1} s",
+        "probe teacher: the starting model's probe ({place}{with}) on {} answers above the sub-task floor, {FOLDS}-fold cross-fitted by question ({copies} answers to {questions} questions asked more than once share a fold), in {:.1} s",
         kept.len(),
         t0.elapsed().as_secs_f64()
     );
