@@ -188,15 +188,20 @@ pub fn cross_fitted<K: std::hash::Hash + Eq>(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_cross_fitted_probability_never_sees_its_own_label() {
-        let mut s = 11u64;
-        let mut r = || {
+    /// A seeded stream of numbers in [-1, 1) (a 64-bit LCG), for test data.
+    fn uniform(seed: u64) -> impl FnMut() -> f32 {
+        let mut s = seed;
+        move || {
             s = s
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             ((s >> 33) as f64 / (1u64 << 31) as f64) as f32 * 2.0 - 1.0
-        };
+        }
+    }
+
+    #[test]
+    fn a_cross_fitted_probability_never_sees_its_own_label() {
+        let mut r = uniform(11);
         let x: Vec<Vec<f32>> = (0..100).map(|_| vec![r(), r()]).collect();
         let mut y: Vec<bool> = x.iter().map(|v| v[0] > 0.0).collect();
         let keys: Vec<usize> = (0..100).collect();
@@ -224,13 +229,7 @@ mod tests {
 
     #[test]
     fn a_question_asked_twice_never_lends_its_label_to_its_copy() {
-        let mut s = 5u64;
-        let mut r = || {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 33) as f64 / (1u64 << 31) as f64) as f32 * 2.0 - 1.0
-        };
+        let mut r = uniform(5);
         let mut x: Vec<Vec<f32>> = (0..100).map(|_| vec![r(), r(), r()]).collect();
         x[51] = x[7].clone(); // row 51 asks row 7's question again
         let mut y: Vec<bool> = x.iter().map(|v| v[0] > 0.0).collect();
@@ -256,13 +255,7 @@ mod tests {
     #[test]
     fn separates_a_separable_case_and_refuses_one_class() {
         // correct iff x0 + 0.5·x1 > 0.2, plus a feature of pure noise
-        let mut s = 7u64;
-        let mut r = || {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 33) as f64 / (1u64 << 31) as f64) as f32 * 2.0 - 1.0
-        };
+        let mut r = uniform(7);
         let x: Vec<Vec<f32>> = (0..400).map(|_| vec![r(), r(), r()]).collect();
         let y: Vec<bool> = x.iter().map(|v| v[0] + 0.5 * v[1] > 0.2).collect();
         let p = Probe::fit(&x, &y, 1e-3).unwrap();
